@@ -1,0 +1,51 @@
+# virtnet — see README.md. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+VIRTNET := $(VENV)/bin/virtnet
+SEED := examples/net-eth-unmanaged-tap.xml
+# Debian packages the tests drive for real: QEMU (and its bridge helper), passt, libvirt's
+# virt-xml-validate, iproute2, setcap.
+APT_PACKAGES := qemu-system-x86 passt libvirt-clients iproute2 libcap2-bin
+APT_PROBES := /usr/bin/qemu-system-x86_64 /usr/bin/passt /usr/bin/virt-xml-validate /usr/sbin/ip /usr/sbin/setcap
+
+.DEFAULT_GOAL := help
+.PHONY: help demo venv test-deps test regen lint conformance bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+venv: $(PY) ## create .venv and install virtnet editable
+	$(PY) -m pip install -q -e .
+
+demo: venv ## run virtnet xml2argv on the seed case (pre-created tap, managed='no')
+	$(VIRTNET) xml2argv $(SEED)
+
+test-deps: venv ## install test needs (pip, and apt packages when root and missing)
+	$(PY) -m pip install -q -e '.[test]'
+	@missing=0; for p in $(APT_PROBES); do [ -x $$p ] || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	  else echo "note: not root, so not installing $(APT_PACKAGES); tests that need them skip with a reason"; fi; \
+	fi
+
+test: test-deps ## install test needs and run the test suite
+	$(PY) -m pytest -n 2 -q
+
+regen: venv ## rewrite golden expectations (then read every changed line before committing)
+	VIR_TEST_REGENERATE_OUTPUT=1 $(PY) -m pytest -q tests/test_golden.py || true
+	git status --short testdata
+
+lint: venv ## byte-compile and check the package imports cleanly
+	$(PY) -m compileall -q virtnet tests
+	$(PY) -m pyflakes virtnet tests 2>/dev/null || $(PY) -m pip install -q pyflakes && $(PY) -m pyflakes virtnet tests
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

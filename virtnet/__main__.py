@@ -1,0 +1,3 @@
+from virtnet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,395 @@
+"""The `virtnet` command line: verbs, messages and exit codes.
+
+Imports are lazy: each verb imports only what it uses, so `xml2argv` never loads pyroute2 or jinja2.
+"""
+
+import argparse
+import os
+import sys
+
+from virtnet.errors import UsageError, VirtnetError
+
+PROG = "virtnet"
+
+DESCRIPTION = """\
+libvirt-style guest networking for QEMU, without libvirtd.
+
+Write a libvirt domain XML; virtnet validates it, writes it back canonically, turns each
+<interface> into host tap setup and QEMU -netdev/-device options, and starts QEMU with the taps.
+"""
+
+EPILOG = """\
+examples:
+  virtnet validate dom.xml                 check a domain file (schema + semantic rules)
+  virtnet xml2xml dom.xml                  canonical XML, as it would be stored
+  virtnet xml2argv dom.xml                 the QEMU command line (fds numbered from 3)
+  virtnet xml2argv --network-only dom.xml  only the -netdev/-device options
+  virtnet xml2argv --standalone dom.xml    a command line QEMU can run without virtnet
+
+exit status: 0 ok, 1 rejected input or failed operation, 2 usage error.
+"""
+
+
+def _common(parser, top=False):
+    """Options every verb takes, before or after the verb (defaults live on the top parser only)."""
+    default = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
+    parser.add_argument("--debug", action="store_true", default=default(False),
+                        help="show Python tracebacks on errors")
+    parser.add_argument("--state-dir", metavar="DIR", default=default(None),
+                        help="where definitions and runtime records live (default: $VIRTNET_STATE_DIR, "
+                        "/var/lib/virtnet for root, $XDG_DATA_HOME/virtnet otherwise)")
+    parser.add_argument("--runtime-dir", metavar="DIR", default=default(None),
+                        help="QMP and passt sockets, QEMU logs (default: $VIRTNET_RUNTIME_DIR, "
+                        "/run/virtnet for root, $XDG_RUNTIME_DIR/virtnet otherwise)")
+    parser.add_argument("--netns", metavar="NAME", default=default(None),
+                        help="work inside network namespace NAME (as `ip netns exec NAME` would)")
+
+
+def _add_file(parser, nargs=None):
+    parser.add_argument("file", metavar="FILE", nargs=nargs, help="domain XML file, or - for standard input")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    _common(parser, top=True)
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+
+    p = verbs.add_parser("validate", help="check a domain XML against the schema and rules",
+                         description="Check FILE against virtnet's RelaxNG schema and libvirt's semantic rules. "
+                         "Prints nothing and exits 0 when it is valid.")
+    _add_file(p)
+    _common(p)
+
+    p = verbs.add_parser("xml2xml", help="print the canonical form of a domain XML",
+                         description="Print FILE the way virtnet stores it: like libvirt's dumpxml --inactive, "
+                         "with MACs and PCI addresses filled in, generated target names dropped.")
+    _add_file(p)
+    _common(p)
+
+    p = verbs.add_parser(
+        "xml2argv", help="print the QEMU command line for a domain",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Print the QEMU command line for each FILE, one option per line with shell quoting.\n"
+        "Tap-backed interfaces get fd=N (numbered from 3): `virtnet start` opens the taps itself\n"
+        "and passes real descriptors. With several files, each command line is preceded by\n"
+        "a `# FILE` line.",
+    )
+    _add_file(p, nargs="+")
+    p.add_argument("--network-only", action="store_true", help="print only the -netdev/-device/-chardev options")
+    p.add_argument("--standalone", action="store_true",
+                   help="let QEMU open taps by name (ifname=...,script=no,downscript=no) and use "
+                   "-netdev bridge with qemu-bridge-helper for bridges, so the line runs without virtnet")
+    p.add_argument("--syntax", choices=("json", "keyval"), default="json",
+                   help="JSON objects (default; what QEMU 7.x takes) or legacy keyval for -netdev/-device")
+    p.add_argument("--host-caps", default="auto", metavar="CAPS",
+                   help="host capabilities to assume: 'auto' (probe this host, default), 'none', or a "
+                   "comma list of: vhost-net. Pin it for golden tests.")
+    _common(p)
+    _host_verbs(verbs)
+    return parser
+
+
+def _host_verbs(verbs):
+    def verb(name, help, description=None):
+        p = verbs.add_parser(name, help=help, description=description or help,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        _common(p)
+        return p
+
+    p = verb("define", "store a domain definition (canonical form, MACs and PCI addresses filled in)",
+             "Check FILE and store it as a defined domain. Redefining a domain with the same name and\n"
+             "uuid updates it; a different domain with the same name or uuid, or one that reuses\n"
+             "another domain's MAC address or target dev, is refused.")
+    _add_file(p)
+    p = verb("undefine", "remove a stopped domain's definition")
+    p.add_argument("name", metavar="NAME")
+    p = verb("list", "list domains: name, state, interfaces")
+    p.add_argument("--all", action="store_true", help="include domains that are shut off")
+    p = verb("dumpxml", "print a defined domain's XML (live tap names while it runs)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--inactive", action="store_true", help="the stored definition, not the live view")
+    p = verb("domiflist", "list a domain's interfaces: interface, type, source, model, MAC")
+    p.add_argument("name", metavar="NAME")
+    p = verb("plan", "print the host actions `start` would take, without doing them",
+             "Print what `virtnet start` would do on this host, without doing it.\n\n"
+             "formats:\n"
+             "  text      one action per line (setup, then teardown)\n"
+             "  json      the same, machine-readable\n"
+             "  sh        an ip(8) script for root that pre-creates the domain's taps, owned by\n"
+             "            --owner, so an unprivileged user can run it with managed='no'\n"
+             "  networkd  the same taps as systemd-networkd .netdev/.network files")
+    p.add_argument("target", metavar="NAME|FILE", help="a defined domain, or a domain XML file (- for stdin)")
+    p.add_argument("--format", choices=("text", "json", "sh", "networkd"), default="text")
+    p.add_argument("--owner", metavar="USER", help="owner of pre-created taps (default: $SUDO_USER or you)")
+    p = verb("start", "start a defined domain under QEMU with the taps virtnet prepares",
+             "Create or open the domain's taps, start QEMU paused with their descriptors, apply\n"
+             "<link state='down'> over QMP, then run the vCPUs (unless --paused). Any failure rolls\n"
+             "back everything already done; managed='no' taps are never changed.")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--paused", action="store_true", help="leave the vCPUs stopped (QEMU -S)")
+    p = verb("destroy", "stop a running domain and remove what start created")
+    p.add_argument("name", metavar="NAME")
+
+
+def _version():
+    from virtnet import __version__
+
+    return __version__
+
+
+def _print_warnings(loaded):
+    for line, message in loaded.warnings:
+        where = f"{loaded.filename}:{line}" if line else loaded.filename
+        print(f"{PROG}: warning: {where}: {message}", file=sys.stderr)
+
+
+def cmd_validate(args):
+    from virtnet.conf.load import load_file
+
+    _print_warnings(load_file(args.file))
+    return 0
+
+
+def cmd_xml2xml(args):
+    from virtnet.conf.format import format_domain
+    from virtnet.conf.load import load_file
+
+    loaded = load_file(args.file)
+    _print_warnings(loaded)
+    sys.stdout.write(format_domain(loaded.domain))
+    return 0
+
+
+HOST_CAPS = ("vhost-net",)
+
+
+def parse_host_caps(text):
+    if text == "auto":
+        from virtnet.hostcaps import probe
+
+        return probe()
+    if text == "none":
+        return frozenset()
+    caps = frozenset(c.strip() for c in text.split(",") if c.strip())
+    unknown = caps - set(HOST_CAPS)
+    if unknown:
+        raise UsageError(f"--host-caps: unknown capability '{sorted(unknown)[0]}'; accepted: auto, none, "
+                         + ", ".join(HOST_CAPS))
+    return caps
+
+
+def _expand_files(files):
+    """Directories stand for the *.xml files inside them, sorted."""
+    out = []
+    for f in files:
+        if f != "-" and os.path.isdir(f):
+            out += sorted(os.path.join(f, n) for n in os.listdir(f) if n.endswith(".xml"))
+        else:
+            out.append(f)
+    return out
+
+
+def cmd_xml2argv(args):
+    from pathlib import Path
+
+    from virtnet.conf.load import load_file
+    from virtnet.qemu.argv import ArgvOptions, build_argv, unrendered_devices
+    from virtnet.qemu.render import shell_lines
+    from virtnet.runpaths import DomainPaths, default_runtime_dir
+
+    caps = parse_host_caps(args.host_caps)
+    runtime_dir = Path(args.runtime_dir) if args.runtime_dir else default_runtime_dir()
+    files = _expand_files(args.file)
+    out = []
+    for path in files:
+        loaded = load_file(path)
+        _print_warnings(loaded)
+        domain = loaded.domain
+        options = ArgvOptions(syntax=args.syntax, standalone=args.standalone,
+                              network_only=args.network_only, host_caps=caps)
+        try:
+            argv = build_argv(domain, DomainPaths(runtime_dir, domain.name), options)
+        except VirtnetError as e:
+            raise e.located(loaded.filename) from None
+        skipped = unrendered_devices(domain)
+        if skipped and not args.network_only:
+            print(f"{PROG}: warning: {loaded.filename}: not rendered (virtnet builds only the machine "
+                  f"skeleton and networking): {', '.join(skipped)}", file=sys.stderr)
+        if len(files) > 1:
+            out.append(f"# {path}\n")
+        out.append(shell_lines(argv))
+    sys.stdout.write("".join(out))
+    return 0
+
+
+def _store(args):
+    from pathlib import Path
+
+    from virtnet.domains import open_store
+
+    return open_store(Path(args.state_dir) if args.state_dir else None,
+                      Path(args.runtime_dir) if args.runtime_dir else None)
+
+
+def cmd_define(args):
+    from virtnet import domains
+    from virtnet.conf.load import load_file
+
+    loaded = load_file(args.file)
+    _print_warnings(loaded)
+    new = domains.define(_store(args), loaded)
+    print(f"Domain '{loaded.domain.name}' {'defined' if new else 'updated'} from {loaded.filename}")
+    return 0
+
+
+def cmd_undefine(args):
+    from virtnet import domains
+
+    domains.undefine(_store(args), args.name)
+    print(f"Domain '{args.name}' has been undefined")
+    return 0
+
+
+def cmd_list(args):
+    from virtnet import domains, runner
+
+    store = _store(args)
+    running = set(store.running_names())
+    if running:
+        with store.lock():
+            runner.reap_dead(store)
+        running = set(store.running_names())
+    rows = []
+    for name, summary in sorted(store.summaries().items()):
+        state = "running" if name in running else "shut off"
+        if state == "running" or args.all:
+            types = summary.get("interfaces", [])
+            rows.append((name, state, f"{len(types)}: {', '.join(types)}" if types else "0"))
+    sys.stdout.write(domains.table(("Name", "State", "Interfaces"), rows))
+    return 0
+
+
+def cmd_dumpxml(args):
+    from virtnet import domains
+    from virtnet.conf.format import format_domain
+
+    store = _store(args)
+    if args.inactive:
+        sys.stdout.write(store.read_domain(args.name))
+        return 0
+    loaded = domains.load_defined(store, args.name)
+    record = store.read_runtime(args.name)
+    if record is not None:
+        # The live view names the taps in use, as libvirt's dumpxml does for a running domain.
+        for index, iface in enumerate(loaded.domain.interfaces):
+            if str(index) in record.get("taps", {}):
+                iface.target_dev = record["taps"][str(index)]
+    sys.stdout.write(format_domain(loaded.domain))
+    return 0
+
+
+def cmd_domiflist(args):
+    from virtnet import domains
+
+    store = _store(args)
+    loaded = domains.load_defined(store, args.name)
+    taps = (store.read_runtime(args.name) or {}).get("taps", {})
+    rows = domains.interface_rows(loaded.domain, taps)
+    sys.stdout.write(domains.table(("Interface", "Type", "Source", "Model", "MAC"), rows))
+    return 0
+
+
+def _default_owner():
+    import getpass
+
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def cmd_plan(args):
+    from virtnet import domains
+    from virtnet.conf.load import load_file
+    from virtnet.host.plan import build_plan
+    from virtnet.host.planformat import render_plan
+    from virtnet.hostcaps import probe
+
+    target = args.target
+    if target == "-" or os.path.exists(target) or target.endswith(".xml"):
+        loaded = load_file(target)
+    else:
+        loaded = domains.load_defined(_store(args), target)
+    _print_warnings(loaded)
+    names = set()
+    if args.format in ("text", "json"):
+        from virtnet.host.netlink import Netlink  # existing names decide vnetN and collisions
+
+        with Netlink() as nl:
+            names = nl.link_names()
+    try:
+        plan = build_plan(loaded.domain, names_in_use=names, host_caps=probe())
+    except VirtnetError as e:
+        raise e.located(loaded.filename) from None
+    sys.stdout.write(render_plan(args.format, loaded.domain, plan, args.owner or _default_owner()))
+    return 0
+
+
+def cmd_start(args):
+    from virtnet import runner
+
+    record = runner.start(_store(args), args.name, paused=args.paused, netns_name=_netns_name(args))
+    taps = ", ".join(record["taps"].values()) or "no taps"
+    print(f"Domain '{args.name}' started{' (paused)' if args.paused else ''}: QEMU pid {record['pid']}, {taps}")
+    return 0
+
+
+def cmd_destroy(args):
+    from virtnet import runner
+
+    runner.destroy(_store(args), args.name)
+    print(f"Domain '{args.name}' destroyed")
+    return 0
+
+
+def _netns_name(args):
+    """The namespace we run in: --netns, or the one `ip netns exec` put us in (None for the host's)."""
+    if args.netns:
+        return args.netns
+    try:
+        here = os.stat("/proc/thread-self/ns/net").st_ino
+        for name in os.listdir("/run/netns"):
+            if os.stat(f"/run/netns/{name}").st_ino == here:
+                return name
+    except OSError:
+        pass
+    return None
+
+
+COMMANDS = {"validate": cmd_validate, "xml2xml": cmd_xml2xml, "xml2argv": cmd_xml2argv,
+            "define": cmd_define, "undefine": cmd_undefine, "list": cmd_list, "dumpxml": cmd_dumpxml,
+            "domiflist": cmd_domiflist, "plan": cmd_plan, "start": cmd_start, "destroy": cmd_destroy}
+
+
+def main(argv=None):
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return e.code
+    try:
+        if args.netns:
+            from virtnet.host import netns
+
+            netns.enter(args.netns)
+        return COMMANDS[args.verb](args)
+    except VirtnetError as e:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except BrokenPipeError:
+        return 1
+    except KeyboardInterrupt:
+        return 130

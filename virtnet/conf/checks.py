@@ -1,0 +1,377 @@
+"""Semantic rules applied after the schema: one small function per rule.
+
+Each rule yields (line, message) for every violation it finds. `check_domain` runs them all and
+raises the first violation in document order, so a user fixes problems top to bottom.
+"""
+
+import ipaddress
+import re
+
+from virtnet.conf.domain import SOCKET_TYPES, TAP_TYPES, VIRTIO_MODELS
+from virtnet.errors import XMLInputError
+
+RULES = []
+
+IFNAMSIZ = 16  # the kernel's limit includes the terminating NUL
+MAC_RE = re.compile(r"^[0-9A-Fa-f]{1,2}(:[0-9A-Fa-f]{1,2}){5}$")
+MODEL_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+MTU_TYPES = ("ethernet", "bridge", "network", "vhostuser")
+QUEUE_TYPES = TAP_TYPES + ("vhostuser",)
+
+
+def rule(func):
+    RULES.append(func)
+    return func
+
+
+def _where(iface):
+    return f"<interface type='{iface.type}'>"
+
+
+@rule
+def managed_is_yes_or_no(domain):
+    for iface in domain.interfaces:
+        if iface.managed not in (None, "yes", "no"):
+            yield iface.line_of("target"), (
+                f"{_where(iface)}: <target managed='{iface.managed}'> is not valid; accepted: 'yes' or 'no'"
+            )
+
+
+@rule
+def unmanaged_only_on_ethernet(domain):
+    for iface in domain.interfaces:
+        if iface.unmanaged and iface.type != "ethernet":
+            yield iface.line_of("target"), (
+                f"unmanaged target dev is not supported on interfaces of type '{iface.type}'; "
+                "managed='no' is only accepted with <interface type='ethernet'>"
+            )
+
+
+@rule
+def unmanaged_needs_target_dev(domain):
+    for iface in domain.interfaces:
+        if iface.unmanaged and not iface.target_dev:
+            yield iface.line_of("target"), (
+                f"{_where(iface)}: <target managed='no'> needs dev='NAME', the pre-created tap to use"
+            )
+
+
+@rule
+def mac_is_valid_unicast(domain):
+    for iface in domain.interfaces:
+        mac = iface.mac
+        if mac is None:
+            continue
+        if not MAC_RE.match(mac):
+            yield iface.line_of("mac"), (
+                f"{_where(iface)}: <mac address='{mac}'> is not a MAC address; expected six "
+                "hexadecimal octets separated by colons, e.g. 52:54:00:12:34:56"
+            )
+        elif int(mac.split(":")[0], 16) & 1:
+            yield iface.line_of("mac"), (
+                f"{_where(iface)}: <mac address='{mac}'> is a multicast address (the low bit of the "
+                "first octet is set); a NIC needs a unicast MAC, e.g. 52:54:00:..."
+            )
+
+
+def interface_name_problem(name):
+    """Why NAME cannot be a Linux interface name (or a '%d' template), or None."""
+    if len(name.encode()) >= IFNAMSIZ:
+        return f"is {len(name.encode())} bytes long; Linux interface names have at most {IFNAMSIZ - 1}"
+    if name in (".", ".."):
+        return "is not a usable interface name"
+    if "/" in name or any(c.isspace() for c in name) or ":" in name:
+        return "contains '/', ':' or whitespace, which interface names cannot"
+    if name.count("%") > 1 or ("%" in name and "%d" not in name):
+        return "may contain at most one '%d' template and no other '%'"
+    return None
+
+
+@rule
+def target_dev_is_an_interface_name(domain):
+    for iface in domain.interfaces:
+        if iface.target_dev is None:
+            continue
+        problem = interface_name_problem(iface.target_dev)
+        if problem:
+            yield iface.line_of("target"), f"{_where(iface)}: <target dev='{iface.target_dev}'> {problem}"
+
+
+@rule
+def scripts_only_on_ethernet(domain):
+    for iface in domain.interfaces:
+        for tag in ("script", "downscript"):
+            if iface.has(tag) and iface.type != "ethernet":
+                yield iface.line_of(tag), (
+                    f"<{tag}> is not supported on interfaces of type '{iface.type}'; "
+                    "it is only accepted with <interface type='ethernet'>"
+                )
+
+
+@rule
+def mtu_type_and_range(domain):
+    for iface in domain.interfaces:
+        if not iface.has("mtu"):
+            continue
+        allowed = iface.type in MTU_TYPES or (iface.type == "user" and iface.uses_passt)
+        if not allowed:
+            yield iface.line_of("mtu"), (
+                f"setting <mtu> on interface type '{iface.type}' is not supported; accepted on "
+                "ethernet, bridge, network, vhostuser, and user with <backend type='passt'/>"
+            )
+        elif not 68 <= iface.mtu <= 65535:
+            yield iface.line_of("mtu"), f"{_where(iface)}: <mtu size='{iface.mtu}'> is out of range 68..65535"
+
+
+@rule
+def queues_need_tap_or_vhostuser_and_virtio(domain):
+    for iface in domain.interfaces:
+        queues = iface.queues
+        if queues is None:
+            continue
+        if queues < 1:
+            yield iface.line_of("driver"), f"{_where(iface)}: <driver queues='{queues}'> must be a positive number"
+        elif queues > 1 and iface.type not in QUEUE_TYPES:
+            yield iface.line_of("driver"), (
+                f"multiqueue (<driver queues='{queues}'>) is not supported for interfaces of type "
+                f"'{iface.type}'; accepted on {', '.join(QUEUE_TYPES)}"
+            )
+        elif queues > 1 and not iface.is_virtio:
+            yield iface.line_of("driver"), (
+                f"{_where(iface)}: <driver queues='{queues}'> needs <model type='virtio'/>; "
+                f"model '{iface.model}' has a single queue"
+            )
+
+
+@rule
+def queue_sizes_are_powers_of_two(domain):
+    for iface in domain.interfaces:
+        for attr in ("rx_queue_size", "tx_queue_size"):
+            size = getattr(iface, attr)
+            if size is not None and (size < 1 or size & (size - 1)):
+                yield iface.line_of("driver"), (
+                    f"{_where(iface)}: <driver {attr}='{size}'> must be a power of two (256, 512 or 1024)"
+                )
+
+
+@rule
+def model_name_characters(domain):
+    for iface in domain.interfaces:
+        model = iface.model_raw
+        if model is not None and not MODEL_RE.match(model):
+            yield iface.line_of("model"), (
+                f"{_where(iface)}: <model type='{model}'> may only use letters, digits, '_' and '-'"
+            )
+
+
+@rule
+def vhostuser_needs_virtio(domain):
+    for iface in domain.interfaces:
+        if iface.type == "vhostuser" and not iface.is_virtio:
+            yield iface.line_of("model"), (
+                f"<interface type='vhostuser'> requires the virtio-net frontend: add <model type='virtio'/>"
+                + (f" (found '{iface.model}')" if iface.model else "")
+            )
+
+
+@rule
+def vhostuser_reconnect_only_as_client(domain):
+    for iface in domain.interfaces:
+        src = iface.source
+        if iface.type == "vhostuser" and src is not None and src.mode == "server" and src.reconnect_enabled:
+            yield src.line_of("reconnect"), (
+                "<reconnect enabled='yes'> is not supported with <source mode='server'>: "
+                "QEMU listens then, so there is nothing to reconnect to; use mode='client'"
+            )
+
+
+def _ip(value):
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return None
+
+
+@rule
+def socket_addresses(domain):
+    for iface in domain.interfaces:
+        src = iface.source
+        if iface.type not in SOCKET_TYPES or src is None:
+            continue
+        for attr, port in (("port", src.port), ("local/@port", src.local_port)):
+            if port is not None and not 1 <= port <= 65535:
+                yield src.line_of(attr), f"{_where(iface)}: port {port} is out of range 1..65535"
+        if iface.type == "mcast":
+            addr = _ip(src.address or "")
+            if addr is None or not addr.is_multicast:
+                yield src.line, (
+                    f"<interface type='mcast'>: <source address='{src.address}'> must be a multicast "
+                    "address (224.0.0.0/4 or ff00::/8)"
+                )
+
+
+@rule
+def link_state_is_up_or_down(domain):
+    for iface in domain.interfaces:
+        if iface.link_state not in (None, "up", "down"):
+            yield iface.line_of("link"), (
+                f"{_where(iface)}: <link state='{iface.link_state}'> is not valid; accepted: 'up' or 'down'"
+            )
+
+
+@rule
+def passt_backend_types(domain):
+    for iface in domain.interfaces:
+        if iface.uses_passt and iface.type not in ("user", "vhostuser"):
+            yield iface.line_of("backend"), (
+                f"the 'passt' backend can only be used with interface type 'user' or 'vhostuser', "
+                f"not '{iface.type}'"
+            )
+
+
+@rule
+def port_forward_only_with_passt(domain):
+    for iface in domain.interfaces:
+        if iface.port_forwards and not (iface.type == "user" and iface.uses_passt):
+            yield iface.port_forwards[0].line, (
+                "the <portForward> element can only be used with <interface type='user'> and its "
+                "'passt' backend: add <backend type='passt'/>"
+            )
+
+
+@rule
+def port_forward_ranges(domain):
+    for iface in domain.interfaces:
+        for fwd in iface.port_forwards:
+            if fwd.address is not None and _ip(fwd.address) is None:
+                yield fwd.line, f"<portForward address='{fwd.address}'> is not an IP address"
+            for rng in fwd.ranges:
+                if rng.start is None:
+                    yield rng.line, "<portForward><range> needs a 'start' port"
+                    continue
+                for attr in ("start", "end", "to"):
+                    value = getattr(rng, attr)
+                    if value is not None and not 1 <= value <= 65535:
+                        yield rng.line, f"<range {attr}='{value}'> is out of range 1..65535"
+                if rng.end is not None and rng.end < rng.start:
+                    yield rng.line, f"<range start='{rng.start}' end='{rng.end}'>: end is below start"
+
+
+@rule
+def guest_ips_only_on_user(domain):
+    for iface in domain.interfaces:
+        ips, routes = iface.guest_ips, iface.guest_routes
+        if (ips or routes) and iface.type != "user":
+            yield (ips or routes)[0].line, (
+                f"{_where(iface)}: guest-side <ip>/<route> is not supported by QEMU on this type; "
+                "host-side addresses of a tap go inside <source> of an ethernet interface"
+            )
+        if iface.type != "user":
+            continue
+        if routes and not iface.uses_passt:
+            yield routes[0].line, "<interface type='user'>: guest-side <route> is not supported by QEMU's SLIRP"
+        seen = set()
+        for ip in ips:
+            addr = _ip(ip.address or "")
+            if addr is None:
+                yield ip.line, f"<ip address='{ip.address}'> is not an IP address"
+                continue
+            if addr.version in seen:
+                yield ip.line, f"only one IPv{addr.version} address per interface is allowed"
+            seen.add(addr.version)
+            if ip.peer:
+                yield ip.line, "<ip peer=...> is not supported on user-mode interfaces"
+            if addr.version == 4 and ip.prefix is not None and not 4 <= ip.prefix <= 27:
+                yield ip.line, f"<ip prefix='{ip.prefix}'>: an IPv4 prefix must be 4..27"
+            if addr.version == 6 and ip.prefix is not None and (iface.uses_passt or ip.prefix != 64):
+                yield ip.line, (
+                    "<ip prefix=...> on IPv6: passt takes no IPv6 prefix"
+                    if iface.uses_passt
+                    else f"<ip prefix='{ip.prefix}'>: an IPv6 prefix must be 64"
+                )
+
+
+@rule
+def alias_is_user_alias(domain):
+    for iface in domain.interfaces:
+        alias = iface.alias
+        if alias is not None and not re.match(r"^ua-[A-Za-z0-9_-]+$", alias):
+            yield iface.line_of("alias"), (
+                f"<alias name='{alias}'> is not a user alias; it must start with 'ua-' and use only "
+                "letters, digits, '_' and '-'"
+            )
+
+
+def _duplicates(domain, key, describe):
+    seen = {}
+    for iface in domain.interfaces:
+        value = key(iface)
+        if value is None:
+            continue
+        if value in seen:
+            yield iface.line, f"{describe(value)} is used by two interfaces (lines {seen[value]} and {iface.line})"
+        else:
+            seen[value] = iface.line
+
+
+@rule
+def unique_macs(domain):
+    yield from _duplicates(domain, lambda i: i.mac.lower() if i.mac else None, lambda v: f"MAC address {v}")
+
+
+@rule
+def unique_target_devs(domain):
+    yield from _duplicates(domain, lambda i: i.target_dev if i.target_dev and "%" not in i.target_dev else None,
+                           lambda v: f"target dev '{v}'")
+
+
+@rule
+def unique_aliases(domain):
+    yield from _duplicates(domain, lambda i: i.alias, lambda v: f"alias '{v}'")
+
+
+@rule
+def unique_pci_addresses(domain):
+    def key(iface):
+        addr = iface.address
+        return addr.key() if addr is not None and addr.type == "pci" else None
+
+    yield from _duplicates(domain, key, lambda v: "PCI address %04x:%02x:%02x.%x" % v)
+
+
+@rule
+def boot_orders(domain):
+    orders = [(i, i.boot_order) for i in domain.interfaces if i.has("boot")]
+    if orders and domain.os_boot_devs:
+        iface = orders[0][0]
+        yield iface.line_of("boot"), (
+            "per-device <boot order=...> cannot be combined with <os><boot dev=...>; use one or the other"
+        )
+    seen = {}
+    for iface, order in orders:
+        if order < 1:
+            yield iface.line_of("boot"), f"<boot order='{order}'> must be a positive number"
+        elif order in seen:
+            yield iface.line_of("boot"), f"<boot order='{order}'> is used twice (lines {seen[order]} and {iface.line_of('boot')})"
+        seen.setdefault(order, iface.line_of("boot"))
+
+
+@rule
+def rom_only_on_pci(domain):
+    for iface in domain.interfaces:
+        addr = iface.address
+        if iface.has("rom") and addr is not None and addr.type != "pci":
+            yield iface.line_of("rom"), "<rom> tuning is only supported for PCI devices"
+
+
+def check_domain(domain, filename=None):
+    """Run every rule; raise the first problem (by line) as an XMLInputError."""
+    problems = []
+    for func in RULES:
+        problems.extend(func(domain))
+    if problems:
+        line, message = min(problems, key=lambda p: p[0] or 0)
+        raise XMLInputError(message, file=filename, line=line)
+
+
+__all__ = ["check_domain", "interface_name_problem", "RULES", "VIRTIO_MODELS"]

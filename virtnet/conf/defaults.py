@@ -1,0 +1,95 @@
+"""What libvirt fills in or normalises after parsing, done the same way by virtnet.
+
+Unlike libvirt, generated values are deterministic (derived from the domain's uuid), so the same
+input always gives the same canonical XML and argv — what golden tests and CI pipelines need.
+"""
+
+import hashlib
+import uuid as uuidlib
+
+from lxml import etree
+
+from virtnet.conf import pci
+from virtnet.conf.domain import GENERATED_TARGET_PREFIXES
+
+DEFAULT_MODEL = "rtl8139"  # libvirt's choice for x86 guests when <model> is absent
+MAC_PREFIX = "52:54:00"  # QEMU/KVM's OUI, as libvirt uses
+# <driver> attributes that only mean something to virtio-net.
+VIRTIO_DRIVER_ATTRS = ("txmode", "ioeventfd", "event_idx", "queues", "rx_queue_size", "tx_queue_size",
+                       "rss", "rss_hash_report")
+UUID_NAMESPACE = uuidlib.UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8")  # the RFC 4122 URL namespace
+
+
+def generated_mac(seed, index):
+    digest = hashlib.sha256(f"{seed}/{index}".encode()).digest()
+    return MAC_PREFIX + "".join(f":{b:02x}" for b in digest[:3])
+
+
+def _ensure_uuid(domain):
+    if domain.uuid is None:
+        value = str(uuidlib.uuid5(UUID_NAMESPACE, f"virtnet:{domain.name}"))
+        name = domain.node.find("name")
+        node = etree.Element("uuid")
+        node.text = value
+        name.addnext(node)
+        node.tail = name.tail
+
+
+def _fill_macs(domain):
+    used = {i.mac.lower() for i in domain.interfaces if i.mac and not _is_zero(i.mac)}
+    for index, iface in enumerate(domain.interfaces):
+        if iface.mac and not _is_zero(iface.mac):
+            iface.mac = iface.mac.lower()
+            continue
+        attempt = 0
+        mac = generated_mac(domain.uuid, index)
+        while mac in used:
+            attempt += 1
+            mac = generated_mac(domain.uuid, f"{index}.{attempt}")
+        used.add(mac)
+        iface.mac = mac
+
+
+def _is_zero(mac):
+    return all(int(octet, 16) == 0 for octet in mac.split(":"))
+
+
+def _drop_generated_target(iface):
+    dev = iface.target_dev
+    if dev and not iface.unmanaged and dev.startswith(GENERATED_TARGET_PREFIXES):
+        iface.target_dev = None
+
+
+def _tidy_driver(iface, warnings):
+    driver = iface.node.find("driver")
+    if driver is None:
+        return
+    if driver.get("queues") == "1":
+        del driver.attrib["queues"]  # one queue is the default; libvirt normalises it away
+    if not iface.is_virtio:
+        dropped = [a for a in VIRTIO_DRIVER_ATTRS if a in driver.attrib]
+        for attr in dropped:
+            del driver.attrib[attr]
+        if dropped:
+            warnings.append((driver.sourceline, f"<driver {' '.join(dropped)}> only applies to virtio "
+                             f"models and was dropped for model '{iface.model}'"))
+        if not driver.attrib and not len(driver):
+            iface.node.remove(driver)
+
+
+def apply_defaults(domain):
+    """Fill in and normalise the domain in place. Returns warnings as (line, message)."""
+    warnings = []
+    _ensure_uuid(domain)
+    for iface in domain.interfaces:
+        _drop_generated_target(iface)
+        if iface.model_raw is None:
+            iface.model_raw = DEFAULT_MODEL
+        elif iface.model != iface.model_raw:
+            iface.model_raw = iface.model  # 'ViRtIo' → 'virtio'
+        _tidy_driver(iface, warnings)
+        if iface.address is not None:
+            pci.normalize(iface.address)
+    _fill_macs(domain)
+    pci.assign_addresses(domain)
+    return warnings

@@ -1,0 +1,181 @@
+"""The domain model: one small class per XML concept, each property declared once."""
+
+from virtnet.conf.xmlmodel import Child, Children, Prop, XMLObject
+
+# Interface types whose host side is a tap fed to QEMU as an fd.
+TAP_TYPES = ("ethernet", "bridge", "network", "direct")
+SOCKET_TYPES = ("server", "client", "mcast", "udp")
+# Models that want IFF_VNET_HDR on their tap (libvirt's "vnet-header compatible" list).
+VNET_HDR_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional", "e1000e", "vmxnet3")
+VIRTIO_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional")
+# Target names libvirt (and virtnet) generate itself; dropped from inactive XML unless managed='no'.
+GENERATED_TARGET_PREFIXES = ("vnet", "macvtap", "macvlan")
+
+
+def _yes(value):
+    return value == "yes"
+
+
+class PCIAddress(XMLObject):
+    type = Prop("@type")
+    domain = Prop("@domain", lambda v: int(v, 0))
+    bus = Prop("@bus", lambda v: int(v, 0))
+    slot = Prop("@slot", lambda v: int(v, 0))
+    function = Prop("@function", lambda v: int(v, 0))
+    multifunction = Prop("@multifunction")
+
+    def key(self):
+        return (self.domain or 0, self.bus or 0, self.slot or 0, self.function or 0)
+
+
+class IPAddress(XMLObject):
+    address = Prop("@address")
+    prefix = Prop("@prefix", int)
+    family = Prop("@family")
+    peer = Prop("@peer")
+
+
+class Route(XMLObject):
+    family = Prop("@family")
+    address = Prop("@address")
+    prefix = Prop("@prefix", int)
+    gateway = Prop("@gateway")
+    metric = Prop("@metric", int)
+
+
+class PortRange(XMLObject):
+    start = Prop("@start", int)
+    end = Prop("@end", int)
+    to = Prop("@to", int)
+    exclude = Prop("@exclude", _yes)
+
+
+class PortForward(XMLObject):
+    proto = Prop("@proto")
+    address = Prop("@address")
+    dev = Prop("@dev")
+    ranges = Children("range", PortRange)
+
+
+class Source(XMLObject):
+    """<source>; which attributes matter depends on the interface type."""
+
+    bridge = Prop("@bridge")
+    network = Prop("@network")
+    portgroup = Prop("@portgroup")
+    dev = Prop("@dev")
+    mode = Prop("@mode")  # direct: vepa/bridge/...; vhostuser: server/client
+    socket_type = Prop("@type")  # vhostuser: unix
+    path = Prop("@path")
+    address = Prop("@address")
+    port = Prop("@port", int)
+    local_address = Prop("local/@address")
+    local_port = Prop("local/@port", int)
+    reconnect_enabled = Prop("reconnect/@enabled", _yes)
+    reconnect_timeout = Prop("reconnect/@timeout", int)
+    host_ips = Children("ip", IPAddress)
+    host_routes = Children("route", Route)
+
+
+class Interface(XMLObject):
+    tag = "interface"
+    declared_type = Prop("@type")
+    mac = Prop("mac/@address")
+    source = Child("source", Source)
+    target_dev = Prop("target/@dev")
+    managed = Prop("target/@managed")
+    model_raw = Prop("model/@type")
+    script = Prop("script/@path")
+    downscript = Prop("downscript/@path")
+    driver_name = Prop("driver/@name")
+    queues = Prop("driver/@queues", int)
+    txmode = Prop("driver/@txmode")
+    ioeventfd = Prop("driver/@ioeventfd")
+    event_idx = Prop("driver/@event_idx")
+    rx_queue_size = Prop("driver/@rx_queue_size", int)
+    tx_queue_size = Prop("driver/@tx_queue_size", int)
+    backend_type = Prop("backend/@type")
+    backend_logfile = Prop("backend/@logFile")
+    backend_tap = Prop("backend/@tap")
+    backend_vhost = Prop("backend/@vhost")
+    mtu = Prop("mtu/@size", int)
+    link_state = Prop("link/@state")
+    boot_order = Prop("boot/@order", int)
+    rom_bar = Prop("rom/@bar")
+    rom_file = Prop("rom/@file")
+    rom_enabled = Prop("rom/@enabled")
+    alias = Prop("alias/@name")
+    sndbuf = Prop("tune/sndbuf", int)
+    address = Child("address", PCIAddress)
+    guest_ips = Children("ip", IPAddress)
+    guest_routes = Children("route", Route)
+    port_forwards = Children("portForward", PortForward)
+
+    @property
+    def type(self):
+        # A missing type attribute means user-mode networking (libvirt's rule).
+        return self.declared_type or "user"
+
+    @property
+    def model(self):
+        """Model name as QEMU knows it; libvirt compares 'virtio' case-insensitively."""
+        model = self.model_raw
+        if model and model.lower() in VIRTIO_MODELS:
+            return model.lower()
+        return model
+
+    @property
+    def is_virtio(self):
+        return self.model in VIRTIO_MODELS
+
+    @property
+    def unmanaged(self):
+        return self.managed == "no"
+
+    @property
+    def uses_passt(self):
+        return self.backend_type == "passt"
+
+    @property
+    def is_tap(self):
+        return self.type in TAP_TYPES
+
+    @property
+    def queue_count(self):
+        return self.queues or 1
+
+    @property
+    def wants_vnet_hdr(self):
+        return self.model in VNET_HDR_MODELS
+
+
+class Domain(XMLObject):
+    tag = "domain"
+    type = Prop("@type")
+    name = Prop("name")
+    uuid = Prop("uuid")
+    memory = Prop("memory", int)
+    memory_unit = Prop("memory/@unit")
+    vcpu = Prop("vcpu", int)
+    os_type = Prop("os/type")
+    arch = Prop("os/type/@arch")
+    machine = Prop("os/type/@machine")
+    emulator = Prop("devices/emulator")
+    interfaces = Children("devices/interface", Interface)
+
+    @property
+    def os_boot_devs(self):
+        return [b.get("dev") for b in self.node.findall("os/boot")]
+
+    @property
+    def devices(self):
+        node = self.node.find("devices")
+        return [] if node is None else list(node)
+
+    @property
+    def is_q35(self):
+        return "q35" in (self.machine or "")
+
+
+# The model classes whose properties the golden tests must all exercise.
+MODEL_CLASSES = (Domain, Interface, Source, PCIAddress, IPAddress, Route, PortForward, PortRange)

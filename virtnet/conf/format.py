@@ -1,0 +1,116 @@
+"""Canonical XML output, formatted like libvirt's `dumpxml --inactive`.
+
+Two-space indentation, single-quoted attributes, interface children in libvirt's order and
+attributes of modelled elements in libvirt's order. Everything else keeps its document order.
+"""
+
+from lxml import etree
+
+# libvirt's order of <interface> children (virDomainNetDefFormat).
+INTERFACE_CHILD_ORDER = [
+    "mac", "source", "vlan", "virtualport", "bandwidth", "port", "ip", "route", "portForward",
+    "script", "downscript", "backenddomain", "target", "guest", "model", "driver", "backend",
+    "filterref", "tune", "teaming", "link", "mtu", "coalesce", "boot", "rom", "alias", "acpi",
+    "address",
+]
+_CHILD_RANK = {tag: i for i, tag in enumerate(INTERFACE_CHILD_ORDER)}
+
+# Attribute order for elements inside <interface> (unlisted attributes follow, in document order).
+ATTRIBUTE_ORDER = {
+    "interface": ["type", "trustGuestRxFilters"],
+    "mac": ["address", "type", "check"],
+    "source": ["type", "network", "portgroup", "portid", "bridge", "dev", "mode", "path", "address", "port"],
+    "target": ["dev", "managed"],
+    "driver": ["name", "txmode", "ioeventfd", "event_idx", "queues", "rx_queue_size", "tx_queue_size",
+               "rss", "rss_hash_report"],
+    "address": ["type", "domain", "bus", "slot", "function", "multifunction"],
+    "ip": ["address", "family", "prefix", "peer"],
+    "route": ["family", "address", "prefix", "gateway", "metric"],
+    "portForward": ["proto", "address", "dev"],
+    "range": ["start", "end", "to", "exclude"],
+    "rom": ["bar", "file", "enabled"],
+    "backend": ["type", "logFile", "tap", "vhost"],
+}
+
+
+def _escape(text, quote=True):
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if quote:
+        text = text.replace("'", "&apos;").replace('"', "&quot;")
+    return text
+
+
+def _qname(node, name):
+    """Prefixed name for a Clark-notation name, using the node's in-scope prefixes."""
+    if not name.startswith("{"):
+        return name
+    uri, local = name[1:].split("}", 1)
+    for prefix, ns in node.nsmap.items():
+        if ns == uri and prefix:
+            return f"{prefix}:{local}"
+    return local
+
+
+def _attributes(node, in_interface):
+    items = list(node.attrib.items())
+    order = ATTRIBUTE_ORDER.get(node.tag) if in_interface else None
+    if order:
+        rank = {name: i for i, name in enumerate(order)}
+        items.sort(key=lambda kv: rank.get(kv[0], len(order)))
+    parent_ns = node.getparent().nsmap if node.getparent() is not None else {}
+    decls = [(p, u) for p, u in node.nsmap.items() if parent_ns.get(p) != u]
+    out = [f" xmlns{':' + p if p else ''}='{_escape(u)}'" for p, u in decls]
+    out += [f" {_qname(node, k)}='{_escape(v)}'" for k, v in items]
+    return "".join(out)
+
+
+def _children(node, in_interface):
+    children = list(node)
+    if node.tag != "interface":
+        return children
+    # Sort <interface> children into libvirt's order; a comment travels with the element after it.
+    groups, pending = [], []
+    for child in children:
+        pending.append(child)
+        if isinstance(child.tag, str):
+            groups.append((_CHILD_RANK.get(child.tag, len(_CHILD_RANK)), pending))
+            pending = []
+    groups.sort(key=lambda g: g[0])
+    return [c for _, group in groups for c in group] + pending
+
+
+def _has_mixed_content(node):
+    return any((c.tail or "").strip() for c in node)
+
+
+def _write(node, depth, out, in_interface=False):
+    pad = "  " * depth
+    if node.tag is etree.Comment:
+        out.append(f"{pad}<!--{node.text}-->")
+        return
+    if node.tag is etree.PI:
+        out.append(pad + etree.tostring(node, encoding="unicode").strip())
+        return
+    in_interface = in_interface or node.tag == "interface"
+    name = _qname(node, node.tag)
+    start = f"<{name}{_attributes(node, in_interface)}"
+    text = node.text or ""
+    if _has_mixed_content(node):
+        # Mixed content (text between elements) is kept exactly as written.
+        out.append(pad + etree.tostring(node, encoding="unicode", with_tail=False))
+        return
+    children = _children(node, in_interface)
+    if not children:
+        out.append(f"{pad}{start}>{_escape(text, quote=False)}</{name}>" if text else f"{pad}{start}/>")
+        return
+    out.append(f"{pad}{start}>")
+    for child in children:
+        _write(child, depth + 1, out, in_interface)
+    out.append(f"{pad}</{name}>")
+
+
+def format_domain(domain):
+    """The canonical XML text of a Domain (ends with a newline)."""
+    out = []
+    _write(domain.node, 0, out)
+    return "\n".join(out) + "\n"

@@ -1,0 +1,62 @@
+"""Guest PCI addresses for NICs: honour explicit ones, assign the rest like libvirt does."""
+
+from lxml import etree
+
+from virtnet.errors import XMLInputError
+
+FIRST_FREE_SLOT = 2  # slot 0 is the host bridge, slot 1 the PIIX3/ICH chipset functions
+LAST_SLOT = 31
+Q35_RESERVED = {0x1F}  # ICH9 LPC/SATA/SMBus on q35
+
+
+def root_bus_name(domain):
+    return "pcie.0" if domain.is_q35 else "pci.0"
+
+
+def explicit_pci_slots(domain):
+    """Slots on bus 0 taken by any device with an explicit PCI address (modelled or not)."""
+    taken = set()
+    devices = domain.node.find("devices")
+    if devices is None:
+        return taken
+    for addr in devices.iter("address"):
+        if addr.get("type") == "pci" and addr.getparent().tag != "source":
+            if int(addr.get("bus", "0"), 0) == 0:
+                taken.add(int(addr.get("slot", "0"), 0))
+    return taken
+
+
+def assign_addresses(domain, filename=None):
+    """Give every interface without an <address> the lowest free slot, in document order."""
+    taken = explicit_pci_slots(domain)
+    if domain.is_q35:
+        taken |= Q35_RESERVED
+    slot = FIRST_FREE_SLOT
+    for iface in domain.interfaces:
+        if iface.address is not None:
+            continue
+        while slot in taken:
+            slot += 1
+        if slot > LAST_SLOT:
+            raise XMLInputError(
+                f"<interface>: no free PCI slot left on bus 0 (slots {FIRST_FREE_SLOT}..{LAST_SLOT} "
+                "are taken); give some devices explicit <address type='pci' bus=...> on another bus",
+                file=filename,
+                line=iface.line,
+            )
+        taken.add(slot)
+        etree.SubElement(
+            iface.node,
+            "address",
+            {"type": "pci", "domain": "0x0000", "bus": "0x00", "slot": f"0x{slot:02x}", "function": "0x0"},
+        )
+
+
+def normalize(address):
+    """Write an explicit PCI address the way libvirt formats it (hex, fixed widths)."""
+    if address.type != "pci":
+        return
+    node = address.node
+    for attr, width in (("domain", 4), ("bus", 2), ("slot", 2)):
+        node.set(attr, f"0x{int(node.get(attr, '0'), 0):0{width}x}")
+    node.set("function", f"0x{int(node.get('function', '0'), 0):x}")

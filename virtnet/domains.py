@@ -1,0 +1,103 @@
+"""Defined domains: define/undefine with libvirt's conflict rules, and what list/domiflist show."""
+
+from virtnet.errors import StoreError
+
+
+def summarize(domain):
+    """What the store's index keeps per domain, so list and conflict checks need no XML parsing."""
+    return {
+        "uuid": domain.uuid,
+        "macs": [i.mac for i in domain.interfaces if i.mac],
+        # Only fixed names conflict; '%d' templates and generated names are allocated at start.
+        "targets": [i.target_dev for i in domain.interfaces if i.target_dev and "%" not in i.target_dev],
+        "interfaces": [i.type for i in domain.interfaces],
+    }
+
+
+def summarize_xml(text):
+    from virtnet.conf.load import load_text
+
+    return summarize(load_text(text, "stored definition").domain)
+
+
+def open_store(state_dir=None, runtime_dir=None):
+    from virtnet.store import Store, default_runtime_dir, default_state_dir
+
+    return Store(state_dir or default_state_dir(), runtime_dir or default_runtime_dir(), summarize=summarize_xml)
+
+
+def _conflicts(name, summary, others):
+    for other, theirs in sorted(others.items()):
+        if other == name:
+            if theirs.get("uuid") != summary["uuid"]:
+                raise StoreError(
+                    f"domain '{name}' is already defined with uuid {theirs.get('uuid')}; to update it, keep "
+                    f"that uuid (or omit <uuid>), or `virtnet undefine {name}` first"
+                )
+            continue
+        if theirs.get("uuid") == summary["uuid"]:
+            raise StoreError(f"uuid {summary['uuid']} is already used by domain '{other}'; give this domain its own <uuid>")
+        for mac in set(summary["macs"]) & set(theirs.get("macs", [])):
+            raise StoreError(f"MAC address {mac} is already used by domain '{other}'; choose another <mac address>")
+        for dev in set(summary["targets"]) & set(theirs.get("targets", [])):
+            raise StoreError(f"target dev '{dev}' is already used by domain '{other}'; choose another <target dev>")
+
+
+def define(store, loaded):
+    """Store a loaded domain (canonical form). Returns True when it was new, False for an update."""
+    from virtnet.conf.format import format_domain
+
+    domain = loaded.domain
+    summary = summarize(domain)
+    text = format_domain(domain)
+    with store.lock():
+        others = store.summaries()
+        try:
+            _conflicts(domain.name, summary, others)
+        except StoreError as e:
+            raise e.located(loaded.filename) from None
+        store.write_domain(domain.name, text, summary)
+    return domain.name not in others
+
+
+def undefine(store, name):
+    with store.lock():
+        if store.read_runtime(name) is not None:
+            raise StoreError(f"domain '{name}' is running; `virtnet destroy {name}` first")
+        store.read_domain(name)  # a clear error when there is no such domain
+        store.remove_domain(name)
+
+
+def load_defined(store, name):
+    from virtnet.conf.load import load_text
+
+    return load_text(store.read_domain(name), f"{store.state_dir}/domains/{name}.xml")
+
+
+def interface_rows(domain, taps=None):
+    """domiflist rows: (interface, type, source, model, MAC), like `virsh domiflist`."""
+    taps = taps or {}
+    rows = []
+    for index, iface in enumerate(domain.interfaces):
+        src = iface.source
+        if iface.type == "bridge":
+            source = src.bridge
+        elif iface.type == "network":
+            source = src.network
+        elif iface.type == "vhostuser":
+            source = src.path
+        elif iface.type in ("server", "client", "mcast", "udp"):
+            source = f"{src.address or ''}:{src.port}"
+        elif iface.type == "user":
+            source = "passt" if iface.uses_passt else "slirp"
+        else:
+            source = getattr(src, "dev", None) if src is not None else None
+        ifname = taps.get(str(index)) or iface.target_dev or "-"
+        rows.append((ifname, iface.type, source or "-", iface.model or "-", iface.mac or "-"))
+    return rows
+
+
+def table(headers, rows):
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)] if rows else [len(h) for h in headers]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]) + "\n"

@@ -1,0 +1,98 @@
+"""The QEMU command line for a domain: the skeleton plus one -netdev/-device pair per interface."""
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from virtnet.qemu import netprops, render
+from virtnet.qemu.netprops import HostFds
+
+DEFAULT_EMULATOR = "/usr/bin/qemu-system-x86_64"
+FIRST_FD = 3  # xml2argv numbers descriptors from 3, as if stdin/stdout/stderr were the only ones open
+# Devices virtnet renders itself; everything else under <devices> is reported as not rendered.
+RENDERED_DEVICES = ("emulator", "interface")
+UNIT_TO_KIB = {"b": 1 / 1024, "bytes": 1 / 1024, "KB": 1000 / 1024, "k": 1, "KiB": 1,
+               "MB": 1000**2 / 1024, "M": 1024, "MiB": 1024, "GB": 1000**3 / 1024, "G": 1024**2,
+               "GiB": 1024**2, "TB": 1000**4 / 1024, "T": 1024**3, "TiB": 1024**3}
+
+
+@dataclass
+class ArgvOptions:
+    syntax: str = "json"  # or "keyval"
+    standalone: bool = False  # QEMU opens taps by name; no fds
+    network_only: bool = False
+    host_caps: frozenset = frozenset()  # e.g. {"vhost-net"}
+    fds: dict = field(default_factory=dict)  # interface index -> HostFds (real ones at start)
+
+
+def placeholder_fds(domain, host_caps):
+    """Descriptor numbers for xml2argv output: 3, 4, ... in document order (taps, then vhost)."""
+    fds, next_fd = {}, FIRST_FD
+    for index, iface in enumerate(domain.interfaces):
+        if iface.type not in ("ethernet", "bridge"):
+            continue
+        count = iface.queue_count
+        taps = list(range(next_fd, next_fd + count))
+        next_fd += count
+        vhosts = []
+        if netprops.wants_vhost(domain, iface, host_caps):
+            vhosts = list(range(next_fd, next_fd + count))
+            next_fd += count
+        fds[index] = HostFds(taps=taps, vhosts=vhosts)
+    return fds
+
+
+def memory_kib(domain):
+    """Guest RAM in KiB, rounded up to whole MiB as QEMU wants (libvirt does the same)."""
+    kib = (domain.memory or 0) * UNIT_TO_KIB[domain.memory_unit or "KiB"]
+    return int(-(-kib // 1024) * 1024)
+
+
+def skeleton(domain, paths):
+    from virtnet.qemu.launch import qmp_options
+
+    argv = [domain.emulator or DEFAULT_EMULATOR]
+    argv += ["-name", "guest=" + render.keyval_escape(domain.name)]
+    argv += ["-S"]  # always start paused: links are set over QMP before vCPUs run
+    argv += ["-machine", domain.machine or "pc"]
+    argv += ["-accel", "kvm" if domain.type == "kvm" else "tcg"]
+    argv += ["-m", f"size={memory_kib(domain)}k"]
+    argv += ["-smp", str(domain.vcpu or 1)]
+    argv += ["-uuid", domain.uuid]
+    argv += ["-display", "none", "-no-user-config", "-nodefaults"]
+    argv += qmp_options(str(paths.qmp))
+    return argv
+
+
+def network_options(domain, paths, options):
+    argv = []
+    fds = options.fds
+    for index, iface in enumerate(domain.interfaces):
+        if iface.type == "vhostuser":
+            chardev = netprops.chardev_props(iface, index, paths)
+            argv += ["-chardev", render.to_keyval(chardev, "backend")]
+        netdev = netprops.netdev_props(domain, iface, index, fds=fds.get(index, HostFds()), paths=paths,
+                                       standalone=options.standalone)
+        device = netprops.device_props(domain, iface, index)
+        argv += ["-netdev", render.option_value(netdev, options.syntax, "type")]
+        argv += ["-device", render.option_value(device, options.syntax, "driver")]
+    return argv
+
+
+def build_argv(domain, paths, options):
+    """The argv list. For xml2argv, options.fds is filled with placeholders when empty."""
+    if not options.fds and not options.standalone:
+        options.fds = placeholder_fds(domain, options.host_caps)
+    network = network_options(domain, paths, options)
+    if options.network_only:
+        return network
+    return skeleton(domain, paths) + network
+
+
+def unrendered_devices(domain):
+    """Devices under <devices> that the command line leaves out, e.g. 'disk (line 17), input ×2'."""
+    counts, first_line = Counter(), {}
+    for node in domain.devices:
+        if isinstance(node.tag, str) and node.tag not in RENDERED_DEVICES:
+            counts[node.tag] += 1
+            first_line.setdefault(node.tag, node.sourceline)
+    return [f"<{tag}> (line {first_line[tag]})" + (f" ×{n}" if n > 1 else "") for tag, n in counts.items()]

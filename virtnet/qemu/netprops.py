@@ -1,0 +1,209 @@
+"""QEMU -netdev / -device / -chardev properties for one <interface>, following libvirt's conventions.
+
+Each builder returns an ordered dict in libvirt's key order (id last on -netdev), so the output is
+interchangeable with libvirt's. Rendering to JSON or keyval happens in render.py.
+"""
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from virtnet.conf.domain import SOCKET_TYPES
+from virtnet.conf.pci import root_bus_name
+from virtnet.errors import UnsupportedError
+
+# QEMU 7.2 (Debian 12) wants `reconnect` in seconds; QEMU 9.2 renamed it reconnect-ms.
+PASST_RECONNECT_SECONDS = 5
+
+
+@dataclass
+class HostFds:
+    """File descriptors handed to QEMU for one interface (numbers as QEMU will see them)."""
+
+    taps: list = field(default_factory=list)
+    vhosts: list = field(default_factory=list)
+
+
+@dataclass
+class NetIds:
+    netdev: str
+    device: str
+    chardev: str
+
+
+def interface_ids(iface, index):
+    alias = iface.alias or f"net{index}"
+    return NetIds(netdev=f"host{alias}", device=alias, chardev=f"char{alias}")
+
+
+def wants_vhost(domain, iface, host_caps):
+    """libvirt's rule: vhost-net only for kvm domains, virtio, tap-like, not driver name='qemu'."""
+    return (
+        domain.type == "kvm"
+        and iface.is_tap
+        and iface.is_virtio
+        and iface.driver_name != "qemu"
+        and "vhost-net" in host_caps
+    )
+
+
+def _fd_list(fds):
+    return ":".join(str(fd) for fd in fds)
+
+
+def _tap_netdev(iface, fds):
+    props = {"type": "tap"}
+    if len(fds.taps) == 1:
+        props["fd"] = str(fds.taps[0])
+    else:
+        props["fds"] = _fd_list(fds.taps)
+    if fds.vhosts:
+        props["vhost"] = True
+        if len(fds.vhosts) == 1:
+            props["vhostfd"] = str(fds.vhosts[0])
+        else:
+            props["vhostfds"] = _fd_list(fds.vhosts)
+    if iface.sndbuf is not None:
+        props["sndbuf"] = iface.sndbuf
+    return props
+
+
+def _standalone_tap_netdev(iface):
+    """QEMU opens the tap itself by name; no scripts (virtnet never uses QEMU's)."""
+    if iface.type == "bridge":
+        # Unprivileged-friendly: QEMU runs its bridge helper, which creates and enslaves the tap.
+        from virtnet.host.bridgehelper import find_helper  # small, stdlib-only lookup
+
+        return {"type": "bridge", "br": iface.source.bridge, "helper": find_helper()}
+    props = {"type": "tap"}
+    if iface.target_dev and "%" not in iface.target_dev:
+        props["ifname"] = iface.target_dev
+    props["script"] = "no"
+    props["downscript"] = "no"
+    if iface.wants_vnet_hdr:
+        props["vnet_hdr"] = True
+    if iface.queue_count > 1:
+        props["queues"] = iface.queue_count
+    if iface.sndbuf is not None:
+        props["sndbuf"] = iface.sndbuf
+    return props
+
+
+def _user_netdev(iface, paths, ids):
+    if iface.uses_passt:
+        return {
+            "type": "stream",
+            "addr": {"type": "unix", "path": str(paths.passt_socket(ids.device))},
+            "server": False,
+            "reconnect": PASST_RECONNECT_SECONDS,
+        }
+    props = {"type": "user"}
+    for ip in iface.guest_ips:
+        addr = ipaddress.ip_address(ip.address)
+        if addr.version == 4:
+            props["net"] = f"{ip.address}/{ip.prefix}" if ip.prefix else ip.address
+        else:
+            props["ipv6-prefix"] = ip.address
+            props["ipv6-prefixlen"] = ip.prefix or 64
+    return props
+
+
+def _host_port(address, port):
+    if address and ":" in address:
+        address = f"[{address}]"  # an IPv6 literal needs brackets before the port
+    return f"{address or ''}:{port}"
+
+
+def _socket_netdev(iface):
+    src = iface.source
+    key = {"server": "listen", "client": "connect", "mcast": "mcast", "udp": "udp"}[iface.type]
+    props = {"type": "socket", key: _host_port(src.address, src.port)}
+    if iface.type == "udp":
+        props["localaddr"] = _host_port(src.local_address, src.local_port)
+    return props
+
+
+def netdev_props(domain, iface, index, *, fds, paths, standalone=False):
+    """The -netdev properties. `fds` is a HostFds for tap-backed types (ignored when standalone)."""
+    ids = interface_ids(iface, index)
+    kind = iface.type
+    if kind in ("ethernet", "bridge"):
+        props = _standalone_tap_netdev(iface) if standalone else _tap_netdev(iface, fds)
+    elif kind == "user":
+        props = _user_netdev(iface, paths, ids)
+    elif kind in SOCKET_TYPES:
+        props = _socket_netdev(iface)
+    elif kind == "vhostuser":
+        props = {"type": "vhost-user", "chardev": ids.chardev}
+        if iface.queue_count > 1:
+            props["queues"] = iface.queue_count
+    else:
+        raise UnsupportedError(
+            f"<interface type='{kind}'> is not supported yet by xml2argv/start; supported: "
+            "ethernet, bridge, user, server, client, mcast, udp, vhostuser",
+            line=iface.line,
+        )
+    props["id"] = ids.netdev
+    return props
+
+
+def chardev_props(iface, index, paths):
+    """The -chardev for a vhost-user interface (always keyval: QEMU 7.2 takes no JSON here)."""
+    ids = interface_ids(iface, index)
+    src = iface.source
+    path = str(paths.passt_socket(ids.device)) if iface.uses_passt else src.path
+    props = {"backend": "socket", "id": ids.chardev, "path": path}
+    if src.mode == "server" and not iface.uses_passt:
+        props["server"] = True
+    elif iface.uses_passt:
+        props["reconnect"] = PASST_RECONNECT_SECONDS
+    elif iface.node.find("source/reconnect") is not None:
+        props["reconnect"] = src.reconnect_timeout or 0 if src.reconnect_enabled else 0
+    return props
+
+
+def device_driver(domain, iface):
+    model = iface.model
+    if model in ("virtio", "virtio-transitional", "virtio-non-transitional"):
+        suffix = {"virtio": "", "virtio-transitional": "-transitional",
+                  "virtio-non-transitional": "-non-transitional"}[model]
+        return "virtio-net-pci" + suffix
+    return model
+
+
+def device_props(domain, iface, index):
+    ids = interface_ids(iface, index)
+    props = {"driver": device_driver(domain, iface)}
+    if iface.is_virtio:
+        if iface.txmode:
+            props["tx"] = {"iothread": "bh", "timer": "timer"}[iface.txmode]
+        for attr in ("ioeventfd", "event_idx"):
+            value = getattr(iface, attr)
+            if value is not None:
+                props[attr] = value == "on"
+        if iface.queue_count > 1:
+            props["mq"] = True
+            props["vectors"] = 2 * iface.queue_count + 2
+        for attr in ("rx_queue_size", "tx_queue_size"):
+            value = getattr(iface, attr)
+            if value is not None:
+                props[attr] = value
+        if iface.mtu is not None:
+            props["host_mtu"] = iface.mtu
+    props["netdev"] = ids.netdev
+    props["id"] = ids.device
+    props["mac"] = iface.mac
+    if iface.boot_order is not None:
+        props["bootindex"] = iface.boot_order
+    addr = iface.address
+    if addr is not None and addr.type == "pci":
+        props["bus"] = root_bus_name(domain) if addr.bus == 0 else f"pci.{addr.bus}"
+        props["addr"] = f"0x{addr.slot:x}" + (f".0x{addr.function:x}" if addr.function else "")
+        if addr.multifunction == "on":
+            props["multifunction"] = True
+    if iface.rom_bar is not None:
+        props["rombar"] = 1 if iface.rom_bar == "on" else 0
+    if iface.rom_enabled == "no":
+        props["romfile"] = ""
+    elif iface.rom_file is not None:
+        props["romfile"] = iface.rom_file
+    return props

@@ -1,0 +1,155 @@
+"""Starting and destroying domains: plan → executor → QEMU, a runtime record, and teardown.
+
+Runtime record (state dir, running/NAME.json): pid, QMP socket, netns, the taps virtnet created
+(deleted at destroy) and opened (never touched), downscripts to run, addresses added to
+managed='no' taps (removed again at destroy).
+"""
+
+import contextlib
+import os
+import shutil
+import sys
+
+from virtnet import domains
+from virtnet.errors import HostError, StoreError
+
+
+def _warn(message):
+    print(f"virtnet: warning: {message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _in_netns(name):
+    """Run a block in the domain's network namespace when it is not the one we are in."""
+    if not name or _already_in(name):
+        yield
+        return
+    from virtnet.host import netns
+
+    with netns.inside(name):
+        yield
+
+
+def _already_in(name):
+    try:
+        return os.stat(f"/run/netns/{name}").st_ino == os.stat("/proc/thread-self/ns/net").st_ino
+    except OSError:
+        return False
+
+
+def _stop_recorded(record):
+    from virtnet.qemu.launch import stop
+
+    stop(record["pid"], record["qmp"])
+
+
+def _teardown(store, name, record):
+    from virtnet.host.executor import teardown
+    from virtnet.host.netlink import Netlink
+
+    with _in_netns(record.get("netns")), Netlink() as nl:
+        errors = teardown(nl, record, _stop_recorded)
+    store.clear_runtime(name)
+    shutil.rmtree(store.runtime_dir / name, ignore_errors=True)
+    return errors
+
+
+def is_alive(record):
+    from virtnet.qemu.launch import is_running
+
+    return is_running(record["pid"], record["qmp"])
+
+
+def reap_dead(store):
+    """Clean up after domains whose QEMU died, telling the user. Call under the store lock."""
+    for name in store.running_names():
+        record = store.read_runtime(name)
+        if record is not None and not is_alive(record):
+            log = store.runtime_dir / name / "qemu.log"
+            tail = ""
+            with contextlib.suppress(OSError):
+                lines = log.read_text(errors="replace").strip().splitlines()
+                tail = f" (last QEMU output: {lines[-1]})" if lines else ""
+            _warn(f"domain '{name}': QEMU (pid {record['pid']}) is no longer running{tail}; cleaned up its taps and runtime state")
+            _teardown(store, name, record)
+
+
+def start(store, name, *, paused=False, fail_at=None, netns_name=None):
+    """Start a defined domain. Any failure rolls back every step already taken."""
+    from virtnet.hostcaps import probe
+    from virtnet.host.executor import Executor
+    from virtnet.host.netlink import Netlink
+    from virtnet.host.plan import build_plan, tap_names
+    from virtnet.qemu.argv import ArgvOptions, build_argv
+    from virtnet.qemu.launch import launch, stop
+    from virtnet.runpaths import DomainPaths
+
+    with store.lock():
+        reap_dead(store)
+        if store.read_runtime(name) is not None:
+            raise StoreError(f"domain '{name}' is already running; `virtnet destroy {name}` stops it")
+        loaded = domains.load_defined(store, name)
+        domain = loaded.domain
+        paths = DomainPaths(store.runtime_dir, name)
+        reserved = set()
+        for other in store.running_names():
+            reserved |= set((store.read_runtime(other) or {}).get("taps", {}).values())
+
+        def start_qemu(outcome):
+            argv = build_argv(domain, paths, ArgvOptions(fds=outcome.fds))
+            fds = [fd for f in outcome.fds.values() for fd in f.taps + f.vhosts]
+            return launch(argv, pass_fds=fds, qmp_path=str(paths.qmp), log_path=str(paths.log))
+
+        with Netlink() as nl:
+            plan = build_plan(domain, names_in_use=nl.link_names() | reserved, host_caps=probe(), paused=paused)
+            if os.path.exists(paths.qmp):
+                os.unlink(paths.qmp)  # a stale socket from a crash would confuse the QMP wait
+            paths.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            executor = Executor(nl, start_qemu=start_qemu, stop_qemu=lambda l: stop(l.pid, str(paths.qmp)),
+                                fail_at=fail_at)
+            try:
+                outcome = executor.setup(plan)
+            except BaseException:
+                shutil.rmtree(paths.dir, ignore_errors=True)
+                raise
+            record = {
+                "pid": outcome.launched.pid,
+                "qmp": str(paths.qmp),
+                "netns": netns_name,
+                "taps": {str(i): n for i, n in tap_names(plan).items()},
+                "created_taps": outcome.created_taps,
+                "downscripts": [[a.ifname, a.path] for a in plan.teardown if a.kind == "run-downscript"],
+                "added_addresses": outcome.added_addresses,
+                "added_routes": outcome.added_routes,
+            }
+            try:
+                store.write_runtime(name, record)
+            except BaseException:
+                stop(outcome.launched.pid, str(paths.qmp))
+                outcome.close_fds()
+                from virtnet.host.executor import teardown
+
+                teardown(nl, record, _stop_recorded)
+                shutil.rmtree(paths.dir, ignore_errors=True)
+                raise
+            outcome.close_fds()  # QEMU holds its own copies now
+            outcome.launched.qmp.close()
+        for message in outcome.warnings:
+            _warn(message)
+        return record
+
+
+def destroy(store, name):
+    with store.lock():
+        record = store.read_runtime(name)
+        if record is None:
+            store.read_domain(name)  # no such domain → that error instead
+            raise StoreError(f"domain '{name}' is not running")
+        errors = _teardown(store, name, record)
+    if errors:
+        raise HostError(f"domain '{name}' stopped, but teardown reported: " + "; ".join(errors))
+
+
+def state_of(store, name):
+    record = store.read_runtime(name)
+    return "running" if record is not None and is_alive(record) else "shut off"
