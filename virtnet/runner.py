@@ -105,8 +105,11 @@ def start(store, name, *, paused=False, fail_at=None, netns_name=None):
             if os.path.exists(paths.qmp):
                 os.unlink(paths.qmp)  # a stale socket from a crash would confuse the QMP wait
             paths.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            executor = Executor(nl, start_qemu=start_qemu, stop_qemu=lambda l: stop(l.pid, str(paths.qmp)),
-                                fail_at=fail_at)
+            def stop_qemu(launched):
+                launched.qmp.close()  # QEMU serves one QMP client: ours must go before stop's `quit`
+                stop(launched.pid, str(paths.qmp))
+
+            executor = Executor(nl, start_qemu=start_qemu, stop_qemu=stop_qemu, fail_at=fail_at)
             try:
                 outcome = executor.setup(plan)
             except BaseException:
@@ -125,7 +128,7 @@ def start(store, name, *, paused=False, fail_at=None, netns_name=None):
             try:
                 store.write_runtime(name, record)
             except BaseException:
-                stop(outcome.launched.pid, str(paths.qmp))
+                stop_qemu(outcome.launched)
                 outcome.close_fds()
                 from virtnet.host.executor import teardown
 

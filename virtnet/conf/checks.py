@@ -7,7 +7,7 @@ raises the first violation in document order, so a user fixes problems top to bo
 import ipaddress
 import re
 
-from virtnet.conf.domain import SOCKET_TYPES, TAP_TYPES, VIRTIO_MODELS
+from virtnet.conf.domain import GENERATED_TARGET_PREFIXES, SOCKET_TYPES, VIRTIO_MODELS
 from virtnet.errors import XMLInputError
 
 RULES = []
@@ -16,7 +16,8 @@ IFNAMSIZ = 16  # the kernel's limit includes the terminating NUL
 MAC_RE = re.compile(r"^[0-9A-Fa-f]{1,2}(:[0-9A-Fa-f]{1,2}){5}$")
 MODEL_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 MTU_TYPES = ("ethernet", "bridge", "network", "vhostuser")
-QUEUE_TYPES = TAP_TYPES + ("vhostuser",)
+QUEUE_TYPES = ("ethernet", "bridge", "network", "direct", "vhostuser")
+QUEUE_SIZES = (256, 512, 1024)  # powers of two that QEMU accepts for virtio-net rings
 
 
 def rule(func):
@@ -44,15 +45,6 @@ def unmanaged_only_on_ethernet(domain):
             yield iface.line_of("target"), (
                 f"unmanaged target dev is not supported on interfaces of type '{iface.type}'; "
                 "managed='no' is only accepted with <interface type='ethernet'>"
-            )
-
-
-@rule
-def unmanaged_needs_target_dev(domain):
-    for iface in domain.interfaces:
-        if iface.unmanaged and not iface.target_dev:
-            yield iface.line_of("target"), (
-                f"{_where(iface)}: <target managed='no'> needs dev='NAME', the pre-created tap to use"
             )
 
 
@@ -134,7 +126,7 @@ def queues_need_tap_or_vhostuser_and_virtio(domain):
         elif queues > 1 and iface.type not in QUEUE_TYPES:
             yield iface.line_of("driver"), (
                 f"multiqueue (<driver queues='{queues}'>) is not supported for interfaces of type "
-                f"'{iface.type}'; accepted on {', '.join(QUEUE_TYPES)}"
+                f"'{iface.type}'; accepted on ethernet, bridge and vhostuser"
             )
         elif queues > 1 and not iface.is_virtio:
             yield iface.line_of("driver"), (
@@ -148,9 +140,10 @@ def queue_sizes_are_powers_of_two(domain):
     for iface in domain.interfaces:
         for attr in ("rx_queue_size", "tx_queue_size"):
             size = getattr(iface, attr)
-            if size is not None and (size < 1 or size & (size - 1)):
+            if size is not None and size not in QUEUE_SIZES:
                 yield iface.line_of("driver"), (
-                    f"{_where(iface)}: <driver {attr}='{size}'> must be a power of two (256, 512 or 1024)"
+                    f"{_where(iface)}: <driver {attr}='{size}'> is not accepted; QEMU takes a power of "
+                    "two from 256 to 1024: 256, 512 or 1024"
                 )
 
 
@@ -178,10 +171,17 @@ def vhostuser_needs_virtio(domain):
 def vhostuser_reconnect_only_as_client(domain):
     for iface in domain.interfaces:
         src = iface.source
-        if iface.type == "vhostuser" and src is not None and src.mode == "server" and src.reconnect_enabled:
+        if iface.type != "vhostuser" or src is None or not src.reconnect_enabled:
+            continue
+        if src.mode == "server":
             yield src.line_of("reconnect"), (
                 "<reconnect enabled='yes'> is not supported with <source mode='server'>: "
                 "QEMU listens then, so there is nothing to reconnect to; use mode='client'"
+            )
+        elif not src.reconnect_timeout:
+            yield src.line_of("reconnect"), (
+                "<reconnect enabled='yes'> needs timeout='SECONDS' (at least 1): how long QEMU waits "
+                "between attempts"
             )
 
 
@@ -201,12 +201,18 @@ def socket_addresses(domain):
         for attr, port in (("port", src.port), ("local/@port", src.local_port)):
             if port is not None and not 1 <= port <= 65535:
                 yield src.line_of(attr), f"{_where(iface)}: port {port} is out of range 1..65535"
+        for attr, value in (("address", src.address), ("local/@address", src.local_address)):
+            if value and ":" in value:
+                yield src.line_of(attr), (
+                    f"{_where(iface)}: '{value}' is an IPv6 address; QEMU's socket backend takes IPv4 "
+                    "addresses (or host names) only"
+                )
         if iface.type == "mcast":
             addr = _ip(src.address or "")
             if addr is None or not addr.is_multicast:
                 yield src.line, (
-                    f"<interface type='mcast'>: <source address='{src.address}'> must be a multicast "
-                    "address (224.0.0.0/4 or ff00::/8)"
+                    f"<interface type='mcast'>: <source address='{src.address}'> must be an IPv4 "
+                    "multicast address (224.0.0.0/4)"
                 )
 
 
@@ -321,8 +327,13 @@ def unique_macs(domain):
 
 @rule
 def unique_target_devs(domain):
-    yield from _duplicates(domain, lambda i: i.target_dev if i.target_dev and "%" not in i.target_dev else None,
-                           lambda v: f"target dev '{v}'")
+    def kept_name(iface):
+        dev = iface.target_dev
+        if not dev or "%" in dev or (dev.startswith(GENERATED_TARGET_PREFIXES) and not iface.unmanaged):
+            return None  # templates are filled at start; generated names are dropped
+        return dev
+
+    yield from _duplicates(domain, kept_name, lambda v: f"target dev '{v}'")
 
 
 @rule
@@ -354,6 +365,26 @@ def boot_orders(domain):
         elif order in seen:
             yield iface.line_of("boot"), f"<boot order='{order}'> is used twice (lines {seen[order]} and {iface.line_of('boot')})"
         seen.setdefault(order, iface.line_of("boot"))
+
+
+@rule
+def pci_slot_not_reserved(domain):
+    reserved = {0: "the host bridge", 1: "the chipset (PIIX3/ICH9)"}
+    if domain.is_q35:
+        reserved[0x1F] = "the ICH9 LPC/SATA/SMBus functions"
+    for iface in domain.interfaces:
+        addr = iface.address
+        if addr is not None and addr.type == "pci" and (addr.bus or 0) == 0 and addr.slot in reserved:
+            yield addr.line, (
+                f"{_where(iface)}: PCI slot 0x{addr.slot:02x} on bus 0 belongs to {reserved[addr.slot]}; "
+                "use a slot from 0x02 to 0x1f, or leave <address> out to have one assigned"
+            )
+
+
+@rule
+def memory_is_positive(domain):
+    if domain.has("memory") and not domain.memory > 0:
+        yield domain.line_of("memory"), "<memory> must be a positive amount of guest RAM"
 
 
 @rule

@@ -35,11 +35,16 @@ def _ensure_uuid(domain):
         node.tail = name.tail
 
 
+def normal_mac(mac):
+    """Two lowercase hex digits per octet, as QEMU requires ('52:54:0:a:b:c' → '52:54:00:0a:0b:0c')."""
+    return ":".join(f"{int(octet, 16):02x}" for octet in mac.split(":"))
+
+
 def _fill_macs(domain):
-    used = {i.mac.lower() for i in domain.interfaces if i.mac and not _is_zero(i.mac)}
+    used = {normal_mac(i.mac) for i in domain.interfaces if i.mac and not _is_zero(i.mac)}
     for index, iface in enumerate(domain.interfaces):
         if iface.mac and not _is_zero(iface.mac):
-            iface.mac = iface.mac.lower()
+            iface.mac = normal_mac(iface.mac)
             continue
         attempt = 0
         mac = generated_mac(domain.uuid, index)
@@ -57,7 +62,8 @@ def _is_zero(mac):
 def _drop_generated_target(iface):
     dev = iface.target_dev
     if dev and not iface.unmanaged and dev.startswith(GENERATED_TARGET_PREFIXES):
-        iface.target_dev = None
+        # The whole <target> goes: managed='yes' is the default, and <target> without dev is invalid.
+        iface.node.remove(iface.node.find("target"))
 
 
 def _tidy_driver(iface, warnings):
@@ -67,14 +73,18 @@ def _tidy_driver(iface, warnings):
     if driver.get("queues") == "1":
         del driver.attrib["queues"]  # one queue is the default; libvirt normalises it away
     if not iface.is_virtio:
-        dropped = [a for a in VIRTIO_DRIVER_ATTRS if a in driver.attrib]
+        # libvirt parses <driver> only for virtio; for other models it vanishes (we say so).
+        dropped = [a for a in ("name",) + VIRTIO_DRIVER_ATTRS if a in driver.attrib]
         for attr in dropped:
             del driver.attrib[attr]
         if dropped:
             warnings.append((driver.sourceline, f"<driver {' '.join(dropped)}> only applies to virtio "
                              f"models and was dropped for model '{iface.model}'"))
-        if not driver.attrib and not len(driver):
-            iface.node.remove(driver)
+        backend = iface.node.find("backend")
+        if backend is not None and backend.attrib.pop("vhost", None) is not None and not backend.attrib:
+            iface.node.remove(backend)
+    if not driver.attrib and not len(driver):
+        iface.node.remove(driver)
 
 
 def apply_defaults(domain):
@@ -82,6 +92,8 @@ def apply_defaults(domain):
     warnings = []
     _ensure_uuid(domain)
     for iface in domain.interfaces:
+        if iface.declared_type is None:
+            iface.declared_type = "user"  # libvirt writes the default type out
         _drop_generated_target(iface)
         if iface.model_raw is None:
             iface.model_raw = DEFAULT_MODEL

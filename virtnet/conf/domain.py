@@ -8,6 +8,11 @@ SOCKET_TYPES = ("server", "client", "mcast", "udp")
 # Models that want IFF_VNET_HDR on their tap (libvirt's "vnet-header compatible" list).
 VNET_HDR_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional", "e1000e", "vmxnet3")
 VIRTIO_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional")
+# libvirt's known model names (virDomainNetModel), matched case-insensitively; others pass verbatim.
+KNOWN_MODELS = VIRTIO_MODELS + (
+    "netfront", "rtl8139", "e1000", "e1000e", "igb", "usb-net", "spapr-vlan", "lan9118", "smc91c111",
+    "vlance", "vmxnet", "vmxnet2", "vmxnet3", "ne2k_pci", "pcnet", "i82551", "i82557b", "i82559er",
+)
 # Target names libvirt (and virtnet) generate itself; dropped from inactive XML unless managed='no'.
 GENERATED_TARGET_PREFIXES = ("vnet", "macvtap", "macvlan")
 
@@ -118,9 +123,9 @@ class Interface(XMLObject):
 
     @property
     def model(self):
-        """Model name as QEMU knows it; libvirt compares 'virtio' case-insensitively."""
+        """Model name as QEMU knows it; libvirt compares known model names case-insensitively."""
         model = self.model_raw
-        if model and model.lower() in VIRTIO_MODELS:
+        if model and model.lower() in KNOWN_MODELS:
             return model.lower()
         return model
 

@@ -19,7 +19,7 @@ _CHILD_RANK = {tag: i for i, tag in enumerate(INTERFACE_CHILD_ORDER)}
 ATTRIBUTE_ORDER = {
     "interface": ["type", "trustGuestRxFilters"],
     "mac": ["address", "type", "check"],
-    "source": ["type", "network", "portgroup", "portid", "bridge", "dev", "mode", "path", "address", "port"],
+    "source": ["type", "network", "portgroup", "portid", "bridge", "dev", "path", "mode", "address", "port"],
     "target": ["dev", "managed"],
     "driver": ["name", "txmode", "ioeventfd", "event_idx", "queues", "rx_queue_size", "tx_queue_size",
                "rss", "rss_hash_report"],

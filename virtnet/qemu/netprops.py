@@ -31,7 +31,11 @@ class NetIds:
 
 
 def interface_ids(iface, index):
-    alias = iface.alias or f"net{index}"
+    """libvirt's ids: a user alias (ua-*) as given; otherwise netN counting the interfaces without one."""
+    alias = iface.alias
+    if alias is None:
+        siblings = iface.node.getparent().findall("interface")[:index]
+        alias = f"net{sum(1 for s in siblings if s.find('alias') is None)}"
     return NetIds(netdev=f"host{alias}", device=alias, chardev=f"char{alias}")
 
 
@@ -94,7 +98,8 @@ def _user_netdev(iface, paths, ids):
             "type": "stream",
             "addr": {"type": "unix", "path": str(paths.passt_socket(ids.device))},
             "server": False,
-            "reconnect": PASST_RECONNECT_SECONDS,
+            # No "reconnect": -netdev stream gained it in QEMU 8.0; 7.2 (Debian 12) refuses it,
+            # and libvirt omits it for 7.2 as well.
         }
     props = {"type": "user"}
     for ip in iface.guest_ips:
@@ -103,14 +108,13 @@ def _user_netdev(iface, paths, ids):
             props["net"] = f"{ip.address}/{ip.prefix}" if ip.prefix else ip.address
         else:
             props["ipv6-prefix"] = ip.address
-            props["ipv6-prefixlen"] = ip.prefix or 64
+            if ip.prefix is not None:
+                props["ipv6-prefixlen"] = ip.prefix
     return props
 
 
 def _host_port(address, port):
-    if address and ":" in address:
-        address = f"[{address}]"  # an IPv6 literal needs brackets before the port
-    return f"{address or ''}:{port}"
+    return f"{address or ''}:{port}"  # -netdev socket is IPv4-only (checks.py refuses IPv6)
 
 
 def _socket_netdev(iface):
@@ -197,13 +201,14 @@ def device_props(domain, iface, index):
     addr = iface.address
     if addr is not None and addr.type == "pci":
         props["bus"] = root_bus_name(domain) if addr.bus == 0 else f"pci.{addr.bus}"
+        if addr.multifunction in ("on", "off"):
+            props["multifunction"] = addr.multifunction == "on"
         props["addr"] = f"0x{addr.slot:x}" + (f".0x{addr.function:x}" if addr.function else "")
-        if addr.multifunction == "on":
-            props["multifunction"] = True
-    if iface.rom_bar is not None:
-        props["rombar"] = 1 if iface.rom_bar == "on" else 0
     if iface.rom_enabled == "no":
-        props["romfile"] = ""
-    elif iface.rom_file is not None:
-        props["romfile"] = iface.rom_file
+        props["romfile"] = ""  # no ROM at all; bar and file are moot
+    else:
+        if iface.rom_bar is not None:
+            props["rombar"] = 1 if iface.rom_bar == "on" else 0
+        if iface.rom_file is not None:
+            props["romfile"] = iface.rom_file
     return props
