@@ -42,9 +42,9 @@ regen: venv ## rewrite golden expectations (then read every changed line before 
 	VIR_TEST_REGENERATE_OUTPUT=1 $(PY) -m pytest -q tests/test_golden.py || true
 	git status --short testdata
 
-lint: venv ## byte-compile and check the package imports cleanly
-	$(PY) -m compileall -q virtnet tests
-	$(PY) -m pyflakes virtnet tests 2>/dev/null || $(PY) -m pip install -q pyflakes && $(PY) -m pyflakes virtnet tests
+lint: venv ## pyflakes over the package, tests and benchmarks
+	$(PY) -m pip install -q pyflakes
+	$(PY) -m pyflakes virtnet tests benchmarks
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -199,7 +199,8 @@ def cmd_xml2argv(args):
     from virtnet.conf.load import load_file
     from virtnet.qemu.argv import ArgvOptions, build_argv, unrendered_devices
     from virtnet.qemu.render import shell_lines
-    from virtnet.runpaths import DomainPaths, default_runtime_dir
+    from virtnet.runpaths import DomainPaths
+    from virtnet.store import default_runtime_dir
 
     caps = parse_host_caps(args.host_caps)
     runtime_dir = Path(args.runtime_dir) if args.runtime_dir else default_runtime_dir()

@@ -3,25 +3,9 @@
 Pure path arithmetic, so xml2argv can print the same paths start will use without touching disk.
 """
 
-import os
 from pathlib import Path
 
 UNIX_PATH_MAX = 107  # sun_path holds 108 bytes including the terminating NUL
-
-
-def default_runtime_dir():
-    """$VIRTNET_RUNTIME_DIR, else /run/virtnet for root, else $XDG_RUNTIME_DIR/virtnet."""
-    env = os.environ.get("VIRTNET_RUNTIME_DIR")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/run/virtnet")
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        return Path(xdg) / "virtnet"
-    from virtnet.store import default_state_dir  # only for users without a runtime dir
-
-    return default_state_dir() / "run"
 
 
 class DomainPaths:

@@ -1,0 +1,559 @@
+"""The state directory store, on real files with real processes competing for its lock."""
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from virtnet.errors import StoreError, XMLInputError
+from virtnet.store import Store, default_runtime_dir, default_state_dir
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def domain_xml(name, version=1):
+    return f"<domain type='kvm'><name>{name}</name><version>{version}</version></domain>\n"
+
+
+def summarize(xml_text):
+    root = ET.fromstring(xml_text)
+    return {"version": int(root.findtext("version")), "size": len(xml_text)}
+
+
+def run_python(code, *args):
+    """Start a Python process that imports virtnet from this checkout."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process, timeout=120):
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def define(store, name, version=1):
+    xml = domain_xml(name, version)
+    with store.lock():
+        store.write_domain(name, xml, summarize(xml))
+    return xml
+
+
+def all_files(directory):
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(tmp_path / "state", tmp_path / "run", summarize=summarize)
+
+
+# Definitions
+
+
+def test_definition_round_trip(store):
+    xml = define(store, "web")
+    define(store, "db", version=3)
+
+    assert store.read_domain("web") == xml
+    assert store.names() == ["db", "web"]
+    assert store.summaries() == {"web": summarize(xml), "db": summarize(domain_xml("db", 3))}
+    assert (store.state_dir / "domains" / "web.xml").read_text() == xml
+
+
+def test_redefinition_replaces_xml_and_summary(store):
+    define(store, "web", version=1)
+    xml = define(store, "web", version=2)
+
+    assert store.read_domain("web") == xml
+    assert store.summaries() == {"web": {"version": 2, "size": len(xml)}}
+
+
+def test_writes_leave_only_the_expected_files(store):
+    for version in (1, 2):
+        define(store, "web", version)
+        define(store, "db", version)
+    with store.lock():
+        store.remove_domain("db")
+        store.write_runtime("web", {"pid": 1})
+
+    assert all_files(store.state_dir) == [
+        "domains", "domains/web.xml", "index.json", "lock", "running", "running/web.json"]
+
+
+def test_failed_write_removes_its_temporary_file_and_keeps_the_old_content(store, monkeypatch):
+    old = define(store, "web", version=1)
+    fsync = os.fsync
+    domains_dir = str(store.state_dir / "domains")
+
+    def disk_full_for_definitions(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(domains_dir + "/"):
+            raise OSError(28, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", disk_full_for_definitions)
+    with store.lock(), pytest.raises(StoreError, match="cannot save .*No space left on device"):
+        store.write_domain("web", domain_xml("web", 2), {"version": 2})
+    monkeypatch.undo()
+
+    assert not [f for f in all_files(store.state_dir) if ".tmp-" in f]
+    assert store.read_domain("web") == old
+    assert store.summaries() == {"web": summarize(old)}
+    assert not (store.state_dir / "pending").exists()
+
+
+def test_a_summary_that_is_not_json_changes_nothing(store):
+    define(store, "web")
+    with store.lock(), pytest.raises(TypeError):
+        store.write_domain("db", domain_xml("db"), {"when": object()})
+    assert store.names() == ["web"]
+    assert not (store.state_dir / "domains" / "db.xml").exists()
+
+
+def test_reading_a_missing_domain_names_it(store):
+    define(store, "web")
+    with pytest.raises(StoreError) as error:
+        store.read_domain("nope")
+    assert str(error.value) == "no domain named 'nope' is defined (see `virtnet list --all`)"
+
+
+def test_remove_domain(store):
+    define(store, "web")
+    define(store, "db")
+    with store.lock():
+        store.remove_domain("web")
+        with pytest.raises(StoreError, match="no domain named 'web'"):
+            store.remove_domain("web")
+
+    assert store.names() == ["db"]
+    assert not (store.state_dir / "domains" / "web.xml").exists()
+    with pytest.raises(StoreError, match="no domain named 'web'"):
+        store.read_domain("web")
+
+
+def test_an_empty_store_reads_as_empty_and_creates_nothing(tmp_path):
+    store = Store(tmp_path / "state")
+    assert store.summaries() == {}
+    assert store.names() == []
+    assert store.running_names() == []
+    assert store.read_runtime("web") is None
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("call", [
+    lambda s: s.write_domain("web", domain_xml("web"), {}),
+    lambda s: s.remove_domain("web"),
+    lambda s: s.write_runtime("web", {}),
+    lambda s: s.clear_runtime("web"),
+])
+def test_mutations_need_the_lock(store, call):
+    with pytest.raises(RuntimeError, match="inside `with store.lock"):
+        call(store)
+    assert not store.state_dir.exists()
+
+
+@pytest.mark.parametrize("name, complaint", [
+    ("", "is empty"),
+    (".", "cannot be '.'"),
+    ("..", "cannot be '..'"),
+    ("a/b", "contains '/'"),
+    ("../etc", "contains '/'"),
+    ("a\0b", "NUL"),
+    ("x" * 201, "201 bytes long; at most 200"),
+    ("é" * 101, "202 bytes long; at most 200"),
+    ("bad\udcff", "not valid UTF-8"),
+])
+def test_bad_names_are_refused(store, name, complaint):
+    def write():
+        with store.lock():
+            store.write_domain(name, "<domain/>", {})
+
+    for call in (write, lambda: store.read_domain(name),
+                 lambda: store.read_runtime(name), lambda: store.runtime_path(name, "qmp.sock")):
+        with pytest.raises(StoreError, match=complaint):
+            call()
+    assert store.names() == []
+    assert not store.runtime_dir.exists()
+
+
+@pytest.mark.parametrize("name", ["x" * 200, "é" * 100, ".hidden", "web.xml", "名前", "a b"])
+def test_unusual_but_valid_names_are_stored(store, name):
+    xml = define(store, name)
+    assert store.names() == [name]
+    assert store.read_domain(name) == xml
+    # The index survives a rebuild: the file names map back to the same domain names.
+    store.index_path.unlink()
+    assert Store(store.state_dir, summarize=summarize).names() == [name]
+
+
+# The index
+
+
+def test_index_is_rebuilt_from_the_definitions_when_deleted(store):
+    for name in ("a", "b", "c"):
+        define(store, name, version=len(name) + 1)
+    expected = store.summaries()
+    store.index_path.unlink()
+
+    assert Store(store.state_dir, summarize=summarize).summaries() == expected
+    assert json.loads(store.index_path.read_text())["domains"] == expected
+
+
+@pytest.mark.parametrize("damage", [b'{"version": 1, "doma', b"", b"[1, 2]", b'{"version": 99}'])
+def test_index_is_rebuilt_when_damaged(store, damage):
+    define(store, "a")
+    define(store, "b")
+    expected = store.summaries()
+    store.index_path.write_bytes(damage)
+
+    assert Store(store.state_dir, summarize=summarize).summaries() == expected
+    # And a writer rebuilds it too, instead of writing an index with only its own domain.
+    store.index_path.write_bytes(damage)
+    define(store, "c")
+    assert store.names() == ["a", "b", "c"]
+
+
+def test_index_cannot_be_rebuilt_without_summarize(store):
+    define(store, "a")
+    store.index_path.unlink()
+
+    with pytest.raises(StoreError, match="index .* is missing or out of date"):
+        Store(store.state_dir).summaries()
+    assert not store.index_path.exists()
+
+
+def test_rebuild_names_the_file_it_cannot_summarize(store):
+    define(store, "a")
+    (store.state_dir / "domains" / "a.xml").write_text("<domain><version>oops")
+    store.index_path.unlink()
+
+    def strict_summarize(xml_text):
+        raise XMLInputError("the XML is not well-formed")
+
+    with pytest.raises(XMLInputError) as error:
+        Store(store.state_dir, summarize=strict_summarize).summaries()
+    assert str(error.value).startswith(str(store.state_dir / "domains" / "a.xml") + ": ")
+
+
+CRASHING_WRITER = """
+    import os, sys
+    from pathlib import Path
+    import virtnet.store as store_module
+
+    state_dir, verb, xml = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    store = store_module.Store(state_dir)
+    write_atomically = store_module._write_atomically
+
+    def die_before_the_index(path, data):
+        if path.name == "index.json":
+            os._exit(17)  # as if the power went out between the two renames
+        write_atomically(path, data)
+
+    store_module._write_atomically = die_before_the_index
+    with store.lock():
+        if verb == "define":
+            store.write_domain("web", xml, {"version": "never written"})
+        else:
+            store.remove_domain("web")
+"""
+
+
+@pytest.mark.parametrize("verb", ["define", "remove"])
+@pytest.mark.parametrize("next_user", ["reader", "writer"])
+def test_a_writer_crash_between_xml_and_index_is_repaired(store, verb, next_user):
+    define(store, "web", version=1)
+    define(store, "db")
+    new_xml = domain_xml("web", version=2)
+
+    before = store.summaries()
+    code, _, err = finish(run_python(CRASHING_WRITER, store.state_dir, verb, new_xml))
+    assert code == 17, err
+    assert (store.state_dir / "pending").exists()
+    # A reader that cannot summarize gets the index as it was, rather than an error.
+    assert Store(store.state_dir).summaries() == before
+
+    after = Store(store.state_dir, summarize=summarize)
+    if next_user == "writer":
+        define(after, "other")
+    summaries = after.summaries()
+
+    if verb == "define":
+        assert summaries["web"] == summarize(new_xml)
+    else:
+        assert "web" not in summaries
+    assert "db" in summaries
+    assert not (store.state_dir / "pending").exists()
+    assert not [f for f in all_files(store.state_dir) if ".tmp-" in f]
+
+
+# The lock
+
+
+LOCK_PROBE = """
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(1)
+"""
+
+
+def lock_is_free(store):
+    code, _, err = finish(run_python(LOCK_PROBE, store.state_dir / "lock"))
+    assert code in (0, 1), err
+    return code == 0
+
+
+def test_lock_excludes_other_processes(store):
+    with store.lock():
+        assert not lock_is_free(store)
+        with store.lock():  # re-entering from the same Store does not deadlock
+            assert not lock_is_free(store)
+        assert not lock_is_free(store)
+    assert lock_is_free(store)
+
+
+def test_lock_is_not_inherited_by_a_started_program(store):
+    with store.lock():
+        child = subprocess.Popen(["sleep", "60"], close_fds=False)
+    try:
+        assert child.poll() is None
+        assert lock_is_free(store)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_lock_creates_private_directories(tmp_path):
+    store = Store(tmp_path / "a" / "state")
+    with store.lock():
+        pass
+    for directory in (store.state_dir, store.state_dir / "domains", store.state_dir / "running"):
+        assert stat.S_IMODE(directory.stat().st_mode) & 0o077 == 0
+
+
+CONCURRENT_WRITER = """
+    import sys, time
+    from pathlib import Path
+    from virtnet.store import Store
+
+    state_dir, go = Path(sys.argv[1]), Path(sys.argv[3])
+    worker, padding = int(sys.argv[2]), int(sys.argv[4])
+    store = Store(state_dir)
+    while not go.exists():
+        time.sleep(0.001)
+    for i in range(50):
+        name = f"w{worker}-d{i:02}"
+        xml = f"<domain><name>{name}</name><description>{name * padding}</description></domain>"
+        with store.lock():  # read, check, write: the way define uses it
+            summaries = store.summaries()
+            if name in summaries:
+                sys.exit(f"{name} already defined")
+            store.write_domain(name, xml, {"seen": len(summaries), "size": len(xml)})
+"""
+
+
+def check_complete(xml, name, padding):
+    root = ET.fromstring(xml)  # raises on a partial file
+    assert root.findtext("name") == name
+    assert root.findtext("description") == name * padding
+
+
+def test_concurrent_writers_lose_nothing_and_readers_see_whole_files(tmp_path):
+    store = Store(tmp_path / "state")
+    go = tmp_path / "go"
+    padding = 1000  # 5 to 7 KB per definition: big enough that a write in place is seen half done
+    writers = [run_python(CONCURRENT_WRITER, store.state_dir, worker, go, padding)
+               for worker in range(8)]
+    try:
+        go.touch()
+        counts_seen = set()
+        files_checked = set()
+        while any(w.poll() is None for w in writers):
+            time.sleep(0.001)  # leave the writers most of the CPU
+            if not store.index_path.exists():
+                continue  # the first writer has not started yet
+            json.loads(store.index_path.read_bytes())  # raises on a partial index
+            summaries = store.summaries()
+            counts_seen.add(len(summaries))
+            for name in set(summaries) - files_checked:  # an indexed definition is complete
+                check_complete(store.read_domain(name), name, padding)
+            # So is any definition that is visible at all, indexed yet or not.
+            for entry in os.listdir(store.state_dir / "domains"):
+                name = entry.removesuffix(".xml")
+                if entry.endswith(".xml") and name not in files_checked:
+                    check_complete((store.state_dir / "domains" / entry).read_text(), name, padding)
+                    files_checked.add(name)
+        results = [finish(w) for w in writers]
+    finally:
+        for w in writers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+
+    assert [code for code, _, _ in results] == [0] * 8, [err for _, _, err in results]
+    summaries = store.summaries()
+    expected = {f"w{w}-d{i:02}" for w in range(8) for i in range(50)}
+    assert set(summaries) == expected
+    # Each define saw all the ones before it and none in progress: no two saw the same count.
+    assert sorted(summary["seen"] for summary in summaries.values()) == list(range(400))
+    files = {p.name for p in (store.state_dir / "domains").iterdir()}
+    assert files == {f"{name}.xml" for name in expected}
+    for name, summary in summaries.items():
+        xml = store.read_domain(name)
+        check_complete(xml, name, padding)
+        assert summary["size"] == len(xml)
+    # The reader really ran during the writes, not only before or after them.
+    assert files_checked
+    assert any(0 < count < len(expected) for count in counts_seen)
+
+
+# Runtime records and files
+
+
+def test_runtime_record_round_trip(store):
+    record = {"pid": 4242, "qmp": "/run/virtnet/web/qmp.sock", "taps": ["vnet0", "vnet1"]}
+    with store.lock():
+        store.write_runtime("web", record)
+        store.write_runtime("db", {"pid": 1})
+    assert store.read_runtime("web") == record
+    assert store.running_names() == ["db", "web"]
+
+    with store.lock():
+        store.clear_runtime("web")
+        store.clear_runtime("web")  # already gone: no error
+    assert store.read_runtime("web") is None
+    assert store.running_names() == ["db"]
+
+
+def test_a_damaged_runtime_record_is_reported(store):
+    with store.lock():
+        store.write_runtime("web", {"pid": 1})
+    (store.state_dir / "running" / "web.json").write_text('{"pid": ')
+    with pytest.raises(StoreError, match="runtime record .*web.json is not valid JSON"):
+        store.read_runtime("web")
+
+
+def test_runtime_path_creates_the_domain_directory(store):
+    path = store.runtime_path("web", "qmp.sock")
+    assert path == store.runtime_dir / "web" / "qmp.sock"
+    assert path.parent.is_dir()
+    assert stat.S_IMODE(path.parent.stat().st_mode) & 0o077 == 0
+    assert not path.exists()
+
+
+def test_runtime_path_is_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = Store(Path("state"), Path("run")).runtime_path("web", "qmp.sock")
+    assert path == tmp_path / "run" / "web" / "qmp.sock"
+
+
+def test_runtime_path_refuses_what_a_unix_socket_cannot_bind(tmp_path):
+    base = len(os.fsencode(tmp_path / "r" / "web" / "s"))
+    longest = Store(tmp_path / "state", tmp_path / "r", summarize)
+    leaf = "s" * (107 - base + 1)  # makes the path 107 bytes, the longest sun_path accepts
+
+    path = longest.runtime_path("web", leaf)
+    assert len(os.fsencode(path)) == 107
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(os.fspath(path))  # proves 107 bytes really is usable
+
+    with pytest.raises(StoreError, match="is 108 bytes long, and a unix socket path must be "
+                                         "shorter than 108; set VIRTNET_RUNTIME_DIR"):
+        longest.runtime_path("vm2", leaf + "s")
+    assert not (tmp_path / "r" / "vm2").exists()
+
+
+def test_remove_runtime_dir(store):
+    path = store.runtime_path("web", "qemu.log")
+    path.write_text("log")
+    (path.parent / "sub").mkdir()
+    (path.parent / "sub" / "pid").write_text("1")
+    other = store.runtime_path("db", "qemu.log")
+
+    store.remove_runtime_dir("web")
+    store.remove_runtime_dir("web")  # already gone: no error
+    assert not path.parent.exists()
+    assert other.parent.is_dir()
+
+
+@pytest.mark.parametrize("leaf", ["", ".", "..", "a/b"])
+def test_runtime_path_refuses_bad_leaves(store, leaf):
+    with pytest.raises(StoreError, match="runtime file name"):
+        store.runtime_path("web", leaf)
+
+
+# Where the directories are
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    variables = ("VIRTNET_STATE_DIR", "VIRTNET_RUNTIME_DIR", "XDG_DATA_HOME", "XDG_RUNTIME_DIR")
+    for variable in variables:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HOME", "/home/alice")
+    return monkeypatch
+
+
+def as_user(monkeypatch, uid):
+    monkeypatch.setattr(os, "geteuid", lambda: uid)
+
+
+@pytest.mark.parametrize("uid", [0, 1000])
+def test_state_dir_from_virtnet_state_dir(clean_env, uid):
+    as_user(clean_env, uid)
+    clean_env.setenv("VIRTNET_STATE_DIR", "/srv/vn")
+    clean_env.setenv("XDG_DATA_HOME", "/data")
+    assert default_state_dir() == Path("/srv/vn")
+
+
+def test_state_dir_for_root(clean_env):
+    as_user(clean_env, 0)
+    clean_env.setenv("XDG_DATA_HOME", "/data")
+    assert default_state_dir() == Path("/var/lib/virtnet")
+
+
+def test_state_dir_from_xdg_data_home(clean_env):
+    as_user(clean_env, 1000)
+    clean_env.setenv("XDG_DATA_HOME", "/data")
+    assert default_state_dir() == Path("/data/virtnet")
+
+
+@pytest.mark.parametrize("xdg_data_home", [None, "", "relative/dir"])
+def test_state_dir_in_home_without_a_usable_xdg_data_home(clean_env, xdg_data_home):
+    as_user(clean_env, 1000)
+    if xdg_data_home is not None:
+        clean_env.setenv("XDG_DATA_HOME", xdg_data_home)
+    assert default_state_dir() == Path("/home/alice/.local/share/virtnet")
+
+
+@pytest.mark.parametrize("uid, environment, expected", [
+    (0, {"VIRTNET_RUNTIME_DIR": "/r"}, "/r"),
+    (1000, {"VIRTNET_RUNTIME_DIR": "/r", "XDG_RUNTIME_DIR": "/run/user/1000"}, "/r"),
+    (0, {"XDG_RUNTIME_DIR": "/run/user/0"}, "/run/virtnet"),
+    (1000, {"XDG_RUNTIME_DIR": "/run/user/1000"}, "/run/user/1000/virtnet"),
+    (1000, {"XDG_DATA_HOME": "/data"}, "/data/virtnet/run"),
+    (1000, {"VIRTNET_STATE_DIR": "/srv/vn"}, "/srv/vn/run"),
+])
+def test_runtime_dir(clean_env, uid, environment, expected):
+    as_user(clean_env, uid)
+    for variable, value in environment.items():
+        clean_env.setenv(variable, value)
+    assert default_runtime_dir() == Path(expected)
+
+
+def test_default_store_uses_both_defaults(clean_env, tmp_path):
+    clean_env.setenv("VIRTNET_STATE_DIR", str(tmp_path / "state"))
+    clean_env.setenv("VIRTNET_RUNTIME_DIR", str(tmp_path / "run"))
+    store = Store.default(summarize)
+    assert (store.state_dir, store.runtime_dir) == (tmp_path / "state", tmp_path / "run")
+    assert store.summarize is summarize
