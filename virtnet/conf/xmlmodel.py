@@ -99,15 +99,8 @@ class Child:
         return None if node is None else self.cls(node)
 
 
-class Children:
+class Children(Child):
     """All sub-elements at a path, each wrapped in a model class."""
-
-    def __init__(self, path, cls):
-        self.path = path
-        self.cls = cls
-
-    def __set_name__(self, owner, name):
-        self.name = name
 
     def __get__(self, obj, owner=None):
         if obj is None:
