@@ -117,6 +117,7 @@ def _instances(domain):
             found[model.Route] += iface.source.host_routes
         if iface.address is not None:
             found[model.PCIAddress].append(iface.address)
+        found[model.Offloads] += [o for o in (iface.host_offloads, iface.guest_offloads) if o is not None]
         found[model.IPAddress] += iface.guest_ips
         found[model.Route] += iface.guest_routes
         for fwd in iface.port_forwards:

@@ -61,7 +61,10 @@ def define(store, loaded):
 
 
 def undefine(store, name):
+    from virtnet import runner
+
     with store.lock():
+        runner.reap_dead(store)  # a domain whose QEMU died is not running any more
         if store.read_runtime(name) is not None:
             raise StoreError(f"domain '{name}' is running; `virtnet destroy {name}` first")
         store.read_domain(name)  # a clear error when there is no such domain

@@ -322,7 +322,24 @@ def _duplicates(domain, key, describe):
 
 @rule
 def unique_macs(domain):
-    yield from _duplicates(domain, lambda i: i.mac.lower() if i.mac else None, lambda v: f"MAC address {v}")
+    # A virtio failover pair (<teaming>) shares one MAC by design: the transient member names the
+    # persistent one's alias, and only the persistent one counts.
+    def key(iface):
+        if not iface.mac or (iface.teaming_type == "transient" and iface.teaming_persistent):
+            return None
+        return ":".join(f"{int(o, 16):02x}" for o in iface.mac.split(":")) if MAC_RE.match(iface.mac) else iface.mac
+
+    yield from _duplicates(domain, key, lambda v: f"MAC address {v}")
+
+
+@rule
+def custom_tap_path_only_for_taps(domain):
+    for iface in domain.interfaces:
+        if iface.backend_tap is not None and iface.type not in ("ethernet", "bridge", "network"):
+            yield iface.line_of("backend"), (
+                f"<backend tap='{iface.backend_tap}'> (a custom tun device path) is not supported for "
+                f"interfaces of type '{iface.type}'; only ethernet, bridge and network create taps"
+            )
 
 
 @rule

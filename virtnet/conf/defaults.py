@@ -87,6 +87,23 @@ def _tidy_driver(iface, warnings):
         iface.node.remove(driver)
 
 
+def _drop_runtime_only(iface):
+    """What libvirt leaves out of inactive XML: a network port's id, and coalescing that does nothing."""
+    source = iface.node.find("source")
+    if source is not None:
+        source.attrib.pop("portid", None)
+    coalesce = iface.node.find("coalesce")
+    if coalesce is not None:
+        for frames in coalesce.findall("rx/frames"):
+            if frames.get("max") == "0":
+                frames.getparent().remove(frames)
+        for rx in coalesce.findall("rx"):
+            if not len(rx) and not rx.attrib:
+                coalesce.remove(rx)
+        if not len(coalesce):
+            iface.node.remove(coalesce)
+
+
 def apply_defaults(domain):
     """Fill in and normalise the domain in place. Returns warnings as (line, message)."""
     warnings = []
@@ -95,6 +112,7 @@ def apply_defaults(domain):
         if iface.declared_type is None:
             iface.declared_type = "user"  # libvirt writes the default type out
         _drop_generated_target(iface)
+        _drop_runtime_only(iface)
         if iface.model_raw is None:
             iface.model_raw = DEFAULT_MODEL
         elif iface.model != iface.model_raw:

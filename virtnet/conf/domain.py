@@ -62,6 +62,18 @@ class PortForward(XMLObject):
     ranges = Children("range", PortRange)
 
 
+class Offloads(XMLObject):
+    """<driver><host .../> or <driver><guest .../>: virtio-net offload switches (on/off)."""
+
+    csum = Prop("@csum")
+    gso = Prop("@gso")
+    tso4 = Prop("@tso4")
+    tso6 = Prop("@tso6")
+    ecn = Prop("@ecn")
+    ufo = Prop("@ufo")
+    mrg_rxbuf = Prop("@mrg_rxbuf")
+
+
 class Source(XMLObject):
     """<source>; which attributes matter depends on the interface type."""
 
@@ -99,6 +111,12 @@ class Interface(XMLObject):
     event_idx = Prop("driver/@event_idx")
     rx_queue_size = Prop("driver/@rx_queue_size", int)
     tx_queue_size = Prop("driver/@tx_queue_size", int)
+    rss = Prop("driver/@rss")
+    rss_hash_report = Prop("driver/@rss_hash_report")
+    host_offloads = Child("driver/host", Offloads)
+    guest_offloads = Child("driver/guest", Offloads)
+    teaming_type = Prop("teaming/@type")
+    teaming_persistent = Prop("teaming/@persistent")
     backend_type = Prop("backend/@type")
     backend_logfile = Prop("backend/@logFile")
     backend_tap = Prop("backend/@tap")
@@ -183,4 +201,4 @@ class Domain(XMLObject):
 
 
 # The model classes whose properties the golden tests must all exercise.
-MODEL_CLASSES = (Domain, Interface, Source, PCIAddress, IPAddress, Route, PortForward, PortRange)
+MODEL_CLASSES = (Domain, Interface, Source, Offloads, PCIAddress, IPAddress, Route, PortForward, PortRange)

@@ -1,0 +1,134 @@
+"""`virtnet golden check|regen DIR`: the repository's goldens pass, and a difference is caught."""
+
+import contextlib
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+
+import test_golden
+from virtnet import golden
+from virtnet.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+ARGV_DIR = REPO / "testdata" / "xml2argv"
+XML_DIR = REPO / "testdata" / "xml2xml"
+
+
+def run(args):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(args)
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    """An empty 'cases' folder; the working directory is its parent, so paths read 'cases/NAME.xml'."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cases").mkdir()
+    return tmp_path / "cases"
+
+
+def copy_case(name, source_dir, folder, suffixes):
+    for suffix in (".xml", *suffixes):
+        shutil.copy(source_dir / (name + suffix), folder / (name + suffix))
+
+
+def summary(out):
+    return out.rstrip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("subdir", ["xml2argv", "xml2xml"])
+def test_the_repositorys_goldens_pass(subdir, monkeypatch):
+    monkeypatch.chdir(REPO)  # .err files name their input relative to the repository
+    directory = REPO / "testdata" / subdir
+    status, out, err = run(["golden", "check", f"testdata/{subdir}"])
+    count = len([p for p in directory.glob("*.xml") if not p.name.endswith(".out.xml")])
+    assert (status, summary(out)) == (0, f"{count} passed, 0 failed"), out + err
+
+
+def test_conventions_are_the_golden_tests_own():
+    assert golden.OPTION_SUFFIXES == test_golden.OPTION_SUFFIXES
+    assert ["--host-caps", golden.DEFAULT_HOST_CAPS, "--runtime-dir", golden.DEFAULT_RUNTIME_DIR] == test_golden.PINNED
+    for name in ("net-eth-vhost-keyval", "net-eth-unmanaged-tap-standalone", "net-mixed-network-only", "net-eth"):
+        assert golden.case_options(name) == test_golden.case_options(Path(name + ".xml"))
+
+
+def test_a_changed_args_file_fails_with_a_unified_diff_and_regen_repairs_it(folder):
+    copy_case("net-eth", ARGV_DIR, folder, [".args"])
+    copy_case("net-user", ARGV_DIR, folder, [".args"])
+    status, out, _ = run(["golden", "regen", "cases"])  # the runtime dir in the goldens is the pinned one
+    assert (status, summary(out)) == (0, "2 unchanged, 0 rewritten")
+    args = folder / "net-eth.args"
+    args.write_text(args.read_text().replace('"fd":"3"', '"fd":"7"'))
+    status, out, _ = run(["golden", "check", "cases"])
+    assert status == 1
+    assert "--- cases/net-eth.args\n+++ virtnet xml2argv cases/net-eth.xml\n" in out
+    assert "\n-" + "-netdev '{\"type\":\"tap\",\"fd\":\"7\"" in out and "\n+" + "-netdev '{\"type\":\"tap\",\"fd\":\"3\"" in out
+    assert summary(out) == "1 passed, 1 failed"
+    status, out, _ = run(["golden", "regen", "cases"])
+    assert (status, out) == (0, "wrote cases/net-eth.args\n1 unchanged, 1 rewritten\n")
+    assert run(["golden", "check", "cases"])[:2] == (0, "2 passed, 0 failed\n")
+
+
+def test_an_out_xml_expectation_means_xml2xml(folder):
+    copy_case("net-comments", XML_DIR, folder, [".out.xml"])
+    assert run(["golden", "check", "cases"])[:2] == (0, "1 passed, 0 failed\n")
+    out_xml = folder / "net-comments.out.xml"
+    out_xml.write_text(out_xml.read_text().replace("<model type=", "<model  type="))
+    status, out, _ = run(["golden", "check", "cases"])
+    assert status == 1 and "+++ virtnet xml2xml cases/net-comments.xml" in out
+
+
+def test_an_err_expectation_is_compared_with_the_error(folder):
+    copy_case("net-mac-multicast", ARGV_DIR, folder, [".err"])
+    status, out, _ = run(["golden", "regen", "cases"])
+    assert (status, out) == (0, "wrote cases/net-mac-multicast.err\n0 unchanged, 1 rewritten\n")
+    assert (folder / "net-mac-multicast.err").read_text().startswith("virtnet: error: cases/net-mac-multicast.xml:")
+    assert run(["golden", "check", "cases"])[:2] == (0, "1 passed, 0 failed\n")
+
+
+def test_an_err_case_that_virtnet_now_accepts_fails_and_regen_swaps_the_expectation(folder):
+    copy_case("net-user", ARGV_DIR, folder, [])
+    (folder / "net-user.err").write_text("virtnet: error: cases/net-user.xml:1: refused\n")
+    status, out, _ = run(["golden", "check", "cases"])
+    assert status == 1 and "(virtnet accepted it)" in out and "-virtnet: error: cases/net-user.xml:1: refused" in out
+    status, out, _ = run(["golden", "regen", "cases"])
+    assert status == 0 and "removed cases/net-user.err (virtnet accepted it)" in out
+    assert not (folder / "net-user.err").exists() and (folder / "net-user.args").exists()
+
+
+def test_a_case_without_expectation_fails_and_regen_writes_it(folder):
+    copy_case("net-user", ARGV_DIR, folder, [])
+    status, out, _ = run(["golden", "check", "cases"])
+    assert status == 1 and out.startswith("missing expectation cases/net-user.args\n")
+    assert summary(out) == "0 passed, 1 failed"
+    assert run(["golden", "regen", "cases"])[0] == 0
+    # Paths in the output depend on the domain and the pinned runtime dir, not on the folder.
+    assert (folder / "net-user.args").read_text() == (ARGV_DIR / "net-user.args").read_text()
+
+
+def test_an_xml2xml_case_virtnet_refuses_fails_and_is_never_written(folder):
+    (folder / "bad.xml").write_text("<domain type='kvm'><name>x</name></domain>\n")
+    (folder / "bad.out.xml").write_text("<domain/>\n")
+    for action in ("check", "regen"):
+        status, out, _ = run(["golden", action, "cases"])
+        assert status == 1 and "virtnet: error: cases/bad.xml" in out, out
+    assert (folder / "bad.out.xml").read_text() == "<domain/>\n"
+
+
+def test_pinned_host_caps_and_runtime_dir_can_be_overridden(folder):
+    copy_case("net-eth-vhost", ARGV_DIR, folder, [".args"])
+    assert run(["golden", "check", "cases"])[0] == 0
+    status, out, _ = run(["golden", "check", "--host-caps", "none", "cases"])
+    assert status == 1 and '\n-' + "-netdev '{\"type\":\"tap\",\"fd\":\"3\",\"vhost\":true" in out
+    status, out, _ = run(["golden", "check", "--runtime-dir", "/elsewhere", "cases"])
+    assert status == 1 and "+-chardev socket,id=charmonitor,path=/elsewhere/net-eth-vhost/qmp.sock" in out
+
+
+def test_usage_errors(folder):
+    assert run(["golden", "check", "--host-caps", "warp-drive", "cases"])[0] == 2
+    assert run(["golden", "check", "no-such-dir"])[0] == 2
+    assert run(["golden", "fix", "cases"])[0] == 2
