@@ -7,8 +7,8 @@ VIRTNET := $(VENV)/bin/virtnet
 SEED := examples/net-eth-unmanaged-tap.xml
 # Debian packages the tests drive for real: QEMU (and its bridge helper), passt, libvirt's
 # virt-xml-validate, iproute2, setcap.
-APT_PACKAGES := qemu-system-x86 passt libvirt-clients iproute2 libcap2-bin
-APT_PROBES := /usr/bin/qemu-system-x86_64 /usr/bin/passt /usr/bin/virt-xml-validate /usr/sbin/ip /usr/sbin/setcap
+APT_PACKAGES := qemu-system-x86 passt libvirt-clients libxml2-utils iproute2 libcap2-bin
+APT_PROBES := /usr/bin/qemu-system-x86_64 /usr/bin/passt /usr/bin/virt-xml-validate /usr/bin/xmllint /usr/sbin/ip /usr/sbin/setcap
 
 .DEFAULT_GOAL := help
 .PHONY: help demo venv test-deps test regen lint conformance bench clean
@@ -42,9 +42,15 @@ regen: venv ## rewrite golden expectations (then read every changed line before 
 	VIR_TEST_REGENERATE_OUTPUT=1 $(PY) -m pytest -q tests/test_golden.py || true
 	git status --short testdata
 
+conformance: venv ## compare with libvirt's net test corpus (../shared/conformance/libvirt); fails on regressions
+	$(VIRTNET) conformance --baseline tests/conformance_baseline.tsv
+
 lint: venv ## pyflakes over the package, tests and benchmarks
 	$(PY) -m pip install -q pyflakes
 	$(PY) -m pyflakes virtnet tests benchmarks
+
+bench: test-deps ## run the benchmarks (host parts need root) and write benchmarks/results.md; BENCH_ARGS=--quick
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

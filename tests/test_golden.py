@@ -2,7 +2,8 @@
 
 A case's file name selects xml2argv options: '-keyval' → --syntax keyval, '-standalone' →
 --standalone, '-network-only' → --network-only. Every case runs with pinned host capabilities
-(vhost-net available) and runtime directory, so the goldens do not depend on this machine.
+(vhost-net available), runtime directory and bridge helper path, so the goldens do not depend on
+this machine.
 """
 
 import contextlib
@@ -13,12 +14,11 @@ import pytest
 
 from golden import REPO, TESTDATA, compare
 from virtnet.cli import main
+from virtnet.golden import case_options, pinned_options
 
 ARGV_DIR = TESTDATA / "xml2argv"
 XML_DIR = TESTDATA / "xml2xml"
-PINNED = ["--host-caps", "vhost-net", "--runtime-dir", "/run/virtnet"]
-OPTION_SUFFIXES = {"-keyval": ["--syntax", "keyval"], "-standalone": ["--standalone"],
-                   "-network-only": ["--network-only"]}
+PINNED = pinned_options()
 
 
 def run(args):
@@ -27,14 +27,6 @@ def run(args):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         status = main(args)
     return status, out.getvalue(), err.getvalue()
-
-
-def case_options(path):
-    opts = []
-    for suffix, extra in OPTION_SUFFIXES.items():
-        if path.stem.endswith(suffix) or f"{suffix}-" in path.stem:
-            opts += extra
-    return opts
 
 
 def rel(path):
@@ -56,7 +48,7 @@ def _repo_cwd(monkeypatch):
 
 @pytest.mark.parametrize("case", argv_cases(), ids=lambda p: p.stem)
 def test_xml2argv(case):
-    status, out, err = run(["xml2argv", *PINNED, *case_options(case), rel(case)])
+    status, out, err = run(["xml2argv", *PINNED, *case_options(case.stem), rel(case)])
     assert "Traceback" not in err
     args_file, err_file = case.with_suffix(".args"), case.with_suffix(".err")
     if err_file.exists() or (status != 0 and not args_file.exists()):
@@ -84,7 +76,7 @@ def test_xml2xml(case, tmp_path):
 @pytest.mark.parametrize("case", [c for c in argv_cases() if c.with_suffix(".args").exists()], ids=lambda p: p.stem)
 def test_round_trip_keeps_argv(case, tmp_path):
     """xml2argv of the canonical XML equals xml2argv of the input."""
-    opts = [*PINNED, *case_options(case)]
+    opts = [*PINNED, *case_options(case.stem)]
     status, direct, err = run(["xml2argv", *opts, rel(case)])
     assert status == 0, err
     status, canonical, err = run(["xml2xml", rel(case)])

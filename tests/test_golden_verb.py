@@ -50,10 +50,15 @@ def test_the_repositorys_goldens_pass(subdir, monkeypatch):
 
 
 def test_conventions_are_the_golden_tests_own():
-    assert golden.OPTION_SUFFIXES == test_golden.OPTION_SUFFIXES
-    assert ["--host-caps", golden.DEFAULT_HOST_CAPS, "--runtime-dir", golden.DEFAULT_RUNTIME_DIR] == test_golden.PINNED
-    for name in ("net-eth-vhost-keyval", "net-eth-unmanaged-tap-standalone", "net-mixed-network-only", "net-eth"):
-        assert golden.case_options(name) == test_golden.case_options(Path(name + ".xml"))
+    """The verb and the repository's golden tests pin the same host facts and read names alike."""
+    assert test_golden.PINNED == golden.pinned_options()
+    assert golden.pinned_options() == ["--host-caps", "vhost-net", "--runtime-dir", "/run/virtnet",
+                                       "--bridge-helper", "/usr/lib/qemu/qemu-bridge-helper"]
+    expected = {"net-eth-vhost-keyval": ["--syntax", "keyval"], "net-eth-unmanaged-tap-standalone": ["--standalone"],
+                "net-mixed-network-only": ["--network-only"], "net-eth": [],
+                "net-eth-standalone-keyval": ["--syntax", "keyval", "--standalone"]}
+    for name, options in expected.items():
+        assert golden.case_options(name) == options, name
 
 
 def test_a_changed_args_file_fails_with_a_unified_diff_and_regen_repairs_it(folder):

@@ -38,7 +38,7 @@ from virtnet.conf.load import load_file
 from virtnet.errors import HostError
 from virtnet.qemu import netprops
 from virtnet.qemu.argv import ArgvOptions, build_argv
-from virtnet.qemu.launch import launch, stop
+from virtnet.qemu.launch import qmp_options, launch, stop
 from virtnet.runpaths import DomainPaths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -347,6 +347,8 @@ def qemu_argv(case, domain, host):
                           host_caps=frozenset({"vhost-net"}) if host.vhost else frozenset())
     argv = build_argv(domain, host.paths, options)
     argv[0] = QEMU  # goldens may name another emulator (qemu-system-i686): x86_64 runs them all
+    if options.standalone:  # a standalone line has no monitor and runs at once: add both for the check
+        argv[1:1] = ["-S", *qmp_options(str(host.paths.qmp))]
     if not kvm_usable() and "kvm" in argv:
         argv[argv.index("kvm")] = "tcg"  # the host lacks /dev/kvm; the argv is the same otherwise
     return argv

@@ -88,9 +88,37 @@ def build_parser():
     p.add_argument("--host-caps", default="auto", metavar="CAPS",
                    help="host capabilities to assume: 'auto' (probe this host, default), 'none', or a "
                    "comma list of: vhost-net. Pin it for golden tests.")
+    p.add_argument("--bridge-helper", metavar="PATH",
+                   help="with --standalone: the qemu-bridge-helper QEMU runs for bridges (default: the "
+                   "first found in /usr/lib/qemu, /usr/libexec/qemu, /usr/libexec, /usr/local/libexec)")
     _common(p)
     _host_verbs(verbs)
+    _check_verbs(verbs)
     return parser
+
+
+def _check_verbs(verbs):
+    p = verbs.add_parser(
+        "golden", help="compare (or rewrite) a folder of golden cases",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="For each NAME.xml in DIR: NAME.out.xml expects `xml2xml` output, NAME.args expects\n"
+        "`xml2argv` output, NAME.err its error. `check` prints unified diffs and 'N passed, M failed'\n"
+        "(exit 1 on any difference); `regen` rewrites the expectations that differ. xml2argv runs\n"
+        "with --host-caps vhost-net and --runtime-dir /run/virtnet unless given, as the golden tests do.")
+    p.add_argument("action", choices=("check", "regen"))
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--host-caps", default="vhost-net", metavar="CAPS",
+                   help="host capabilities xml2argv assumes (default: vhost-net)")
+    _common(p)
+    p = verbs.add_parser(
+        "conformance", help="compare virtnet with libvirt's own network test corpus",
+        description="Run virtnet on libvirt's net-* test inputs and compare with libvirt's expected "
+        "command lines, errors and XML; print a table and totals.")
+    p.add_argument("dir", metavar="DIR", nargs="?",
+                   help="the corpus (default: ../shared/conformance/libvirt from the repository or the cwd)")
+    p.add_argument("--baseline", metavar="FILE", help="also exit 1 on a regression from this case/status TSV")
+    p.add_argument("--tsv", action="store_true", help="print kind, case and status as a baseline TSV")
+    _common(p)
 
 
 def _host_verbs(verbs):
@@ -131,6 +159,12 @@ def _host_verbs(verbs):
              "back everything already done; managed='no' taps are never changed.")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--paused", action="store_true", help="leave the vCPUs stopped (QEMU -S)")
+    p.add_argument("--unprivileged", action="store_true",
+                   help="create bridge taps through qemu-bridge-helper, as a user without CAP_NET_ADMIN "
+                   "must (the default then)")
+    p.add_argument("--bridge-helper", metavar="PATH",
+                   help="the qemu-bridge-helper to run (default: the first found in /usr/lib/qemu, "
+                   "/usr/libexec/qemu, /usr/libexec, /usr/local/libexec)")
     p = verb("destroy", "stop a running domain and remove what start created")
     p.add_argument("name", metavar="NAME")
 
@@ -211,7 +245,7 @@ def cmd_xml2argv(args):
         _print_warnings(loaded)
         domain = loaded.domain
         options = ArgvOptions(syntax=args.syntax, standalone=args.standalone,
-                              network_only=args.network_only, host_caps=caps)
+                              network_only=args.network_only, host_caps=caps, bridge_helper=args.bridge_helper)
         try:
             argv = build_argv(domain, DomainPaths(runtime_dir, domain.name), options)
         except VirtnetError as e:
@@ -222,6 +256,16 @@ def cmd_xml2argv(args):
                   f"skeleton and networking): {', '.join(skipped)}", file=sys.stderr)
         if len(files) > 1:
             out.append(f"# {path}\n")
+        if args.standalone:  # passt must be listening before QEMU connects
+            from virtnet.host.passt import standalone_lines
+
+            down = [i.line_of("link") for i in domain.interfaces if i.link_state == "down"]
+            if down:
+                print(f"{PROG}: warning: {loaded.filename}:{down[0]}: <link state='down'> is applied over QMP by "
+                      "`virtnet start`; a standalone line starts with the link up (use the monitor's "
+                      "`set_link NETDEV off`)", file=sys.stderr)
+
+            out += standalone_lines(domain, DomainPaths(runtime_dir, domain.name))
         out.append(shell_lines(argv))
     sys.stdout.write("".join(out))
     return 0
@@ -311,11 +355,16 @@ def _default_owner():
 
 
 def cmd_plan(args):
+    from pathlib import Path
+
     from virtnet import domains
     from virtnet.conf.load import load_file
+    from virtnet.host.bridgehelper import helper_for
     from virtnet.host.plan import build_plan
     from virtnet.host.planformat import render_plan
     from virtnet.hostcaps import probe
+    from virtnet.runpaths import DomainPaths
+    from virtnet.store import default_runtime_dir
 
     target = args.target
     if target == "-" or os.path.exists(target) or target.endswith(".xml"):
@@ -330,7 +379,9 @@ def cmd_plan(args):
         with Netlink() as nl:
             names = nl.link_names()
     try:
-        plan = build_plan(loaded.domain, names_in_use=names, host_caps=probe())
+        runtime_dir = Path(args.runtime_dir) if args.runtime_dir else default_runtime_dir()
+        plan = build_plan(loaded.domain, names_in_use=names, host_caps=probe(),
+                          bridge_helper=helper_for(loaded.domain), paths=DomainPaths(runtime_dir, loaded.domain.name))
     except VirtnetError as e:
         raise e.located(loaded.filename) from None
     sys.stdout.write(render_plan(args.format, loaded.domain, plan, args.owner or _default_owner()))
@@ -340,7 +391,8 @@ def cmd_plan(args):
 def cmd_start(args):
     from virtnet import runner
 
-    record = runner.start(_store(args), args.name, paused=args.paused, netns_name=_netns_name(args))
+    record = runner.start(_store(args), args.name, paused=args.paused, netns_name=_netns_name(args),
+                          unprivileged=args.unprivileged, bridge_helper=args.bridge_helper)
     taps = ", ".join(record["taps"].values()) or "no taps"
     print(f"Domain '{args.name}' started{' (paused)' if args.paused else ''}: QEMU pid {record['pid']}, {taps}")
     return 0
@@ -352,6 +404,19 @@ def cmd_destroy(args):
     runner.destroy(_store(args), args.name)
     print(f"Domain '{args.name}' destroyed")
     return 0
+
+
+def cmd_golden(args):
+    from virtnet import golden
+
+    parse_host_caps(args.host_caps)  # refuse unknown capabilities before running any case
+    return golden.main(args.action, args.dir, host_caps=args.host_caps, runtime_dir=args.runtime_dir)
+
+
+def cmd_conformance(args):
+    from virtnet import conformance
+
+    return conformance.main(args.dir, tsv=args.tsv, baseline=args.baseline)
 
 
 def _netns_name(args):
@@ -370,7 +435,8 @@ def _netns_name(args):
 
 COMMANDS = {"validate": cmd_validate, "xml2xml": cmd_xml2xml, "xml2argv": cmd_xml2argv,
             "define": cmd_define, "undefine": cmd_undefine, "list": cmd_list, "dumpxml": cmd_dumpxml,
-            "domiflist": cmd_domiflist, "plan": cmd_plan, "start": cmd_start, "destroy": cmd_destroy}
+            "domiflist": cmd_domiflist, "plan": cmd_plan, "start": cmd_start, "destroy": cmd_destroy,
+            "golden": cmd_golden, "conformance": cmd_conformance}
 
 
 def main(argv=None):

@@ -9,8 +9,9 @@ expectation says what to run —
 
 A case name selects xml2argv options as the golden tests do: '-keyval' → --syntax keyval,
 '-standalone' → --standalone, '-network-only' → --network-only (as a suffix or followed by '-').
-Host capabilities and the runtime directory are pinned (vhost-net, /run/virtnet) unless given, so
-the output does not depend on the machine. Files are named DIR/NAME.xml exactly as DIR is given,
+Host capabilities, the runtime directory and the bridge helper path are pinned (vhost-net,
+/run/virtnet, /usr/lib/qemu/qemu-bridge-helper) unless given, so the output does not depend on the
+machine. Files are named DIR/NAME.xml exactly as DIR is given,
 and error messages quote that path: run from the folder the .err files were written from (the
 repository root for testdata/).
 
@@ -27,8 +28,14 @@ from dataclasses import dataclass
 
 DEFAULT_HOST_CAPS = "vhost-net"
 DEFAULT_RUNTIME_DIR = "/run/virtnet"
+PINNED_BRIDGE_HELPER = "/usr/lib/qemu/qemu-bridge-helper"
 OPTION_SUFFIXES = {"-keyval": ["--syntax", "keyval"], "-standalone": ["--standalone"],
                    "-network-only": ["--network-only"]}
+
+
+def pinned_options(host_caps=DEFAULT_HOST_CAPS, runtime_dir=DEFAULT_RUNTIME_DIR):
+    """xml2argv options that make its output independent of the host it runs on."""
+    return ["--host-caps", host_caps, "--runtime-dir", runtime_dir, "--bridge-helper", PINNED_BRIDGE_HELPER]
 
 
 def case_options(name):
@@ -97,8 +104,7 @@ def run_case(case, *, host_caps, runtime_dir):
         if status == 0:
             return Outcome(case, case.path(".out.xml"), out)
         return Outcome(case, case.path(".out.xml"), err, note=f"failed, exit {status}", writable=False)
-    argv = ["xml2argv", "--host-caps", host_caps, "--runtime-dir", runtime_dir,
-            *case_options(case.name), case.source]
+    argv = ["xml2argv", *pinned_options(host_caps, runtime_dir), *case_options(case.name), case.source]
     status, out, err = _run_cli(argv)
     args_file, err_file = case.path(".args"), case.path(".err")
     if status is None:

@@ -44,11 +44,22 @@ def _stop_recorded(record):
 
 
 def _teardown(store, name, record):
+    """Stop QEMU, then undo the host side; the record and runtime files go whatever happens."""
     from virtnet.host.executor import teardown
     from virtnet.host.netlink import Netlink
 
-    with _in_netns(record.get("netns")), Netlink() as nl:
-        errors = teardown(nl, record, _stop_recorded)
+    errors = []
+    try:
+        _stop_recorded(record)  # needs only the pid and QMP socket, not the namespace
+    except Exception as e:
+        errors.append(str(e))
+    netns_name = record.get("netns")
+    if netns_name and not os.path.exists(f"/run/netns/{netns_name}"):
+        # `ip netns del` removed the name; with QEMU gone the namespace and its taps are gone too.
+        errors += teardown(None, record, None)
+    else:
+        with _in_netns(netns_name), Netlink() as nl:
+            errors += teardown(nl, record, None)
     store.clear_runtime(name)
     shutil.rmtree(store.runtime_dir / name, ignore_errors=True)
     return errors
@@ -70,12 +81,19 @@ def reap_dead(store):
             with contextlib.suppress(OSError):
                 lines = log.read_text(errors="replace").strip().splitlines()
                 tail = f" (last QEMU output: {lines[-1]})" if lines else ""
-            _warn(f"domain '{name}': QEMU (pid {record['pid']}) is no longer running{tail}; cleaned up its taps and runtime state")
-            _teardown(store, name, record)
+            errors = _teardown(store, name, record)
+            problems = f" (with problems: {'; '.join(errors)})" if errors else ""
+            _warn(f"domain '{name}': QEMU (pid {record['pid']}) is no longer running{tail}; "
+                  f"cleaned up its taps and runtime state{problems}")
 
 
-def start(store, name, *, paused=False, fail_at=None, netns_name=None):
-    """Start a defined domain. Any failure rolls back every step already taken."""
+def start(store, name, *, paused=False, fail_at=None, netns_name=None, unprivileged=False, bridge_helper=None):
+    """Start a defined domain. Any failure rolls back every step already taken.
+
+    Bridge taps come from qemu-bridge-helper (BRIDGE_HELPER, else found in the usual places) when
+    UNPRIVILEGED is set or this process lacks CAP_NET_ADMIN.
+    """
+    from virtnet.host import bridgehelper
     from virtnet.hostcaps import probe
     from virtnet.host.executor import Executor
     from virtnet.host.netlink import Netlink
@@ -95,13 +113,16 @@ def start(store, name, *, paused=False, fail_at=None, netns_name=None):
         for other in store.running_names():
             reserved |= set((store.read_runtime(other) or {}).get("taps", {}).values())
 
+        helper = bridgehelper.helper_for(domain, unprivileged=unprivileged, override=bridge_helper)
+
         def start_qemu(outcome):
             argv = build_argv(domain, paths, ArgvOptions(fds=outcome.fds))
             fds = [fd for f in outcome.fds.values() for fd in f.taps + f.vhosts]
             return launch(argv, pass_fds=fds, qmp_path=str(paths.qmp), log_path=str(paths.log))
 
         with Netlink() as nl:
-            plan = build_plan(domain, names_in_use=nl.link_names() | reserved, host_caps=probe(), paused=paused)
+            plan = build_plan(domain, names_in_use=nl.link_names() | reserved, host_caps=probe(), paused=paused,
+                              bridge_helper=helper, paths=paths)
             if os.path.exists(paths.qmp):
                 os.unlink(paths.qmp)  # a stale socket from a crash would confuse the QMP wait
             paths.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -119,7 +140,9 @@ def start(store, name, *, paused=False, fail_at=None, netns_name=None):
                 "pid": outcome.launched.pid,
                 "qmp": str(paths.qmp),
                 "netns": netns_name,
-                "taps": {str(i): n for i, n in tap_names(plan).items()},
+                "taps": {str(i): n for i, n in {**tap_names(plan), **outcome.helper_taps}.items()},
+                "helper_taps": sorted(outcome.helper_taps.values()),  # go away with QEMU: nothing to delete
+                "passt": outcome.passt,
                 "created_taps": outcome.created_taps,
                 "downscripts": [[a.ifname, a.path] for a in plan.teardown if a.kind == "run-downscript"],
                 "added_addresses": outcome.added_addresses,
@@ -132,12 +155,12 @@ def start(store, name, *, paused=False, fail_at=None, netns_name=None):
                 outcome.close_fds()
                 from virtnet.host.executor import teardown
 
-                teardown(nl, record, _stop_recorded)
+                teardown(nl, record, None)  # QEMU was stopped just above
                 shutil.rmtree(paths.dir, ignore_errors=True)
                 raise
             outcome.close_fds()  # QEMU holds its own copies now
             outcome.launched.qmp.close()
-        for message in outcome.warnings:
+        for message in plan.warnings + outcome.warnings:
             _warn(message)
         return record
 

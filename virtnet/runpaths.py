@@ -20,8 +20,14 @@ class DomainPaths:
     def log(self):
         return self.dir / "qemu.log"
 
+    @property
+    def passt_dir(self):
+        # Its own directory: passt started by root drops to user nobody before it binds its socket
+        # and writes its pid file, so this one is handed to nobody (virtnet.host.passt).
+        return self.dir / "passt"
+
     def passt_socket(self, alias):
-        return self.dir / f"passt-{alias}.socket"
+        return self.passt_dir / f"{alias}.socket"
 
     def passt_pid(self, alias):
-        return self.dir / f"passt-{alias}.pid"
+        return self.passt_dir / f"{alias}.pid"

@@ -29,6 +29,8 @@ class Outcome:
     added_addresses: list = field(default_factory=list)  # (ifname, address, prefix) on unmanaged taps
     added_routes: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
+    helper_taps: dict = field(default_factory=dict)  # interface index -> tap the bridge helper made
+    passt: list = field(default_factory=list)  # runtime-record entries of the passt processes started
 
     def close_fds(self):
         for fds in self.fds.values():
@@ -128,7 +130,14 @@ class Executor:
                 f"`ip tuntap del dev {a.ifname} mode tap && ip tuntap add dev {a.ifname} mode tap user $USER"
                 + (" multi_queue" if a.queues > 1 else "") + "`"
             )
-        _, fds = tun.open_tap(a.ifname, vnet_hdr=a.vnet_hdr, multi_queue=a.queues > 1, queues=a.queues,
+        # TUNSETIFF rewrites the device's vnet_hdr flag, so open it with the flag it already has:
+        # a managed='no' tap is never changed. Without vnet_hdr QEMU simply does no offloads.
+        if a.vnet_hdr and not attrs.vnet_hdr:
+            outcome.warnings.append(
+                f"target dev '{a.ifname}' (managed='no') was created without vnet_hdr, so the guest gets no "
+                f"checksum/segmentation offloads; recreate it with `ip tuntap add dev {a.ifname} mode tap "
+                "vnet_hdr ...` for full virtio performance")
+        _, fds = tun.open_tap(a.ifname, vnet_hdr=attrs.vnet_hdr, multi_queue=a.queues > 1, queues=a.queues,
                               tun_path=self.tun_path)
         outcome.fds.setdefault(a.index, HostFds()).taps = fds
 
@@ -146,6 +155,36 @@ class Executor:
                             f"`ip link add {a.bridge} type bridge && ip link set {a.bridge} up`")
         if link.kind != "bridge":
             raise HostError(f"'{a.bridge}' is not a bridge (it is a {link.kind or 'plain'} device)")
+
+    def _run_bridge_helper(self, a, outcome, undo):
+        from virtnet.host import bridgeacl, bridgehelper
+
+        bridgeacl.check_bridge_allowed(a.bridge, bridgeacl.helper_acl_path(a.helper))
+        fd, ifname = bridgehelper.run_helper(a.helper, a.bridge, vnet_hdr=a.vnet_hdr)
+        outcome.fds.setdefault(a.index, HostFds()).taps = [fd]
+        outcome.helper_taps[a.index] = ifname
+
+        def close():  # the tap is non-persistent: closing our only fd removes it
+            _close(fd)
+            outcome.fds.pop(a.index, None)
+            outcome.helper_taps.pop(a.index, None)
+
+        undo.append(close)
+
+    def _start_passt(self, a, outcome, undo):
+        from virtnet.host import passt
+
+        passt.find_passt(a.argv[0])  # before creating anything: a clear error naming the package
+        created = passt.prepare_dir(a.dir)
+        entry = {"socket": a.socket, "pidfile": a.pidfile, "dir": a.dir}
+        try:
+            entry["pid"] = passt.start(a.argv, socket_path=a.socket, pid_path=a.pidfile)
+        except BaseException:
+            if created:
+                passt.stop(entry)  # removes what passt left and the directory we made
+            raise
+        outcome.passt.append(entry)
+        undo.append(lambda: passt.stop(entry))
 
     def _set_mac(self, a, outcome, undo):
         self.nl.set_mac(a.ifname, a.mac)
@@ -209,7 +248,11 @@ class Executor:
 
 
 def teardown(netlink, record, stop_qemu):
-    """Undo a running domain from its runtime record, in libvirt's order; collects errors."""
+    """Undo a running domain from its runtime record, in libvirt's order; collects errors.
+
+    NETLINK is None when the domain's network namespace is gone (its devices went with it):
+    then only what lives outside it (QEMU, passt, files) is cleaned up. STOP_QEMU may be None
+    when the caller already stopped QEMU."""
     errors = []
 
     def attempt(func, *args):
@@ -218,7 +261,15 @@ def teardown(netlink, record, stop_qemu):
         except Exception as e:  # continue: leaving less behind beats stopping at the first problem
             errors.append(str(e))
 
-    attempt(stop_qemu, record)
+    if stop_qemu is not None:
+        attempt(stop_qemu, record)
+    if record.get("passt"):
+        from virtnet.host import passt
+
+        for entry in record["passt"]:  # with --one-off passt exits with QEMU; make sure, and clean up
+            attempt(passt.stop, entry)
+    if netlink is None:
+        return errors
     for ifname, path in record.get("downscripts", []):
         attempt(run_script, path, ifname, "downscript")
     for ifname, address, prefix in record.get("added_addresses", []):

@@ -6,11 +6,13 @@ Semantics follow libvirt (reference digest §4): managed taps are created and co
 managed='no' taps are only checked and opened; sockets/user/vhost-user need nothing on the host.
 """
 
+import shlex
 from dataclasses import asdict, dataclass, field
 
-from virtnet.errors import HostError
+from virtnet.errors import HostError, UnsupportedError
 
 GENERATED_PREFIX = "vnet"
+STARTABLE_TYPES = ("ethernet", "bridge", "user", "server", "client", "mcast", "udp", "vhostuser")
 MAX_NAME_TRIES = 10000
 
 
@@ -61,6 +63,34 @@ class CheckBridge(Action):
 
     def describe(self):
         return f"check bridge {self.bridge} exists"
+
+
+@dataclass
+class RunBridgeHelper(Action):
+    """Without CAP_NET_ADMIN: qemu-bridge-helper creates the tap, enslaves it and passes its fd back
+    (one fd: no multiqueue). Its ACL is checked first. The tap goes away with QEMU."""
+
+    bridge: str
+    helper: str
+    vnet_hdr: bool = False
+
+    def describe(self):
+        vnet = " --use-vnet" if self.vnet_hdr else ""
+        return (f"run {self.helper}{vnet} --br={self.bridge} (checked against its ACL first): "
+                f"tap fd for hostnet{self.index}")
+
+
+@dataclass
+class StartPasst(Action):
+    """Start passt for a user (or vhost-user) interface before QEMU; QEMU connects to its socket."""
+
+    argv: list
+    socket: str
+    pidfile: str
+    dir: str
+
+    def describe(self):
+        return "start " + " ".join(shlex.quote(word) for word in self.argv)
 
 
 @dataclass
@@ -183,6 +213,15 @@ class RunDownscript(Action):
 
 
 @dataclass
+class StopPasst(Action):
+    pidfile: str
+    socket: str
+
+    def describe(self):
+        return f"stop passt (pid file {self.pidfile}), remove its socket and pid file"
+
+
+@dataclass
 class DeleteTap(Action):
     ifname: str
 
@@ -195,7 +234,8 @@ KIND_OF = {
     SetMtu: "set-mtu", Enslave: "enslave", SetUp: "set-up", RunScript: "run-script",
     AddAddress: "add-address", AddRoute: "add-route", OpenVhost: "open-vhost", StartQemu: "start-qemu",
     SetLinkDown: "set-link-down", Resume: "resume", StopQemu: "stop-qemu", RunDownscript: "run-downscript",
-    DeleteTap: "delete-tap",
+    DeleteTap: "delete-tap", RunBridgeHelper: "run-bridge-helper", StartPasst: "start-passt",
+    StopPasst: "stop-passt",
 }
 
 
@@ -212,6 +252,7 @@ def _tap_flags(action):
 class Plan:
     setup: list = field(default_factory=list)
     teardown: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)  # printed by `virtnet start`
 
     def as_dicts(self):
         return {"setup": [a.as_dict() for a in self.setup], "teardown": [a.as_dict() for a in self.teardown]}
@@ -239,20 +280,26 @@ class TapNamer:
         raise HostError(f"no free interface name for template '{template}' after {MAX_NAME_TRIES} tries")
 
 
+def _new_tap_name(iface, namer, names_in_use):
+    """The name for a tap virtnet creates: the target dev, its '%d' template filled, or vnetN."""
+    requested = iface.target_dev or GENERATED_PREFIX + "%d"
+    if "%d" not in requested and requested in names_in_use:
+        hint = ", or use it as is with <target managed='no'>" if iface.type == "ethernet" else ""
+        raise HostError(
+            f"<interface type='{iface.type}'>: target dev '{requested}' already exists; a tap virtnet "
+            f"creates must be new — delete it or choose another name{hint}",
+            line=iface.line_of("target"),
+        )
+    return namer.name(requested)
+
+
 def _ethernet(iface, index, namer, names_in_use):
     queues = iface.queue_count
     if iface.unmanaged:
         actions = [AttachTap(index, iface.target_dev, queues, iface.wants_vnet_hdr)]
         ifname = iface.target_dev
     else:
-        requested = iface.target_dev or GENERATED_PREFIX + "%d"
-        if "%d" not in requested and requested in names_in_use:
-            raise HostError(
-                f"<interface type='ethernet'>: target dev '{requested}' already exists; a managed tap must "
-                "be new — delete it, choose another name, or use it as is with <target managed='no'>",
-                line=iface.line_of("target"),
-            )
-        ifname = namer.name(requested)
+        ifname = _new_tap_name(iface, namer, names_in_use)
         actions = [CreateTap(index, ifname, queues, iface.wants_vnet_hdr), SetMac(index, ifname, host_mac(iface.mac))]
         if iface.mtu:
             actions.append(SetMtu(index, ifname, iface.mtu))
@@ -272,9 +319,9 @@ def _full(address):
     return 128 if ":" in address else 32
 
 
-def _bridge(iface, index, namer):
+def _bridge(iface, index, namer, names_in_use):
     bridge = iface.source.bridge
-    ifname = namer.name(iface.target_dev or GENERATED_PREFIX + "%d")
+    ifname = _new_tap_name(iface, namer, names_in_use)
     return ifname, [
         CheckBridge(index, bridge),
         CreateTap(index, ifname, iface.queue_count, iface.wants_vnet_hdr),
@@ -286,22 +333,73 @@ def _bridge(iface, index, namer):
     ]
 
 
-def build_plan(domain, *, names_in_use=frozenset(), host_caps=frozenset(), paused=False):
-    """The setup and teardown actions for DOMAIN. Raises HostError for what cannot work on this host."""
+def _bridge_via_helper(iface, index, helper, warnings):
+    """libvirt's unprivileged path: the helper makes the tap; virtnet sets nothing on it."""
+    bridge = iface.source.bridge
+    where = f"interface {index} (bridge '{bridge}')"
+    if iface.queue_count > 1:
+        warnings.append(f"{where}: qemu-bridge-helper passes a single tap fd, so <driver queues="
+                        f"'{iface.queue_count}'> degrades to one queue")
+    if iface.mtu:
+        warnings.append(f"{where}: <mtu size='{iface.mtu}'> is not applied to the host tap (qemu-bridge-helper "
+                        "gives it the bridge's MTU); the guest is still told the MTU")
+    if iface.target_dev:
+        warnings.append(f"{where}: <target dev='{iface.target_dev}'> is not used: qemu-bridge-helper names "
+                        "the tap itself (tapN)")
+    return [CheckBridge(index, bridge), RunBridgeHelper(index, bridge, helper, iface.wants_vnet_hdr)]
+
+
+def _passt(iface, index, paths):
+    from virtnet.host.passt import passt_argv  # pure
+    from virtnet.qemu.netprops import interface_ids
+
+    alias = interface_ids(iface, index).device
+    sock, pid = str(paths.passt_socket(alias)), str(paths.passt_pid(alias))
+    start = StartPasst(index, passt_argv(iface, sock, pid), sock, pid, str(paths.passt_dir))
+    return start, StopPasst(index, pid, sock)
+
+
+def build_plan(domain, *, names_in_use=frozenset(), host_caps=frozenset(), paused=False, bridge_helper=None,
+               paths=None):
+    """The setup and teardown actions for DOMAIN. Raises HostError for what cannot work on this host.
+
+    bridge_helper: the qemu-bridge-helper to create bridge taps with (no CAP_NET_ADMIN), or None.
+    paths: the domain's DomainPaths (passt sockets); default: under the default runtime dir.
+    """
+    from virtnet.qemu.argv import check_shared_memory
     from virtnet.qemu.netprops import interface_ids, wants_vhost
 
+    check_shared_memory(domain)  # vhost-user: refused before anything is started
     plan = Plan()
     namer = TapNamer(names_in_use)
-    created, scripts = [], []
+    created, scripts, passts = [], [], []
+    if paths is None and any(iface.uses_passt for iface in domain.interfaces):
+        from virtnet.runpaths import DomainPaths
+        from virtnet.store import default_runtime_dir
+
+        paths = DomainPaths(default_runtime_dir(), domain.name)
     for index, iface in enumerate(domain.interfaces):
-        if iface.type == "ethernet":
+        if iface.type not in STARTABLE_TYPES:
+            raise UnsupportedError(
+                f"<interface type='{iface.type}'> is not supported yet by start; supported: "
+                + ", ".join(STARTABLE_TYPES), line=iface.line)
+        if iface.uses_passt and iface.type in ("user", "vhostuser"):
+            start, stop = _passt(iface, index, paths)
+            plan.setup.append(start)
+            passts.append(stop)
+            continue
+        queues = iface.queue_count
+        if iface.type == "bridge" and bridge_helper:
+            actions = _bridge_via_helper(iface, index, bridge_helper, plan.warnings)
+            queues = 1
+        elif iface.type == "ethernet":
             ifname, actions = _ethernet(iface, index, namer, names_in_use)
             if not iface.unmanaged:
                 created.append((index, ifname))
             if iface.downscript:
                 scripts.append(RunDownscript(index, ifname, iface.downscript))
         elif iface.type == "bridge":
-            ifname, actions = _bridge(iface, index, namer)
+            ifname, actions = _bridge(iface, index, namer, names_in_use)
             created.append((index, ifname))
         else:
             continue  # user, sockets, vhost-user: nothing to do on the host
@@ -309,7 +407,7 @@ def build_plan(domain, *, names_in_use=frozenset(), host_caps=frozenset(), pause
         # anyway so that a failure is reported instead of silently running in userspace.
         explicit = iface.driver_name == "vhost" and wants_vhost(domain, iface, {"vhost-net"})
         if explicit or wants_vhost(domain, iface, host_caps):
-            actions.append(OpenVhost(index, iface.queue_count, required=explicit))
+            actions.append(OpenVhost(index, queues, required=explicit))
         plan.setup += actions
     plan.setup.append(StartQemu(-1, domain.emulator or "/usr/bin/qemu-system-x86_64"))
     for index, iface in enumerate(domain.interfaces):
@@ -317,7 +415,7 @@ def build_plan(domain, *, names_in_use=frozenset(), host_caps=frozenset(), pause
             plan.setup.append(SetLinkDown(index, interface_ids(iface, index).netdev))
     if not paused:
         plan.setup.append(Resume(-1))
-    plan.teardown = [StopQemu(-1)] + scripts + [DeleteTap(i, name) for i, name in created]
+    plan.teardown = [StopQemu(-1)] + passts + scripts + [DeleteTap(i, name) for i, name in created]
     return plan
 
 

@@ -3,6 +3,7 @@
 from collections import Counter
 from dataclasses import dataclass, field
 
+from virtnet.errors import XMLInputError
 from virtnet.qemu import netprops, render
 from virtnet.qemu.netprops import HostFds
 
@@ -10,6 +11,7 @@ DEFAULT_EMULATOR = "/usr/bin/qemu-system-x86_64"
 FIRST_FD = 3  # xml2argv numbers descriptors from 3, as if stdin/stdout/stderr were the only ones open
 # Devices virtnet renders itself; everything else under <devices> is reported as not rendered.
 RENDERED_DEVICES = ("emulator", "interface")
+MEMORY_BACKEND_ID = "pc.ram"
 UNIT_TO_KIB = {"b": 1 / 1024, "bytes": 1 / 1024, "KB": 1000 / 1024, "k": 1, "KiB": 1,
                "MB": 1000**2 / 1024, "M": 1024, "MiB": 1024, "GB": 1000**3 / 1024, "G": 1024**2,
                "GiB": 1024**2, "TB": 1000**4 / 1024, "T": 1024**3, "TiB": 1024**3}
@@ -22,6 +24,7 @@ class ArgvOptions:
     network_only: bool = False
     host_caps: frozenset = frozenset()  # e.g. {"vhost-net"}
     fds: dict = field(default_factory=dict)  # interface index -> HostFds (real ones at start)
+    bridge_helper: str = None  # standalone: helper= for bridges (default: found in the usual places)
 
 
 def placeholder_fds(domain, host_caps):
@@ -47,19 +50,53 @@ def memory_kib(domain):
     return int(-(-kib // 1024) * 1024)
 
 
-def skeleton(domain, paths):
+def shared_memory(domain):
+    """<memoryBacking><access mode='shared'/>: guest RAM that vhost-user backends can map."""
+    access = domain.node.find("memoryBacking/access")
+    return access is not None and access.get("mode") == "shared"
+
+
+def check_shared_memory(domain):
+    """vhost-user backends (passt --vhost-user, OVS-DPDK, ...) map the guest's RAM, so QEMU must
+    allocate it shareable; without that the guest's NIC never passes traffic."""
+    if shared_memory(domain):
+        return
+    for iface in domain.interfaces:
+        if iface.type == "vhostuser":
+            raise XMLInputError(
+                "<interface type='vhostuser'> needs guest RAM that QEMU shares with the vhost-user backend: "
+                "add <memoryBacking><access mode='shared'/></memoryBacking> to the domain (virtnet then "
+                "backs the RAM with a shared memfd)", line=iface.line)
+
+
+def memory_backend(domain, syntax):
+    """The shared RAM backend (-object) for <access mode='shared'/>; libvirt's id for PC machines."""
+    props = {"qom-type": "memory-backend-memfd", "id": MEMORY_BACKEND_ID, "share": True,
+             "size": memory_kib(domain) * 1024}
+    return ["-object", render.option_value(props, syntax, "qom-type")]
+
+
+def skeleton(domain, paths, syntax="json", standalone=False):
+    """The machine part of the command line. Standalone lines run by themselves: no -S and no QMP
+    socket in virtnet's runtime directory (nothing would resume the guest or create the directory)."""
     from virtnet.qemu.launch import qmp_options
 
+    shared = shared_memory(domain)
     argv = [domain.emulator or DEFAULT_EMULATOR]
     argv += ["-name", "guest=" + render.keyval_escape(domain.name)]
-    argv += ["-S"]  # always start paused: links are set over QMP before vCPUs run
-    argv += ["-machine", domain.machine or "pc"]
+    if not standalone:
+        argv += ["-S"]  # start paused: virtnet sets links over QMP, then runs the vCPUs
+    machine = domain.machine or "pc"
+    argv += ["-machine", machine + (f",memory-backend={MEMORY_BACKEND_ID}" if shared else "")]
     argv += ["-accel", "kvm" if domain.type == "kvm" else "tcg"]
     argv += ["-m", f"size={memory_kib(domain)}k"]
+    if shared:
+        argv += memory_backend(domain, syntax)
     argv += ["-smp", str(domain.vcpu or 1)]
     argv += ["-uuid", domain.uuid]
     argv += ["-display", "none", "-no-user-config", "-nodefaults"]
-    argv += qmp_options(str(paths.qmp))
+    if not standalone:
+        argv += qmp_options(str(paths.qmp))
     return argv
 
 
@@ -70,9 +107,12 @@ def network_options(domain, paths, options):
         if iface.type == "vhostuser":
             chardev = netprops.chardev_props(iface, index, paths)
             argv += ["-chardev", render.to_keyval(chardev, "backend")]
-        netdev = netprops.netdev_props(domain, iface, index, fds=fds.get(index, HostFds()), paths=paths,
-                                       standalone=options.standalone)
-        device = netprops.device_props(domain, iface, index)
+        host_fds = fds.get(index, HostFds())
+        netdev = netprops.netdev_props(domain, iface, index, fds=host_fds, paths=paths, host_caps=options.host_caps,
+                                       standalone=options.standalone, helper=options.bridge_helper)
+        # Fewer tap fds than <driver queues> (qemu-bridge-helper passes one): the NIC gets as many.
+        opened = len(host_fds.taps) if iface.type in ("ethernet", "bridge") and not options.standalone else 0
+        device = netprops.device_props(domain, iface, index, queues=opened or None)
         argv += ["-netdev", render.option_value(netdev, options.syntax, "type")]
         argv += ["-device", render.option_value(device, options.syntax, "driver")]
     return argv
@@ -80,12 +120,13 @@ def network_options(domain, paths, options):
 
 def build_argv(domain, paths, options):
     """The argv list. For xml2argv, options.fds is filled with placeholders when empty."""
+    check_shared_memory(domain)
     if not options.fds and not options.standalone:
         options.fds = placeholder_fds(domain, options.host_caps)
     network = network_options(domain, paths, options)
     if options.network_only:
         return network
-    return skeleton(domain, paths) + network
+    return skeleton(domain, paths, options.syntax, options.standalone) + network
 
 
 def unrendered_devices(domain):

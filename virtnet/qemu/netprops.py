@@ -15,6 +15,13 @@ from virtnet.errors import UnsupportedError
 PASST_RECONNECT_SECONDS = 5
 
 
+# <driver><host>/<guest> attributes → virtio-net-pci properties, in libvirt's order.
+HOST_OFFLOAD_PROPS = (("csum", "csum"), ("gso", "gso"), ("tso4", "host_tso4"), ("tso6", "host_tso6"),
+                      ("ecn", "host_ecn"), ("ufo", "host_ufo"), ("mrg_rxbuf", "mrg_rxbuf"))
+GUEST_OFFLOAD_PROPS = (("csum", "guest_csum"), ("tso4", "guest_tso4"), ("tso6", "guest_tso6"),
+                       ("ecn", "guest_ecn"), ("ufo", "guest_ufo"))
+
+
 @dataclass
 class HostFds:
     """File descriptors handed to QEMU for one interface (numbers as QEMU will see them)."""
@@ -71,16 +78,17 @@ def _tap_netdev(iface, fds):
     return props
 
 
-def _standalone_tap_netdev(iface):
+def _standalone_tap_netdev(iface, helper=None):
     """QEMU opens the tap itself by name; no scripts (virtnet never uses QEMU's)."""
     if iface.type == "bridge":
         # Unprivileged-friendly: QEMU runs its bridge helper, which creates and enslaves the tap.
         from virtnet.host.bridgehelper import find_helper  # small, stdlib-only lookup
 
-        return {"type": "bridge", "br": iface.source.bridge, "helper": find_helper()}
+        # A path given on the command line is printed as is: this only writes a command line.
+        return {"type": "bridge", "br": iface.source.bridge, "helper": helper or find_helper()}
     props = {"type": "tap"}
-    if iface.target_dev and "%" not in iface.target_dev:
-        props["ifname"] = iface.target_dev
+    if iface.target_dev:
+        props["ifname"] = iface.target_dev  # a '%d' template is filled in by the kernel
     props["script"] = "no"
     props["downscript"] = "no"
     if iface.wants_vnet_hdr:
@@ -126,12 +134,19 @@ def _socket_netdev(iface):
     return props
 
 
-def netdev_props(domain, iface, index, *, fds, paths, standalone=False):
-    """The -netdev properties. `fds` is a HostFds for tap-backed types (ignored when standalone)."""
+def netdev_props(domain, iface, index, *, fds, paths, standalone=False, helper=None, host_caps=frozenset()):
+    """The -netdev properties. `fds` is a HostFds for tap-backed types (ignored when standalone);
+    `helper`: the bridge helper for standalone bridges (default: found in the usual places);
+    `host_caps`: with standalone, vhost-net lets QEMU open /dev/vhost-net itself (vhost=on)."""
     ids = interface_ids(iface, index)
     kind = iface.type
     if kind in ("ethernet", "bridge"):
-        props = _standalone_tap_netdev(iface) if standalone else _tap_netdev(iface, fds)
+        if standalone:
+            props = _standalone_tap_netdev(iface, helper)
+            if props["type"] == "tap" and wants_vhost(domain, iface, host_caps):
+                props["vhost"] = True
+        else:
+            props = _tap_netdev(iface, fds)
     elif kind == "user":
         props = _user_netdev(iface, paths, ids)
     elif kind in SOCKET_TYPES:
@@ -174,8 +189,11 @@ def device_driver(domain, iface):
     return model
 
 
-def device_props(domain, iface, index):
+def device_props(domain, iface, index, queues=None):
+    """The -device properties. QUEUES: the queues actually opened when fewer than <driver queues>
+    (qemu-bridge-helper passes a single tap fd)."""
     ids = interface_ids(iface, index)
+    queues = queues or iface.queue_count
     props = {"driver": device_driver(domain, iface)}
     if iface.is_virtio:
         if iface.txmode:
@@ -184,15 +202,26 @@ def device_props(domain, iface, index):
             value = getattr(iface, attr)
             if value is not None:
                 props[attr] = value == "on"
-        if iface.queue_count > 1:
+        for offloads, names in ((iface.host_offloads, HOST_OFFLOAD_PROPS), (iface.guest_offloads, GUEST_OFFLOAD_PROPS)):
+            for attr, prop in names:
+                value = getattr(offloads, attr) if offloads is not None else None
+                if value is not None:
+                    props[prop] = value == "on"
+        if queues > 1:
             props["mq"] = True
-            props["vectors"] = 2 * iface.queue_count + 2
+            props["vectors"] = 2 * queues + 2
         for attr in ("rx_queue_size", "tx_queue_size"):
             value = getattr(iface, attr)
             if value is not None:
                 props[attr] = value
         if iface.mtu is not None:
             props["host_mtu"] = iface.mtu
+        if iface.teaming_type == "persistent":
+            props["failover"] = True
+        for attr, prop in (("rss", "rss"), ("rss_hash_report", "hash")):
+            value = getattr(iface, attr)
+            if value is not None:
+                props[prop] = value == "on"
     props["netdev"] = ids.netdev
     props["id"] = ids.device
     props["mac"] = iface.mac

@@ -1,0 +1,327 @@
+"""passt, the user-mode network backend: its command line, starting it before QEMU, stopping it.
+
+`<interface type='user'><backend type='passt'/>` (and the vhost-user flavour, `type='vhostuser'`
+with `<backend type='passt'/>`) is served by one passt process per interface, started before
+QEMU, listening on a unix socket in the domain's runtime dir; QEMU connects to it as a client
+(`-netdev stream`, or a vhost-user chardev). The argv follows libvirt's (reference digest §6.1):
+
+    passt [--vhost-user] --one-off --socket SOCK --pid PIDFILE [--mtu N] [--interface IF]
+          [--log-file PATH] [--address A [--netmask PREFIXLEN]]... [--tcp-ports|--udp-ports SPEC]...
+
+Facts about Debian 12's passt (0.0~git20230309) that shape this module:
+
+- It daemonises itself: the process we start exits 0 once the socket is bound and the pid file
+  written, and its stderr carries the reason when it fails. Outside a terminal it also complains
+  about syslog on every line ("Failed to send N bytes to syslog"); those lines are dropped.
+- Started as root it changes to user nobody *before* it binds the socket and writes the pid
+  file, so both live in a directory of their own (DomainPaths.passt_dir) owned by nobody, and
+  nobody must be able to reach it (every directory above it searchable by others).
+- It refuses to start without an interface that has an address and a default route in its
+  network namespace ("No external routable interface"), unless <source dev> names one.
+- It has no --vhost-user yet (passt added it in 2024); that flavour fails with passt's message.
+- On SIGTERM it leaves its socket and pid file behind; stop() removes them. With --one-off it
+  exits by itself when QEMU closes the connection.
+
+Standard library only: xml2argv --standalone uses passt_argv() to print the command to run.
+"""
+
+import ipaddress
+import os
+import pwd
+import re
+import select
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+
+from virtnet.errors import HostError
+
+PASST = "passt"
+DEBIAN_PACKAGE = "passt"
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 3.0
+RUNAS_WHEN_ROOT = "nobody"  # passt's own choice when started as root without --runas
+_SYSLOG_NOISE = re.compile(r"^Failed to send \d+ bytes to syslog$")
+
+
+# --- the command line (pure) ------------------------------------------------------------------
+
+def _address(text):
+    """An address as libvirt formats it (virSocketAddrFormat): canonical, IPv6 compressed."""
+    return str(ipaddress.ip_address(text))
+
+
+def port_spec(forward):
+    """passt's SPEC for one <portForward>, in libvirt's grammar.
+
+    `[ADDR][%DEV]/` prefix when an address or device is given, then `all` (no ranges) or a comma
+    list of `[~]START[-END][:TO[-(END+TO-START)]]`.
+    """
+    spec = ""
+    if forward.address:
+        spec += _address(forward.address)
+    if forward.dev:
+        spec += f"%{forward.dev}"
+    if spec:
+        spec += "/"
+    if not forward.ranges:
+        return spec + "all"
+    items = []
+    for r in forward.ranges:
+        item = ("~" if r.exclude else "") + str(r.start)
+        if r.end:
+            item += f"-{r.end}"
+        if r.to:
+            item += f":{r.to}"
+            if r.end:
+                item += f"-{r.end + r.to - r.start}"
+        items.append(item)
+    return spec + ",".join(items)
+
+
+def passt_argv(iface, socket_path, pid_path, binary=PASST):
+    """passt's argv for IFACE (a user or vhostuser interface with <backend type='passt'/>)."""
+    argv = [binary]
+    if iface.type == "vhostuser":
+        argv.append("--vhost-user")
+    argv += ["--one-off", "--socket", str(socket_path), "--pid", str(pid_path)]
+    if iface.mtu:
+        argv += ["--mtu", str(iface.mtu)]
+    source_dev = iface.source.dev if iface.type == "user" and iface.source is not None else None
+    if source_dev:
+        argv += ["--interface", source_dev]
+    if iface.backend_logfile:
+        argv += ["--log-file", iface.backend_logfile]
+    for ip in iface.guest_ips:
+        argv += ["--address", _address(ip.address)]
+        if ip.prefix and ipaddress.ip_address(ip.address).version == 4:
+            argv += ["--netmask", str(ip.prefix)]  # IPv6 takes no prefix (checked on input)
+    for forward in iface.port_forwards:
+        argv += ["--tcp-ports" if forward.proto == "tcp" else "--udp-ports", port_spec(forward)]
+    return argv
+
+
+def standalone_lines(domain, paths):
+    """`# run first: ...` lines for xml2argv --standalone: the passt commands QEMU's line needs."""
+    from virtnet.qemu.netprops import interface_ids  # pure
+
+    lines = []
+    for index, iface in enumerate(domain.interfaces):
+        if not iface.uses_passt:
+            continue
+        alias = interface_ids(iface, index).device
+        argv = passt_argv(iface, paths.passt_socket(alias), paths.passt_pid(alias))
+        lines.append(f"# run first: mkdir -p {shlex.quote(str(paths.passt_dir))} && {shlex.join(argv)}\n")
+    return lines
+
+
+# --- running passt ------------------------------------------------------------------------------
+
+def find_passt(name=PASST):
+    path = shutil.which(name) if os.sep not in name else (name if os.access(name, os.X_OK) else None)
+    if path is None:
+        raise HostError(f"passt is not installed ('{name}' not found in PATH), and <backend type='passt'/> "
+                        f"needs it: install the Debian package `{DEBIAN_PACKAGE}` (apt install {DEBIAN_PACKAGE})")
+    return path
+
+
+def runs_as_nobody():
+    """passt started by root changes to user nobody (we never pass --runas)."""
+    return os.geteuid() == 0
+
+
+def prepare_dir(directory):
+    """Create passt's directory; when passt will run as nobody, hand it to nobody and make sure
+    nobody can reach it. Returns True when it created the directory."""
+    directory = os.fspath(directory)
+    created = not os.path.isdir(directory)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if not runs_as_nobody():
+        return created
+    try:
+        nobody = pwd.getpwnam(RUNAS_WHEN_ROOT)
+    except KeyError:
+        raise HostError(f"passt started as root changes to user '{RUNAS_WHEN_ROOT}', and this host has "
+                        "no such user") from None
+    os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+    os.chmod(directory, 0o700)
+    # The domain's own directory is 0700; nobody needs to pass through it (not to list it).
+    parent = os.path.dirname(directory)
+    os.chmod(parent, stat.S_IMODE(os.stat(parent).st_mode) | 0o011)
+    blocked = _unsearchable_ancestor(os.path.dirname(parent))
+    if blocked is not None:
+        mode = stat.S_IMODE(os.stat(blocked).st_mode)
+        raise HostError(
+            f"passt started as root runs as user {RUNAS_WHEN_ROOT}, which cannot reach its socket directory "
+            f"{directory}: {blocked} (mode {mode:04o}) is not searchable by others; use a --runtime-dir "
+            f"under directories others may search (the default /run/virtnet is fine) or `chmod o+x {blocked}`")
+    return created
+
+
+def _unsearchable_ancestor(path):
+    path = os.path.abspath(path)
+    chain = []
+    while True:
+        chain.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for directory in reversed(chain):  # from / downwards: report the first one that blocks
+        if not os.stat(directory).st_mode & stat.S_IXOTH:
+            return directory
+    return None
+
+
+def _explain(stderr_text):
+    lines = [line.strip() for line in stderr_text.splitlines()
+             if line.strip() and not _SYSLOG_NOISE.match(line.strip())]
+    usage = next((n for n, line in enumerate(lines) if line.startswith("Usage:")), None)
+    if usage is not None:
+        lines = lines[:usage]  # after a bad option passt prints its whole --help
+    detail = "; ".join(lines)[-600:] or "no message"
+    text = stderr_text
+    hint = ""
+    if "unrecognized option '--vhost-user'" in text:
+        hint = ("; this passt has no vhost-user support (passt added --vhost-user in 2024): install a newer "
+                "passt, or use <interface type='user'> with <backend type='passt'/>")
+    elif "No external routable interface" in text or "External interface not usable" in text:
+        hint = ("; passt needs a network interface with an address and a default route in this network "
+                "namespace (or one named with <source dev='IF'/>)")
+    elif "PID file open" in text or "Permission denied" in text:
+        who = f"user {RUNAS_WHEN_ROOT}" if runs_as_nobody() else "this user"
+        hint = f"; passt runs as {who} and must be able to write its socket, pid file and log file"
+    return detail + hint
+
+
+def start(argv, *, socket_path, pid_path, timeout=START_TIMEOUT):
+    """Run passt (argv[0] is looked up in PATH); return its pid once it is serving SOCKET_PATH.
+
+    passt daemonises: the process we run exits once the daemon is ready, with the reason on
+    stderr when it is not. Raises HostError; no passt is left running when it raises.
+    """
+    binary = find_passt(argv[0])
+    for path in (socket_path, pid_path):
+        _unlink(path)
+    with tempfile.TemporaryFile() as output:  # a file, not a pipe: the daemon must not hold our pipe
+        try:
+            result = subprocess.run([binary, *argv[1:]], stdin=subprocess.DEVNULL, stdout=output,
+                                    stderr=output, close_fds=True, timeout=timeout)
+        except OSError as e:
+            raise HostError(f"cannot run {binary}: {e.strerror}") from None
+        except subprocess.TimeoutExpired:
+            _stop_by_pidfile(pid_path, socket_path)
+            raise HostError(f"passt did not get ready within {timeout:g}s ({shlex.join(argv)})") from None
+        output.seek(0)
+        text = output.read(65536).decode(errors="replace")
+    if result.returncode != 0:
+        _remove_files(socket_path, pid_path)
+        raise HostError(f"passt failed to start (exit status {result.returncode}): {_explain(text)}")
+    pid = _read_pid(pid_path)
+    if pid is None or not is_running(pid, socket_path):
+        _remove_files(socket_path, pid_path)
+        raise HostError(f"passt exited right after starting: {_explain(text)}")
+    if not stat.S_ISSOCK(_mode(socket_path)):
+        stop({"pid": pid, "socket": str(socket_path), "pidfile": str(pid_path)})
+        raise HostError(f"passt (pid {pid}) is running but did not create its socket {socket_path}: {_explain(text)}")
+    return pid
+
+
+def stop(entry, *, timeout=STOP_TIMEOUT):
+    """Stop the passt of a runtime-record entry ({pid, socket, pidfile[, dir]}) and remove its files.
+
+    A pid that is no longer this passt (exited, or reused by another process) is not signalled.
+    Raises HostError only when passt survives SIGKILL.
+    """
+    socket_path, pid_path = entry["socket"], entry["pidfile"]
+    pid = entry.get("pid") or _read_pid(pid_path)
+    try:
+        if pid and is_running(pid, socket_path):
+            _terminate(pid, timeout)
+    finally:
+        _remove_files(socket_path, pid_path)
+        if entry.get("dir"):
+            try:
+                os.rmdir(entry["dir"])  # only once the domain's last passt is gone
+            except OSError:
+                pass
+
+
+def _stop_by_pidfile(pid_path, socket_path):
+    try:
+        stop({"socket": str(socket_path), "pidfile": str(pid_path)})
+    except HostError:
+        pass
+
+
+def _terminate(pid, timeout):
+    try:
+        pidfd = os.pidfd_open(pid)  # pins the process: a reused pid never gets our signal
+    except ProcessLookupError:
+        return
+    try:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                signal.pidfd_send_signal(pidfd, sig)
+            except ProcessLookupError:
+                return
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            if poller.poll(timeout * 1000):
+                return
+        raise HostError(f"passt pid {pid} survived SIGKILL for {timeout:g}s")
+    finally:
+        os.close(pidfd)
+
+
+def is_running(pid, socket_path):
+    """True if PID is alive (not a zombie) and is a passt serving SOCKET_PATH."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except (OSError, IndexError):
+        return False
+    if state in (b"Z", b"X") or not argv:
+        return False
+    return b"passt" in os.path.basename(argv[0]) and os.fsencode(str(socket_path)) in argv
+
+
+def _read_pid(path, attempts=20):
+    for _ in range(attempts):  # written by the daemonising parent just before it exits
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+            if text:
+                return int(text)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.01)
+    return None
+
+
+def _mode(path):
+    try:
+        return os.lstat(path).st_mode
+    except OSError:
+        return 0
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _remove_files(*paths):
+    for path in paths:
+        try:
+            _unlink(path)
+        except OSError:
+            pass
