@@ -52,3 +52,9 @@ def netlink(netns):
 
     with Netlink() as nl:
         yield nl
+
+# Fixtures shared by the host test modules (a fresh namespace, per-test state dirs, a throwaway
+# user), made available to every test module from here rather than imported one by one.
+from hostcases import dirs, inside, ns, unprivileged_user  # noqa: E402
+
+__all__ = ["dirs", "inside", "ns", "unprivileged_user"]

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import tempfile
@@ -397,3 +398,37 @@ def assert_clean(ns, d, name, before, pid=None):
     assert d.record(name) is None, f"the runtime record of '{name}' is still there: {d.record(name)}"
     assert d.running_records() == [], f"runtime records left: {d.running_records()}"
     assert d.runtime_entries() == [], f"left in the runtime dir: {d.runtime_entries()}"
+
+
+# --- a real unprivileged user ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def unprivileged_user():
+    require_host_privileges()
+    if shutil.which("useradd") is None or shutil.which("runuser") is None:
+        pytest.skip("needs useradd and runuser (Debian: passwd, util-linux)")
+    name = f"vnt{uuid.uuid4().hex[:8]}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin",
+                    name], check=True, capture_output=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+        subprocess.run(["groupdel", name], capture_output=True)  # when userdel kept the group
+    assert subprocess.run(["id", name], capture_output=True).returncode != 0, f"user {name} is still there"
+
+
+def python_for(user):
+    """An interpreter USER may run, and the PYTHONPATH under which it imports virtnet and its
+    dependencies: this one (when USER can reach it), else the system's of the same version with
+    our site-packages (a venv's interpreter often lives under root's 0700 home)."""
+    path = [str(REPO)]
+    candidates = [(sys.executable, path),
+                  (f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}", path + site.getsitepackages())]
+    for exe, pythonpath in candidates:
+        probe = subprocess.run(["runuser", "-u", user, "--", "env", f"PYTHONPATH={':'.join(pythonpath)}", exe, "-c",
+                                "import lxml.etree, pyroute2, virtnet.cli"], capture_output=True, cwd="/")
+        if probe.returncode == 0:
+            return exe, ":".join(pythonpath)
+    pytest.skip(f"no Python interpreter that user {user} can run imports virtnet and its dependencies")

@@ -12,27 +12,23 @@ import fcntl
 import json
 import os
 import shutil
-import site
 import stat
 import subprocess
-import sys
 import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
 
-from hostcases import (  # noqa: F401 (fixtures)
-    REPO,
+from hostcases import (
+    python_for,
     alive,
     assert_clean,
-    dirs,
     domain_xml,
     fails,
     info_network,
     ip,
     links,
-    ns,
     ok,
     qemu_pids,
     qmp,
@@ -380,37 +376,6 @@ def test_multiqueue_through_the_helper_degrades_to_one_queue_with_a_warning(ns, 
 
 
 # --- start as a real unprivileged user ------------------------------------------------------------
-
-
-@pytest.fixture
-def unprivileged_user():
-    require_root()
-    if shutil.which("useradd") is None or shutil.which("runuser") is None:
-        pytest.skip("needs useradd and runuser (Debian: passwd, util-linux)")
-    name = f"vnt{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin",
-                    name], check=True, capture_output=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["userdel", name], capture_output=True)
-        subprocess.run(["groupdel", name], capture_output=True)  # when userdel kept the group
-    assert subprocess.run(["id", name], capture_output=True).returncode != 0, f"user {name} is still there"
-
-
-def python_for(user):
-    """An interpreter USER may run, and the PYTHONPATH under which it imports virtnet and its
-    dependencies: this one (when USER can reach it), else the system's of the same version with
-    our site-packages (a venv's interpreter often lives under root's 0700 home)."""
-    path = [str(REPO)]
-    candidates = [(sys.executable, path),
-                  (f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}", path + site.getsitepackages())]
-    for exe, pythonpath in candidates:
-        probe = subprocess.run(["runuser", "-u", user, "--", "env", f"PYTHONPATH={':'.join(pythonpath)}", exe, "-c",
-                                "import lxml.etree, pyroute2, virtnet.cli"], capture_output=True, cwd="/")
-        if probe.returncode == 0:
-            return exe, ":".join(pythonpath)
-    pytest.skip(f"no Python interpreter that user {user} can run imports virtnet and its dependencies")
 
 
 def test_a_non_root_user_starts_a_bridge_domain_with_a_capable_copy_of_the_helper(ns, tmp_path, bridge_conf,

@@ -8,7 +8,6 @@ this machine.
 
 import contextlib
 import io
-from pathlib import Path
 
 import pytest
 

@@ -13,16 +13,14 @@ import os
 
 import pytest
 
-from hostcases import (  # noqa: F401 (fixtures)
+from hostcases import (
     assert_clean,
-    dirs,
     domain_xml,
     fails,
     info_network,
     ip,
     ip_json,
     links,
-    ns,
     ok,
     qmp,
     snapshot,

@@ -19,17 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from hostcases import (  # noqa: F401 (fixtures)
+from hostcases import (
     REPO,
     alive,
     assert_clean,
     cli_argv,
     cli_env,
-    dirs,
     domain_xml,
     fails,
     ip,
-    ns,
     ok,
     qemu_pids,
     qmp,
@@ -37,7 +35,7 @@ from hostcases import (  # noqa: F401 (fixtures)
     virtnet,
     write,
 )
-from test_bridge_helper import python_for, unprivileged_user  # noqa: F401 (a fixture)
+from hostcases import python_for
 from virtnet.host import passt
 from virtnet.host.plan import build_plan
 from virtnet.runpaths import DomainPaths

@@ -77,7 +77,7 @@ def test_managed_ethernet():
     assert set_mac.mac == "fe:54:00:00:00:01"
     assert set_mtu.mtu == 9000
     assert plan.setup[4].path == "/etc/virtnet/ifup"
-    assert kinds(plan.teardown) == ["stop-qemu", "delete-tap"]
+    assert kinds(plan.teardown) == ["delete-tap", "stop-qemu"]
 
 
 def test_managed_ethernet_without_mtu_sets_none_and_rtl8139_gets_no_vnet_hdr():
@@ -134,7 +134,7 @@ def test_bridge():
     assert (set_mtu.mtu, set_mtu.bridge) == (None, "br0")
     assert enslave.bridge == "br0"
     assert plan.setup[1].vnet_hdr is True  # e1000e is vnet-header capable
-    assert kinds(plan.teardown) == ["stop-qemu", "delete-tap"]
+    assert kinds(plan.teardown) == ["delete-tap", "stop-qemu"]
 
 
 def test_bridge_with_mtu_uses_it():
@@ -265,7 +265,7 @@ def test_an_existing_unmanaged_name_is_what_managed_no_is_for():
 # --- teardown -----------------------------------------------------------------------------------
 
 
-def test_teardown_stops_qemu_then_runs_downscripts_then_deletes_taps():
+def test_teardown_deletes_created_taps_in_one_go_then_stops_qemu_then_runs_downscripts():
     plan = plan_of("""\
         <interface type='ethernet'>
           <target dev='a0'/>
@@ -279,9 +279,9 @@ def test_teardown_stops_qemu_then_runs_downscripts_then_deletes_taps():
         <interface type='user'/>
     """)
     assert [(a.kind, getattr(a, "ifname", None)) for a in plan.teardown] == [
+        ("delete-tap", "a0"), ("delete-tap", "vnet0"),
         ("stop-qemu", None),
         ("run-downscript", "a0"), ("run-downscript", "pre0"),
-        ("delete-tap", "a0"), ("delete-tap", "vnet0"),
     ]
 
 
@@ -344,7 +344,8 @@ def test_text_numbers_setup_then_teardown():
                for line in setup)
     assert any(line.endswith("set vnet0 master br0") for line in setup)
     assert any(line.endswith("QMP set_link hostnet3 down") for line in setup)
-    assert teardown[0].endswith("stop QEMU (QMP quit, then SIGTERM, then SIGKILL)")
+    assert teardown[:3] == [" 0  delete tap mtap0 (all in one request)", " 1  delete tap vnet0 (all in one request)",
+                            " 2  stop QEMU (QMP quit, then SIGTERM, then SIGKILL)"]
 
 
 def test_json_is_the_same_plan_machine_readable():

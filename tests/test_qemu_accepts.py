@@ -38,7 +38,8 @@ from virtnet.conf.load import load_file
 from virtnet.errors import HostError
 from virtnet.qemu import netprops
 from virtnet.qemu.argv import ArgvOptions, build_argv
-from virtnet.qemu.launch import qmp_options, launch, stop
+from virtnet.qemu.argv import qmp_options
+from virtnet.qemu.launch import launch, stop
 from virtnet.runpaths import DomainPaths
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 import pytest
 
 from virtnet.errors import HostError
-from virtnet.qemu.launch import is_running, launch, qmp_options, stop
+from virtnet.qemu.argv import qmp_options
+from virtnet.qemu.launch import is_running, launch, stop
 from virtnet.qemu.qmp import QMPClient
 
 QEMU = shutil.which("qemu-system-x86_64")

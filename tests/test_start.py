@@ -12,7 +12,6 @@ import subprocess
 
 import pytest
 
-import hostcases
 from hostcases import (
     alive,
     assert_clean,
@@ -36,9 +35,6 @@ from hostcases import (
 )
 
 # Fixtures (a fresh namespace, one we are inside, the state and runtime dirs).
-dirs = hostcases.dirs
-inside = hostcases.inside
-ns = hostcases.ns
 
 # The multi-NIC domain: one interface of each kind virtnet handles on the host.
 MACS = {

@@ -15,7 +15,6 @@ import subprocess
 import pytest
 from lxml import etree
 
-import hostcases
 from hostcases import (
     alive,
     assert_clean,
@@ -33,8 +32,6 @@ from hostcases import (
 )
 
 # Fixtures (a fresh namespace, the state and runtime dirs).
-dirs = hostcases.dirs
-ns = hostcases.ns
 
 
 UUID_A = "5d1c0b2e-7f3a-4c61-9e8d-2b4a6c8e0f11"

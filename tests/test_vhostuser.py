@@ -18,9 +18,8 @@ import time
 
 import pytest
 
-from hostcases import (  # noqa: F401 (fixtures)
+from hostcases import (
     alive,
-    dirs,
     domain_xml,
     fails,
     info_network,

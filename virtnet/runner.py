@@ -44,22 +44,18 @@ def _stop_recorded(record):
 
 
 def _teardown(store, name, record):
-    """Stop QEMU, then undo the host side; the record and runtime files go whatever happens."""
+    """Undo a running domain (executor.teardown); the record and runtime files go whatever happens."""
     from virtnet.host.executor import teardown
     from virtnet.host.netlink import Netlink
 
-    errors = []
-    try:
-        _stop_recorded(record)  # needs only the pid and QMP socket, not the namespace
-    except Exception as e:
-        errors.append(str(e))
     netns_name = record.get("netns")
     if netns_name and not os.path.exists(f"/run/netns/{netns_name}"):
-        # `ip netns del` removed the name; with QEMU gone the namespace and its taps are gone too.
-        errors += teardown(None, record, None)
+        # `ip netns del` removed the name: stopping QEMU (pid and QMP socket suffice) frees the
+        # namespace, and its taps go with it.
+        errors = teardown(None, record, _stop_recorded)
     else:
         with _in_netns(netns_name), Netlink() as nl:
-            errors += teardown(nl, record, None)
+            errors = teardown(nl, record, _stop_recorded)
     store.clear_runtime(name)
     shutil.rmtree(store.runtime_dir / name, ignore_errors=True)
     return errors

@@ -162,7 +162,7 @@ def vhostuser_needs_virtio(domain):
     for iface in domain.interfaces:
         if iface.type == "vhostuser" and not iface.is_virtio:
             yield iface.line_of("model"), (
-                f"<interface type='vhostuser'> requires the virtio-net frontend: add <model type='virtio'/>"
+                "<interface type='vhostuser'> requires the virtio-net frontend: add <model type='virtio'/>"
                 + (f" (found '{iface.model}')" if iface.model else "")
             )
 

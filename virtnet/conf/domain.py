@@ -184,7 +184,7 @@ class Domain(XMLObject):
     arch = Prop("os/type/@arch")
     machine = Prop("os/type/@machine")
     emulator = Prop("devices/emulator")
-    interfaces = Children("devices/interface", Interface)
+    interfaces = Children("devices/interface", Interface, cache=True)
 
     @property
     def os_boot_devs(self):

@@ -45,9 +45,15 @@ class Prop:
         return node.get(self.attr) if self.attr else node.text
 
     def __get__(self, obj, owner=None):
+        # The hottest path of every verb: kept flat (no calls to find/raw).
         if obj is None:
             return self
-        value = self.raw(obj)
+        node = obj.node
+        for tag in self.elements:
+            node = node.find(tag)
+            if node is None:
+                return None
+        value = node.get(self.attr) if self.attr else node.text
         if value is None or self.kind is str:
             return value
         return self.kind(value.strip())
@@ -100,12 +106,22 @@ class Child:
 
 
 class Children(Child):
-    """All sub-elements at a path, each wrapped in a model class."""
+    """All sub-elements at a path, each wrapped in a model class.
+
+    With cache=True the list is built once per object: for elements that are never added or
+    removed after loading (a domain's interfaces), where wrappers are read many times over."""
+
+    def __init__(self, path, cls, cache=False):
+        super().__init__(path, cls)
+        self.cache = cache
 
     def __get__(self, obj, owner=None):
         if obj is None:
             return self
-        return [self.cls(n) for n in obj.node.findall(self.path)]
+        found = [self.cls(n) for n in obj.node.findall(self.path)]
+        if self.cache:
+            obj.__dict__[self.name] = found  # later reads find it before this descriptor
+        return found
 
 
 class XMLObject:

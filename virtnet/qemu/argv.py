@@ -76,11 +76,20 @@ def memory_backend(domain, syntax):
     return ["-object", render.option_value(props, syntax, "qom-type")]
 
 
+def qmp_chardev_value(qmp_path):
+    """The QMP server's -chardev value (keyval: a comma inside the path is written twice)."""
+    return f"socket,id=charmonitor,path={render.keyval_escape(qmp_path)},server=on,wait=off"
+
+
+def qmp_options(qmp_path):
+    """The -chardev/-mon pair that puts a QMP server on qmp_path (kept here, free of process and
+    socket imports, so that xml2argv stays cheap; launch.py re-exports it)."""
+    return ["-chardev", qmp_chardev_value(qmp_path), "-mon", "chardev=charmonitor,id=monitor,mode=control"]
+
+
 def skeleton(domain, paths, syntax="json", standalone=False):
     """The machine part of the command line. Standalone lines run by themselves: no -S and no QMP
     socket in virtnet's runtime directory (nothing would resume the guest or create the directory)."""
-    from virtnet.qemu.launch import qmp_options
-
     shared = shared_memory(domain)
     argv = [domain.emulator or DEFAULT_EMULATOR]
     argv += ["-name", "guest=" + render.keyval_escape(domain.name)]

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from virtnet.errors import HostError
+from virtnet.qemu.argv import qmp_chardev_value
 from virtnet.qemu.qmp import QMPClient
 
 _POLL_INTERVAL = 0.01
@@ -29,20 +30,6 @@ class Launched:
     qmp: QMPClient
     # Held so Python neither warns about nor reaps the child behind stop()'s back.
     process: subprocess.Popen = field(default=None, repr=False)
-
-
-def qmp_options(qmp_path):
-    """The -chardev/-mon pair that puts a QMP server on qmp_path."""
-    return [
-        "-chardev", _chardev_value(qmp_path),
-        "-mon", "chardev=charmonitor,id=monitor,mode=control",
-    ]
-
-
-def _chardev_value(qmp_path):
-    # Keyval syntax: a comma inside a value is written twice.
-    escaped = qmp_path.replace(",", ",,")
-    return f"socket,id=charmonitor,path={escaped},server=on,wait=off"
 
 
 def launch(argv, *, pass_fds, qmp_path, log_path, timeout=15.0):
@@ -209,7 +196,7 @@ def is_running(pid, qmp_path):
     except OSError:
         return False
     # Compare whole arguments: a substring test would match /run/x.sock against /run/x.sock2.
-    return _chardev_value(qmp_path).encode() in argv
+    return qmp_chardev_value(qmp_path).encode() in argv
 
 
 def _process_state(pid):

@@ -38,12 +38,16 @@ class NetIds:
 
 
 def interface_ids(iface, index):
-    """libvirt's ids: a user alias (ua-*) as given; otherwise netN counting the interfaces without one."""
-    alias = iface.alias
-    if alias is None:
-        siblings = iface.node.getparent().findall("interface")[:index]
-        alias = f"net{sum(1 for s in siblings if s.find('alias') is None)}"
-    return NetIds(netdev=f"host{alias}", device=alias, chardev=f"char{alias}")
+    """libvirt's ids: a user alias (ua-*) as given; otherwise netN counting the interfaces without one.
+    Computed once per interface object (argv, plan and passt paths all ask)."""
+    ids = iface.__dict__.get("_ids")
+    if ids is None:
+        alias = iface.alias
+        if alias is None:
+            siblings = iface.node.getparent().findall("interface")[:index]
+            alias = f"net{sum(1 for s in siblings if s.find('alias') is None)}"
+        ids = iface.__dict__["_ids"] = NetIds(netdev=f"host{alias}", device=alias, chardev=f"char{alias}")
+    return ids
 
 
 def wants_vhost(domain, iface, host_caps):
