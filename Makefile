@@ -26,7 +26,7 @@ venv: $(PY) ## create .venv and install virtnet editable
 demo: venv ## run virtnet xml2argv on the seed case (pre-created tap, managed='no')
 	$(VIRTNET) xml2argv $(SEED)
 
-test-deps: venv ## install test needs (pip, and apt packages when root and missing)
+test-deps: $(PY) ## install test needs (pip, and apt packages when root and missing)
 	$(PY) -m pip install -q -e '.[test]'
 	@missing=0; for p in $(APT_PROBES); do [ -x $$p ] || missing=1; done; \
 	if [ $$missing = 1 ]; then \
