@@ -25,18 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 import domaingen  # noqa: E402
 
-SEED_CANDIDATES = ("examples/net-eth-unmanaged-tap.xml", "testdata/xml2argv/net-eth-unmanaged-tap.xml")
+SEED = "examples/net-eth-unmanaged-tap.xml"
 FORBIDDEN = ("pyroute2", "jinja2")
 
 
 def seed_file(workdir):
-    for candidate in SEED_CANDIDATES:
-        path = benchlib.REPO / candidate
-        if path.is_file():
-            return path
-    path = workdir / "net-eth-unmanaged-tap.xml"  # a copy of the seed domain, should both be missing
-    path.write_text(domaingen.SEED_DOMAIN)
-    return path
+    return benchlib.REPO / SEED
 
 
 # ------------------------------------------------------------------ single conversion

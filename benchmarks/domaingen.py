@@ -106,26 +106,3 @@ def write_mixed(folder, count, nics=4, prefix="bench"):
         path.write_text(mixed_domain(number, nics, prefix))
         paths.append(path)
     return paths
-
-
-# The seed case (a pre-created tap used as it is), for a checkout without examples/ or testdata/.
-SEED_DOMAIN = """<domain type='qemu'>
-  <name>QEMUGuest1</name>
-  <uuid>c7a5fdbd-edaf-9455-926a-d65c16db1809</uuid>
-  <memory unit='KiB'>219100</memory>
-  <currentMemory unit='KiB'>219100</currentMemory>
-  <vcpu placement='static'>1</vcpu>
-  <os>
-    <type arch='i686' machine='pc'>hvm</type>
-    <boot dev='hd'/>
-  </os>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <interface type='ethernet'>
-      <mac address='fe:11:22:33:44:55'/>
-      <target dev='mytap0' managed='no'/>
-      <model type='virtio'/>
-    </interface>
-  </devices>
-</domain>
-"""

@@ -32,6 +32,8 @@ def outside_netns():
     finally:
         # Also removes every device still in it (once no fd holds the namespace).
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    assert name not in listed, f"namespace {name} is still there"
 
 
 @pytest.fixture

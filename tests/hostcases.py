@@ -37,12 +37,6 @@ def require_qemu():
         pytest.skip(f"needs QEMU at {QEMU} (Debian: qemu-system-x86)")
 
 
-def require_host():
-    """Skip unless we can create namespaces and taps and run QEMU."""
-    require_host_privileges()
-    require_qemu()
-
-
 # --- namespaces -------------------------------------------------------------------------------
 
 
@@ -59,18 +53,10 @@ def ip_json(ns, *args):
 
 
 @pytest.fixture
-def ns():
-    """A fresh network namespace (lo up); the test process stays outside. Removed afterwards, and
-    the test fails if it could not be."""
-    require_host()
-    name = f"vnt-{uuid.uuid4().hex[:10]}"
-    ip("netns", "add", name)
-    try:
-        ip("-n", name, "link", "set", "lo", "up")
-        yield name
-    finally:
-        ip("netns", "del", name, check=False)
-    assert name not in ip("netns", "list").stdout, f"namespace {name} is still there"
+def ns(outside_netns):
+    """A fresh network namespace (conftest's), for tests that also run QEMU."""
+    require_qemu()
+    yield outside_netns
 
 
 @pytest.fixture

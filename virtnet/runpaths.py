@@ -5,8 +5,6 @@ Pure path arithmetic, so xml2argv can print the same paths start will use withou
 
 from pathlib import Path
 
-UNIX_PATH_MAX = 107  # sun_path holds 108 bytes including the terminating NUL
-
 
 class DomainPaths:
     def __init__(self, runtime_dir, name):
