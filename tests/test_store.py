@@ -1,8 +1,11 @@
 """The state directory store, on real files with real processes competing for its lock."""
 
+import contextlib
 import json
 import os
+import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -51,6 +54,16 @@ def all_files(directory):
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
 
 
+def index_rows(store, query):
+    """Rows of the index file as SQLite itself reads them, bypassing the Store."""
+    with contextlib.closing(sqlite3.connect(store.index_path)) as db:
+        return db.execute(query).fetchall()
+
+
+def pending(store):
+    return [name for (name,) in index_rows(store, "SELECT name FROM pending")]
+
+
 @pytest.fixture
 def store(tmp_path):
     return Store(tmp_path / "state", tmp_path / "run", summarize=summarize)
@@ -85,8 +98,9 @@ def test_writes_leave_only_the_expected_files(store):
         store.remove_domain("db")
         store.write_runtime("web", {"pid": 1})
 
+    # No -wal or -shm either: the last connection to close checkpoints and removes them.
     assert all_files(store.state_dir) == [
-        "domains", "domains/web.xml", "index.json", "lock", "running", "running/web.json"]
+        "domains", "domains/web.xml", "index.sqlite", "lock", "running", "running/web.json"]
 
 
 def test_failed_write_removes_its_temporary_file_and_keeps_the_old_content(store, monkeypatch):
@@ -106,8 +120,9 @@ def test_failed_write_removes_its_temporary_file_and_keeps_the_old_content(store
 
     assert not [f for f in all_files(store.state_dir) if ".tmp-" in f]
     assert store.read_domain("web") == old
+    assert pending(store) == ["web"]  # the failed writer could not tell how far it got
     assert store.summaries() == {"web": summarize(old)}
-    assert not (store.state_dir / "pending").exists()
+    assert pending(store) == []
 
 
 def test_a_summary_that_is_not_json_changes_nothing(store):
@@ -204,21 +219,78 @@ def test_index_is_rebuilt_from_the_definitions_when_deleted(store):
     store.index_path.unlink()
 
     assert Store(store.state_dir, summarize=summarize).summaries() == expected
-    assert json.loads(store.index_path.read_text())["domains"] == expected
+    rows = index_rows(store, "SELECT name, summary FROM domains ORDER BY name")
+    assert [(name, json.loads(text)) for name, text in rows] == sorted(expected.items())
+    assert index_rows(store, "PRAGMA user_version") == [(1,)]
+    assert index_rows(store, "PRAGMA journal_mode") == [("wal",)]
+    assert stat.S_IMODE(store.index_path.stat().st_mode) == 0o600
 
 
-@pytest.mark.parametrize("damage", [b'{"version": 1, "doma', b"", b"[1, 2]", b'{"version": 99}'])
+def not_a_database(path):
+    path.write_bytes(b'{"version": 1, "domains": {"a": {}}}')
+
+
+def empty_file(path):
+    path.write_bytes(b"")  # SQLite reads this as an empty database: no tables, user_version 0
+
+
+def other_version(path):
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA user_version = 99")
+        db.commit()
+
+
+def table_missing(path):
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("DROP TABLE macs")
+        db.commit()
+
+
+def pages_lost(path):
+    data = path.read_bytes()
+    assert len(data) > 4 * 4096  # page 1 (header, schema) survives; the tables' pages do not
+    path.write_bytes(data[:4096])
+
+
+def page_overwritten(path):
+    with open(path, "r+b") as f:
+        f.seek(4096)
+        f.write(b"\xff" * 4096 * 3)
+
+
+@pytest.mark.parametrize("damage", [not_a_database, empty_file, other_version, table_missing,
+                                    pages_lost, page_overwritten])
 def test_index_is_rebuilt_when_damaged(store, damage):
     define(store, "a")
     define(store, "b")
     expected = store.summaries()
-    store.index_path.write_bytes(damage)
+    damage(store.index_path)
 
     assert Store(store.state_dir, summarize=summarize).summaries() == expected
+    assert index_rows(store, "PRAGMA integrity_check") == [("ok",)]
     # And a writer rebuilds it too, instead of writing an index with only its own domain.
-    store.index_path.write_bytes(damage)
+    damage(store.index_path)
     define(store, "c")
     assert store.names() == ["a", "b", "c"]
+    assert index_rows(store, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_a_damaged_index_cannot_be_read_without_summarize(store):
+    define(store, "a")
+    not_a_database(store.index_path)
+    with pytest.raises(StoreError, match="index .* is missing or out of date"):
+        Store(store.state_dir).summaries()
+
+
+def test_the_files_of_the_json_index_are_removed_when_the_index_is_built(store):
+    define(store, "a")
+    store.index_path.unlink()
+    (store.state_dir / "index.json").write_text('{"version": 1, "domains": {}}')
+    (store.state_dir / "pending").write_text('{"name": "a"}')
+
+    assert Store(store.state_dir, summarize=summarize).names() == ["a"]
+    assert not (store.state_dir / "index.json").exists()
+    assert not (store.state_dir / "pending").exists()
 
 
 def test_index_cannot_be_rebuilt_without_summarize(store):
@@ -244,40 +316,68 @@ def test_rebuild_names_the_file_it_cannot_summarize(store):
 
 
 CRASHING_WRITER = """
-    import os, sys
+    import os, signal, sys
     from pathlib import Path
     import virtnet.store as store_module
 
-    state_dir, verb, xml = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    state_dir, verb, when, xml = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     store = store_module.Store(state_dir)
-    write_atomically = store_module._write_atomically
+    definition = state_dir / "domains" / "web.xml"
 
-    def die_before_the_index(path, data):
-        if path.name == "index.json":
-            os._exit(17)  # as if the power went out between the two renames
-        write_atomically(path, data)
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind, as in a power cut
 
-    store_module._write_atomically = die_before_the_index
+    def killing(function, point, is_the_definition):
+        def wrapper(*args):
+            if when == "before-file" and point == "file" and is_the_definition(*args):
+                die()
+            result = function(*args)
+            if when == point and is_the_definition(*args):
+                die()
+            return result
+        return wrapper
+
+    # file: the XML is replaced (or removed) and its directory fsynced; rows: the index rows are
+    # changed inside the transaction that would also clear `pending`, before its COMMIT.
+    store_module._write_atomically = killing(store_module._write_atomically, "file",
+                                             lambda path, data: path == definition)
+    store_module._unlink = killing(store_module._unlink, "file", lambda path: path == definition)
+    store_module._put = killing(store_module._put, "rows", lambda db, name, *row: name == "web")
+    store_module._drop = killing(store_module._drop, "rows", lambda db, name: name == "web")
+    if when == "mid-file":  # the temporary file is written, not yet renamed
+        replace = os.replace
+        os.replace = lambda source, target: die() if Path(target) == definition else replace(source, target)
     with store.lock():
         if verb == "define":
             store.write_domain("web", xml, {"version": "never written"})
         else:
             store.remove_domain("web")
+    sys.exit("not killed")
 """
 
 
-@pytest.mark.parametrize("verb", ["define", "remove"])
+@pytest.mark.parametrize("verb, when", [
+    ("define", "before-file"), ("define", "mid-file"), ("define", "file"), ("define", "rows"),
+    ("remove", "before-file"), ("remove", "file"), ("remove", "rows"),
+])
 @pytest.mark.parametrize("next_user", ["reader", "writer"])
-def test_a_writer_crash_between_xml_and_index_is_repaired(store, verb, next_user):
-    define(store, "web", version=1)
+def test_a_writer_killed_between_xml_and_index_is_repaired(store, verb, when, next_user):
+    old_xml = define(store, "web", version=1)
     define(store, "db")
     new_xml = domain_xml("web", version=2)
 
     before = store.summaries()
-    code, _, err = finish(run_python(CRASHING_WRITER, store.state_dir, verb, new_xml))
-    assert code == 17, err
-    assert (store.state_dir / "pending").exists()
-    # A reader that cannot summarize gets the index as it was, rather than an error.
+    code, _, err = finish(run_python(CRASHING_WRITER, store.state_dir, verb, when, new_xml))
+    assert code == -signal.SIGKILL, err
+    assert pending(store) == ["web"]
+    file_changed = when in ("file", "rows")
+    if verb == "define":
+        assert store.read_domain("web") == (new_xml if file_changed else old_xml)
+        assert bool([f for f in all_files(store.state_dir) if ".tmp-" in f]) == (when == "mid-file")
+    else:
+        assert (store.state_dir / "domains" / "web.xml").exists() == (not file_changed)
+    # A reader that cannot summarize gets the index as last committed, rather than an error (and
+    # nothing of the killed transaction).
     assert Store(store.state_dir).summaries() == before
 
     after = Store(store.state_dir, summarize=summarize)
@@ -286,12 +386,230 @@ def test_a_writer_crash_between_xml_and_index_is_repaired(store, verb, next_user
     summaries = after.summaries()
 
     if verb == "define":
-        assert summaries["web"] == summarize(new_xml)
-    else:
+        assert summaries["web"] == summarize(new_xml if file_changed else old_xml)
+    elif file_changed:
         assert "web" not in summaries
-    assert "db" in summaries
-    assert not (store.state_dir / "pending").exists()
+    else:
+        assert summaries["web"] == summarize(old_xml)
+    expected_names = {"db", "web"} - ({"web"} if verb == "remove" and file_changed else set())
+    assert set(summaries) == expected_names | ({"other"} if next_user == "writer" else set())
+    assert summaries["db"] == before["db"]
+    assert pending(store) == []
     assert not [f for f in all_files(store.state_dir) if ".tmp-" in f]
+    assert index_rows(store, "PRAGMA integrity_check") == [("ok",)]
+
+
+def keyed_xml(name, uuid, macs=(), targets=()):
+    nics = "".join(f"<interface><mac address='{mac}'/></interface>" for mac in macs)
+    nics += "".join(f"<interface><target dev='{dev}'/></interface>" for dev in targets)
+    return f"<domain><name>{name}</name><uuid>{uuid}</uuid><devices>{nics}</devices></domain>"
+
+
+def keyed_summarize(xml_text):
+    """What virtnet.domains.summarize keeps, from the small documents of keyed_xml."""
+    root = ET.fromstring(xml_text)
+    return {"uuid": root.findtext("uuid"),
+            "macs": [e.get("address") for e in root.iter("mac")],
+            "targets": [e.get("dev") for e in root.iter("target")],
+            "interfaces": ["ethernet"] * len(root.findall("devices/interface"))}
+
+
+def keyed_define(store, name, uuid, macs=(), targets=()):
+    xml = keyed_xml(name, uuid, macs, targets)
+    with store.lock():
+        store.write_domain(name, xml, keyed_summarize(xml))
+
+
+@pytest.fixture
+def keyed(tmp_path):
+    return Store(tmp_path / "state", tmp_path / "run", summarize=keyed_summarize)
+
+
+def test_keys_are_looked_up_in_the_index(keyed):
+    keyed_define(keyed, "web", "u-web", ["52:54:00:00:00:01", "52:54:00:00:00:02"], ["tap-web"])
+    keyed_define(keyed, "db", "u-db", ["52:54:00:00:00:03"], ["tap-db", "tap-shared"])
+    keyed_define(keyed, "copy", "u-web", ["52:54:00:00:00:02"], ["tap-shared"])  # the index keeps
+    # duplicates (as files copied in by hand can have them); refusing them is define's rule.
+
+    assert keyed.summary_of("web") == keyed_summarize(keyed.read_domain("web"))
+    assert keyed.summary_of("nope") is None
+    assert keyed.owners_of_uuid("u-web") == ["copy", "web"]
+    assert keyed.owners_of_uuid("u-none") == []
+    assert keyed.owners_of_macs(["52:54:00:00:00:02", "52:54:00:00:00:03", "52:54:00:00:00:09"]) == {
+        "52:54:00:00:00:02": ["copy", "web"], "52:54:00:00:00:03": ["db"]}
+    assert keyed.owners_of_targets(["tap-shared", "tap-web", "tap-none"]) == {
+        "tap-shared": ["copy", "db"], "tap-web": ["web"]}
+    assert keyed.owners_of_macs([]) == {} and keyed.owners_of_targets([]) == {}
+
+    # A redefinition replaces the keys of its domain; a removal drops them.
+    keyed_define(keyed, "web", "u-web2", ["52:54:00:00:00:04"], [])
+    with keyed.lock():
+        keyed.remove_domain("copy")
+        # Under the lock the same lookups read this hold's connection.
+        assert keyed.owners_of_uuid("u-web2") == ["web"]
+    assert keyed.owners_of_uuid("u-web") == []
+    assert keyed.owners_of_macs(["52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:04"]) == {
+        "52:54:00:00:00:04": ["web"]}
+    assert keyed.owners_of_targets(["tap-web", "tap-shared"]) == {"tap-shared": ["db"]}
+    assert sorted(index_rows(keyed, "SELECT mac, name FROM macs")) == [
+        ("52:54:00:00:00:03", "db"), ("52:54:00:00:00:04", "web")]
+    # And so does a rebuild from the definitions.
+    keyed.index_path.unlink()
+    assert keyed.owners_of_targets(["tap-db", "tap-shared"]) == {"tap-db": ["db"], "tap-shared": ["db"]}
+    assert keyed.owners_of_uuid("u-web2") == ["web"]
+
+
+def test_summaries_leave_the_keys_to_the_index(keyed):
+    keyed_define(keyed, "web", "u-web", ["52:54:00:00:00:02", "52:54:00:00:00:01"], ["tap-web"])
+    keyed_define(keyed, "bare", "u-bare")
+
+    # What list shows, without the keys: they are columns, looked up or reassembled when asked.
+    assert keyed.summaries() == {"web": {"interfaces": ["ethernet"] * 3}, "bare": {"interfaces": []}}
+    assert index_rows(keyed, "SELECT name, uuid, summary FROM domains ORDER BY name") == [
+        ("bare", "u-bare", '{"interfaces":[]}'),
+        ("web", "u-web", '{"interfaces":["ethernet","ethernet","ethernet"]}')]
+    assert keyed.summary_of("bare") == {"uuid": "u-bare", "interfaces": []}
+    assert keyed.summary_of("web") == {
+        "uuid": "u-web", "macs": ["52:54:00:00:00:01", "52:54:00:00:00:02"], "targets": ["tap-web"],
+        "interfaces": ["ethernet"] * 3}
+
+
+@pytest.mark.parametrize("keys", [{"uuid": 5}, {"macs": "52:54:00:00:00:01"}, {"macs": [1]},
+                                  {"targets": [None]}])
+def test_keys_of_the_wrong_type_change_nothing(keyed, keys):
+    keyed_define(keyed, "web", "u-web")
+    with keyed.lock(), pytest.raises(TypeError, match="of a summary must be"):
+        keyed.write_domain("db", keyed_xml("db", "u-db"), {"interfaces": [], **keys})
+    assert keyed.names() == ["web"]
+    assert not (keyed.state_dir / "domains" / "db.xml").exists()
+    assert pending(keyed) == []
+
+
+def test_lookups_in_an_empty_store_create_nothing(tmp_path):
+    store = Store(tmp_path / "state")
+    assert store.summary_of("web") is None
+    assert store.owners_of_uuid("u") == []
+    assert store.owners_of_macs(["52:54:00:00:00:01"]) == {}
+    assert store.owners_of_targets(["tap0"]) == {}
+    assert not (tmp_path / "state").exists()
+
+
+PAUSED_WRITER = """
+    import sys, time
+    from pathlib import Path
+    import virtnet.store as store_module
+
+    state_dir, inside, go, xml = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+    put = store_module._put
+
+    def put_then_wait(db, name, *row):
+        put(db, name, *row)  # the rows are changed, the transaction is not committed
+        inside.touch()
+        deadline = time.monotonic() + 60
+        while not go.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    store_module._put = put_then_wait
+    store = store_module.Store(state_dir)
+    with store.lock():
+        store.write_domain("web", xml, {"uuid": "u-new", "macs": ["52:54:00:00:00:02"], "targets": []})
+"""
+
+
+def test_readers_see_the_last_commit_while_a_writer_is_inside_its_transaction(tmp_path):
+    store = Store(tmp_path / "state")
+    old = keyed_xml("web", "u-old", ["52:54:00:00:00:01"])
+    with store.lock():
+        store.write_domain("web", old, keyed_summarize(old))
+    before = store.summaries()
+    inside, go = tmp_path / "inside", tmp_path / "go"
+    writer = run_python(PAUSED_WRITER, store.state_dir, inside, go, keyed_xml("web", "u-new"))
+    try:
+        deadline = time.monotonic() + 60
+        while not inside.exists():
+            assert writer.poll() is None and time.monotonic() < deadline, finish(writer)
+            time.sleep(0.005)
+        # The writer holds the flock and an open write transaction on the index; a reader is not
+        # held up (it would fail with "database is locked" after INDEX_TIMEOUT) and sees none of it.
+        assert not lock_is_free(store)
+        assert store.summaries() == before
+        assert store.owners_of_uuid("u-old") == ["web"]
+        assert store.owners_of_uuid("u-new") == []
+        assert store.owners_of_macs(["52:54:00:00:00:01", "52:54:00:00:00:02"]) == {
+            "52:54:00:00:00:01": ["web"]}
+        go.touch()
+        code, _, err = finish(writer)
+    finally:
+        go.touch()
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    assert code == 0, err
+    assert store.owners_of_uuid("u-new") == ["web"]
+    assert store.owners_of_macs(["52:54:00:00:00:01", "52:54:00:00:00:02"]) == {
+        "52:54:00:00:00:02": ["web"]}
+
+
+IMPORTS = """
+    import sys
+    from pathlib import Path
+    import virtnet.store
+    lazy = "sqlite3" not in sys.modules
+    store = virtnet.store.Store(Path(sys.argv[1]))
+    print(len(store.summaries()), store.owners_of_uuid("u-web"), lazy,
+          any(m == "lxml" or m.startswith("lxml.") for m in sys.modules))
+"""
+
+
+def test_reading_the_index_imports_sqlite3_only_when_used_and_never_lxml(keyed):
+    keyed_define(keyed, "web", "u-web")
+    code, out, err = finish(run_python(IMPORTS, keyed.state_dir))
+    assert code == 0, err
+    assert out.split() == ["1", "['web']", "True", "False"]
+
+
+# define's conflict rules, looked up by key
+
+
+def conflict(store, name, uuid, macs=(), targets=()):
+    """The message define gives for this domain, or None when it has no conflict."""
+    from virtnet import domains
+
+    summary = {"uuid": uuid, "macs": list(macs), "targets": list(targets), "interfaces": []}
+    with store.lock():
+        try:
+            domains._conflicts(store, name, summary)
+        except StoreError as e:
+            return e.message
+    return None
+
+
+def test_define_conflicts_are_found_by_key(keyed):
+    keyed_define(keyed, "web", "u-web", ["52:54:00:00:00:01"], ["tap-web"])
+    keyed_define(keyed, "db", "u-db", ["52:54:00:00:00:02"], ["tap-db"])
+
+    assert conflict(keyed, "web", "u-web", ["52:54:00:00:00:01"], ["tap-web"]) is None  # an update
+    assert conflict(keyed, "new", "u-new", ["52:54:00:00:00:03"], ["tap-new"]) is None
+    assert conflict(keyed, "web", "u-other") == (
+        "domain 'web' is already defined with uuid u-web; to update it, keep that uuid (or omit "
+        "<uuid>), or `virtnet undefine web` first")
+    assert conflict(keyed, "new", "u-db") == (
+        "uuid u-db is already used by domain 'db'; give this domain its own <uuid>")
+    assert conflict(keyed, "web", "u-web", ["52:54:00:00:00:02"]) == (
+        "MAC address 52:54:00:00:00:02 is already used by domain 'db'; choose another <mac address>")
+    assert conflict(keyed, "new", "u-new", [], ["tap-web"]) == (
+        "target dev 'tap-web' is already used by domain 'web'; choose another <target dev>")
+    # Several conflicts: the first other domain by name, and in one domain uuid, MAC, target dev.
+    assert conflict(keyed, "new", "u-web", ["52:54:00:00:00:02"], ["tap-web"]).startswith(
+        "MAC address 52:54:00:00:00:02 is already used by domain 'db'")
+    assert conflict(keyed, "new", "u-web", ["52:54:00:00:00:01"], ["tap-web"]).startswith(
+        "uuid u-web is already used by domain 'web'")
+    assert conflict(keyed, "new", "u-new", ["52:54:00:00:00:01"], ["tap-web"]).startswith(
+        "MAC address 52:54:00:00:00:01 is already used by domain 'web'")
+    assert conflict(keyed, "zzz", "u-zzz", [], ["tap-web", "tap-db"]).startswith(
+        "target dev 'tap-db' is already used by domain 'db'")
+    assert conflict(keyed, "web", "u-other", ["52:54:00:00:00:02"]).startswith(
+        "MAC address 52:54:00:00:00:02 is already used by domain 'db'")
 
 
 # The lock
@@ -382,7 +700,6 @@ def test_concurrent_writers_lose_nothing_and_readers_see_whole_files(tmp_path):
             time.sleep(0.001)  # leave the writers most of the CPU
             if not store.index_path.exists():
                 continue  # the first writer has not started yet
-            json.loads(store.index_path.read_bytes())  # raises on a partial index
             summaries = store.summaries()
             counts_seen.add(len(summaries))
             for name in set(summaries) - files_checked:  # an indexed definition is complete

@@ -6,10 +6,11 @@ with a running domain need root and QEMU (they skip with a reason otherwise) and
 network namespace.
 """
 
-import json
+import contextlib
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 
 import pytest
@@ -182,8 +183,12 @@ def test_concurrent_defines_lose_nothing(dirs, tmp_path):
     for name in names:
         xml = (d.state / "domains" / f"{name}.xml").read_text()
         assert parse(xml).findtext("name") == name
-    index = json.loads((d.state / "index.json").read_text())
-    assert sorted(index["domains"]) == names
+    with contextlib.closing(sqlite3.connect(d.state / "index.sqlite")) as index:
+        assert sorted(row[0] for row in index.execute("SELECT name FROM domains")) == names
+        # Each domain's MACs and target dev are indexed under its name, for define's checks.
+        assert sorted(index.execute("SELECT dev, name FROM targets")) == [(f"t{n}", n) for n in names]
+        assert sorted(row[0] for row in index.execute("SELECT DISTINCT name FROM macs")) == names
+        assert index.execute("SELECT count(*) FROM pending").fetchone()[0] == 0
     leftovers = [p.name for p in d.state.rglob("*") if p.name.startswith(".tmp")]
     assert leftovers == []
 

@@ -4,7 +4,8 @@ from virtnet.errors import StoreError
 
 
 def summarize(domain):
-    """What the store's index keeps per domain, so list and conflict checks need no XML parsing."""
+    """What the store's index keeps per domain, so list and conflict checks need no XML parsing:
+    uuid, macs and targets are its keys, looked up by define's checks; the rest is what list shows."""
     return {
         "uuid": domain.uuid,
         "macs": [i.mac for i in domain.interfaces if i.mac],
@@ -26,21 +27,30 @@ def open_store(state_dir=None, runtime_dir=None):
     return Store(state_dir or default_state_dir(), runtime_dir or default_runtime_dir(), summarize=summarize_xml)
 
 
-def _conflicts(name, summary, others):
-    for other, theirs in sorted(others.items()):
-        if other == name:
-            if theirs.get("uuid") != summary["uuid"]:
-                raise StoreError(
-                    f"domain '{name}' is already defined with uuid {theirs.get('uuid')}; to update it, keep "
-                    f"that uuid (or omit <uuid>), or `virtnet undefine {name}` first"
-                )
-            continue
-        if theirs.get("uuid") == summary["uuid"]:
-            raise StoreError(f"uuid {summary['uuid']} is already used by domain '{other}'; give this domain its own <uuid>")
-        for mac in set(summary["macs"]) & set(theirs.get("macs", [])):
-            raise StoreError(f"MAC address {mac} is already used by domain '{other}'; choose another <mac address>")
-        for dev in set(summary["targets"]) & set(theirs.get("targets", [])):
-            raise StoreError(f"target dev '{dev}' is already used by domain '{other}'; choose another <target dev>")
+def _conflicts(store, name, summary):
+    """Refuse what libvirt refuses, looking each key up in the store's index. Of several conflicts,
+    the one with the first other domain (by name) is reported, and for one domain its uuid before
+    a MAC before a target dev, as when the domains are read one by one. Returns the summary stored
+    under this name, or None when the name is new."""
+    mine = store.summary_of(name)
+    found = []  # (other domain, rank, key, message)
+    if mine is not None and mine.get("uuid") != summary["uuid"]:
+        found.append((name, 0, "", (
+            f"domain '{name}' is already defined with uuid {mine.get('uuid')}; to update it, keep "
+            f"that uuid (or omit <uuid>), or `virtnet undefine {name}` first")))
+    for other in store.owners_of_uuid(summary["uuid"]):
+        if other != name:
+            found.append((other, 1, "", f"uuid {summary['uuid']} is already used by domain '{other}'; "
+                                        "give this domain its own <uuid>"))
+    for mac, owners in store.owners_of_macs(summary["macs"]).items():
+        found.extend((other, 2, mac, f"MAC address {mac} is already used by domain '{other}'; "
+                                     "choose another <mac address>") for other in owners if other != name)
+    for dev, owners in store.owners_of_targets(summary["targets"]).items():
+        found.extend((other, 3, dev, f"target dev '{dev}' is already used by domain '{other}'; "
+                                     "choose another <target dev>") for other in owners if other != name)
+    if found:
+        raise StoreError(min(found)[3])
+    return mine
 
 
 def define(store, loaded):
@@ -51,13 +61,12 @@ def define(store, loaded):
     summary = summarize(domain)
     text = format_domain(domain)
     with store.lock():
-        others = store.summaries()
         try:
-            _conflicts(domain.name, summary, others)
+            existing = _conflicts(store, domain.name, summary)
         except StoreError as e:
             raise e.located(loaded.filename) from None
         store.write_domain(domain.name, text, summary)
-    return domain.name not in others
+    return existing is None
 
 
 def undefine(store, name):

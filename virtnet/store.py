@@ -3,36 +3,74 @@
 Layout under the state dir:
 
     domains/NAME.xml    the canonical XML of each defined domain
-    index.json          {"version": 1, "domains": {NAME: summary}}, so that `list` and define's
-                        conflict checks read one file instead of parsing every definition
+    index.sqlite        an SQLite index of the definitions, so that `list` reads one table and
+                        define's conflict checks look keys up, instead of parsing every definition
     running/NAME.json   the runtime record of a running domain
-    pending             the name whose XML and index entry are being changed (see below)
     lock                flock'ed by every writer
 
-Every file is replaced atomically (temporary file, fsync, rename, fsync of the directory), so a
-reader needs no lock and sees either the old or the new content, never a part.
+Definitions and runtime records are replaced atomically (temporary file, fsync, rename, fsync of
+the directory), so a reader needs no lock and sees either the old or the new content, never a part.
 
-The XML and its index entry are two files, and a crash can land between their renames. So a writer
-first records the name in `pending` and deletes it once both are in place; whoever next finds
-`pending` while holding the lock summarises that one domain again from its XML.
+The index (its schema version is SQLite's user_version):
 
-Standard library only: the fast verbs (list, dumpxml) import this module.
+    domains(name, uuid, summary)   one row per definition
+    macs(mac, name)                one row per MAC address of a domain
+    targets(dev, name)             one row per fixed target dev of a domain
+    pending(name)                  definitions being changed (see below)
+
+A summary (what summarize(xml) returns) is split: its keys "uuid", "macs" and "targets" go into
+the columns above, the rest is kept as JSON in domains.summary. So define's conflict checks look
+keys up by index, and `list` decodes only what it shows (at 10 000 domains, decoding the MACs and
+uuids too would cost more than reading the table). uuid, mac and dev are indexed, not unique: the
+index mirrors the definitions on disk and must be rebuildable from whatever files are there,
+while refusing a duplicate is define's rule (virtnet/domains.py).
+
+The index is in WAL mode: a reader sees the last committed transaction, whole, and neither waits
+for a writer nor holds one up (with a rollback journal, `list` and a define's commit would wait for
+each other). Commits are synchronous=FULL, as the repair below relies on their order with the XML's
+rename.
+
+The XML and its index rows cannot change in one atomic step. So a writer first commits the name
+into `pending`, then replaces the XML, then commits the new rows together with the name's removal
+from `pending`. Whoever next finds a name in `pending` while holding the lock summarises that one
+domain again from its XML. A missing or unreadable index is rebuilt from all the XML files.
+
+Standard library only, and sqlite3 is imported when the index is first used: the fast verbs (list,
+dumpxml) import this module.
 """
 
 import contextlib
 import fcntl
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from virtnet.errors import StoreError, VirtnetError
 
 INDEX_VERSION = 1
+# Seconds SQLite waits for one of its own locks. The flock serialises writers and WAL readers take
+# no lock a writer waits for, so only rare steps wait (recovering a WAL after a crash, a checkpoint).
+INDEX_TIMEOUT = 10.0
 MAX_NAME_BYTES = 200  # leaves room in a 255-byte file name for ".xml" and temporary-file affixes
 SUN_PATH_MAX = 108  # sizeof(sockaddr_un.sun_path), including the terminating NUL
 _TMP_PREFIX = ".tmp-"  # temporary files never end in ".xml" or ".json", so listings skip them
+
+_SCHEMA = (
+    "CREATE TABLE domains (name TEXT PRIMARY KEY, uuid TEXT, summary TEXT NOT NULL)",
+    "CREATE INDEX domains_uuid ON domains (uuid)",
+    "CREATE TABLE macs (mac TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (mac, name)) WITHOUT ROWID",
+    "CREATE INDEX macs_name ON macs (name)",
+    "CREATE TABLE targets (dev TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (dev, name)) WITHOUT ROWID",
+    "CREATE INDEX targets_name ON targets (name)",
+    "CREATE TABLE pending (name TEXT PRIMARY KEY)",
+)
+_TABLES = frozenset(("domains", "macs", "targets", "pending"))
+_KEYS = ("uuid", "macs", "targets")  # the entries of a summary kept in columns, not in its JSON
+# What a damaged index raises (primary result codes): SQLITE_CORRUPT, SQLITE_NOTADB.
+_DAMAGED = (11, 26)
+_SQLITE_CANTOPEN = 14
+# Files of the JSON index that index.sqlite replaced; removed when the index is rebuilt.
+_LEGACY_FILES = ("index.json", "pending")
 
 
 def default_state_dir() -> Path:
@@ -92,6 +130,8 @@ def _fsync_dir(path):
 
 def _write_atomically(path: Path, data: bytes):
     """Replace path with data so that readers and crashes see the old or the new content only."""
+    import tempfile  # writers only: `list` does without its imports
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -119,12 +159,113 @@ def _no_domain(name):
     return StoreError(f"no domain named '{name}' is defined (see `virtnet list --all`)")
 
 
+# The index's rows
+
+
+def _encode(summary):
+    """(JSON of the summary without its keys, uuid, MACs, target devs). Raises TypeError for a
+    summary that is not JSON or whose keys are not strings, before anything is written."""
+    if not isinstance(summary, dict):
+        return json.dumps(summary, separators=(",", ":")), None, [], []
+    rest = {key: value for key, value in summary.items() if key not in _KEYS}
+    uuid = summary.get("uuid")
+    if uuid is not None and not isinstance(uuid, str):
+        raise TypeError(f"the uuid of a summary must be a string, not {uuid!r}")
+    return (json.dumps(rest, separators=(",", ":")), uuid,
+            _strings(summary, "macs"), _strings(summary, "targets"))
+
+
+def _strings(summary, key):
+    value = summary.get(key, [])
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+        raise TypeError(f"the {key} of a summary must be a list of strings, not {value!r}")
+    return sorted(set(value))
+
+
+def _put(db, name, text, uuid, macs, targets):
+    _drop(db, name)
+    db.execute("INSERT INTO domains (name, uuid, summary) VALUES (?, ?, ?)", (name, uuid, text))
+    db.executemany("INSERT INTO macs (mac, name) VALUES (?, ?)", [(mac, name) for mac in macs])
+    db.executemany("INSERT INTO targets (dev, name) VALUES (?, ?)", [(dev, name) for dev in targets])
+
+
+def _drop(db, name):
+    for table in ("domains", "macs", "targets"):
+        db.execute(f"DELETE FROM {table} WHERE name = ?", (name,))
+
+
+def _all_summaries(db):
+    # One json.loads of all the summaries joined: decoding row by row costs half as much again.
+    rows = db.execute("SELECT name, summary FROM domains").fetchall()
+    if not rows:
+        return {}
+    values = json.loads("[" + ",".join([row[1] for row in rows]) + "]")
+    return dict(zip([row[0] for row in rows], values))
+
+
+def _one_summary(db, name):
+    row = db.execute("SELECT uuid, summary FROM domains WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        return None
+    uuid, text = row
+    summary = json.loads(text)
+    if isinstance(summary, dict):
+        if uuid is not None:
+            summary["uuid"] = uuid
+        for table, column, key in (("macs", "mac", "macs"), ("targets", "dev", "targets")):
+            values = [r[0] for r in db.execute(
+                f"SELECT {column} FROM {table} WHERE name = ? ORDER BY {column}", (name,))]
+            if values:
+                summary[key] = values
+    return summary
+
+
+def _owners(db, table, column, keys):
+    owners = {}
+    for key in sorted(set(keys)):
+        names = [row[0] for row in db.execute(f"SELECT name FROM {table} WHERE {column} = ?", (key,))]
+        if names:
+            owners[key] = sorted(names)
+    return owners
+
+
+@contextlib.contextmanager
+def _transaction(db):
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            with contextlib.suppress(Exception):
+                db.execute("ROLLBACK")
+        raise
+
+
+def _damaged(error):
+    """Whether an sqlite3 error says the file is not an intact database (then it is rebuilt)."""
+    return (getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF in _DAMAGED
+
+
+def _close(db):
+    import sqlite3
+
+    with contextlib.suppress(sqlite3.Error):
+        db.close()
+
+
+def _quote_sql(identifier):
+    return '"' + identifier.replace('"', '""') + '"'
+
+
 class Store:
     """The definitions and runtime records in one state dir. Not shared between threads.
 
     summarize(xml_text) -> dict rebuilds an index entry from a definition; it is needed only when
-    index.json is lost or a writer crashed, and may raise a VirtnetError for a bad file. A function
-    that imports the XML code only when called keeps the fast verbs fast.
+    the index is lost or a writer crashed, and may raise a VirtnetError for a bad file. A function
+    that imports the XML code only when called keeps the fast verbs fast. A summary's "uuid" (a
+    string) and "macs" and "targets" (lists of strings), all optional, are its keys: looked up by
+    owners_of_*, returned by summary_of() and left out of summaries().
     """
 
     def __init__(self, state_dir: Path, runtime_dir: Path | None = None, summarize=None):
@@ -135,11 +276,10 @@ class Store:
         self.summarize = summarize
         self.domains_dir = self.state_dir / "domains"
         self.running_dir = self.state_dir / "running"
-        self.index_path = self.state_dir / "index.json"
-        self.pending_path = self.state_dir / "pending"
+        self.index_path = self.state_dir / "index.sqlite"
         self.lock_path = self.state_dir / "lock"
         self._lock_depth = 0
-        self._index = None  # the index as loaded while the lock is held; nobody else can change it
+        self._db = None  # the index connection while the lock is held, checked and repaired
 
     @classmethod
     def default(cls, summarize=None):
@@ -172,7 +312,7 @@ class Store:
                 yield self
             finally:
                 self._lock_depth = 0
-                self._index = None
+                self._close_db()
         finally:
             os.close(fd)  # closing the only descriptor releases the flock
 
@@ -183,23 +323,35 @@ class Store:
     # Definitions
 
     def summaries(self) -> dict[str, dict]:
-        """Name -> summary of every defined domain. Needs no lock; under the lock, the index is
-        read once and kept until the lock is released."""
-        if self._lock_depth:
-            return dict(self._locked_index())
-        if self.summarize is not None and self.pending_path.exists():
-            self._repair_if_lock_free()
-        index = self._read_index_file()
-        if index is None:
-            if not self._domain_files():
-                return {}  # nothing defined yet: create nothing either
-            with self.lock():
-                return dict(self._locked_index())
-        return index
+        """Name -> summary of every defined domain, from one committed state of the index, without
+        the keys (uuid, macs, targets): what `list` shows, decoded in one go. Needs no lock."""
+        return self._query(_all_summaries, {})
 
     def names(self) -> list[str]:
         """The defined domain names, sorted."""
-        return sorted(self.summaries())
+        return sorted(self._query(lambda db: [row[0] for row in db.execute("SELECT name FROM domains")], []))
+
+    def summary_of(self, name) -> dict | None:
+        """The whole summary of one domain, keys included (MACs and target devs sorted, without
+        repeats), or None when it is not defined."""
+        check_name(name)
+        return self._query(lambda db: _one_summary(db, name), None)
+
+    def owners_of_uuid(self, uuid) -> list[str]:
+        """The names of the domains whose summary has this uuid, sorted."""
+        if not isinstance(uuid, str):
+            return []
+        return self._query(lambda db: _owners(db, "domains", "uuid", [uuid]), {}).get(uuid, [])
+
+    def owners_of_macs(self, macs) -> dict[str, list[str]]:
+        """MAC -> the names of the domains using it (sorted), for each of macs that is in use."""
+        macs = list(macs)
+        return self._query(lambda db: _owners(db, "macs", "mac", macs), {}) if macs else {}
+
+    def owners_of_targets(self, devs) -> dict[str, list[str]]:
+        """Target dev -> the names of the domains using it (sorted), for each of devs in use."""
+        devs = list(devs)
+        return self._query(lambda db: _owners(db, "targets", "dev", devs), {}) if devs else {}
 
     def read_domain(self, name) -> str:
         """The stored XML of a domain."""
@@ -215,79 +367,282 @@ class Store:
         """Define or redefine a domain: its XML and its index entry. Needs the lock."""
         self._require_lock("write_domain")
         check_name(name)
-        index = dict(self._locked_index())
-        index[name] = summary
-        # Encoded first, so that a summary that is not JSON fails before anything changes.
-        index_bytes = self._encode_index(index)
-        self._change(name, lambda: _write_atomically(self.domains_dir / f"{name}.xml",
-                                                     xml_text.encode("utf-8")), index, index_bytes)
+        row = _encode(summary)  # first, so that a summary that is not JSON fails before any change
+        data = xml_text.encode("utf-8")
+        path = self.domains_dir / f"{name}.xml"
+        self._change(name, lambda: _write_atomically(path, data), lambda db: _put(db, name, *row))
 
     def remove_domain(self, name):
         """Undefine a domain: remove its XML and its index entry. Needs the lock."""
         self._require_lock("remove_domain")
         check_name(name)
-        index = dict(self._locked_index())
-        if name not in index and not (self.domains_dir / f"{name}.xml").exists():
+        path = self.domains_dir / f"{name}.xml"
+        if self.summary_of(name) is None and not path.exists():
             raise _no_domain(name)
-        index.pop(name, None)
-        self._change(name, lambda: _unlink(self.domains_dir / f"{name}.xml"), index,
-                     self._encode_index(index))
+        self._change(name, lambda: _unlink(path), lambda db: _drop(db, name))
 
-    def _change(self, name, change_file, index, index_bytes):
-        # On failure `pending` stays, so the next lock holder repairs whatever half happened.
-        self._index = None
+    def _change(self, name, change_file, change_rows):
+        import sqlite3
+
+        file_changed = False
         try:
-            _write_atomically(self.pending_path, json.dumps({"name": name}).encode())
-            change_file()
-            _write_atomically(self.index_path, index_bytes)
-            self._index = index
-            # Not fsynced: should a crash undo the removal, the repair merely redoes the same entry.
-            os.unlink(self.pending_path)
-        except OSError as e:
+            for attempt in (1, 2):
+                db = self._locked_db()
+                try:
+                    with _transaction(db):
+                        db.execute("INSERT OR IGNORE INTO pending (name) VALUES (?)", (name,))
+                    if not file_changed:
+                        change_file()
+                        file_changed = True
+                    with _transaction(db):
+                        change_rows(db)
+                        db.execute("DELETE FROM pending WHERE name = ?", (name,))
+                    return
+                except sqlite3.DatabaseError as e:
+                    if attempt == 2 or not _damaged(e):
+                        raise
+                # A damaged page, found only now: a new index from the definitions, which have
+                # this change when the file was changed already; else the change is made again.
+                self._close_db()
+                self._db = self._rebuild(fresh=True)
+                if file_changed:
+                    return
+        except (OSError, sqlite3.Error) as e:
+            # The name stays in `pending`: the next access under the lock (this hold's too, with a
+            # new connection) summarises the domain again from whatever XML is in place.
+            self._close_db()
+            reason = (e.strerror or e) if isinstance(e, OSError) else e
             raise StoreError(f"cannot save the definition of '{name}' in {self.state_dir}: "
-                             f"{e.strerror}") from None
+                             f"{reason}") from None
 
     # The index
 
-    def _locked_index(self):
-        if self._index is None:
-            index = self._read_index_file()
-            if index is None:
-                index = self._rebuild_index()
-                self._save_index(index)
-            if self.pending_path.exists():
-                self._repair_pending(index)
-            self._index = index
-        return self._index
+    def _query(self, read, empty):
+        """read(db) on the index. Under the lock, on this hold's connection. Otherwise in a read
+        transaction of its own, after repairing what a crashed writer left when that can be done
+        now; with no index (or a damaged one), `empty` when nothing is defined, else the index is
+        rebuilt under the lock."""
+        import sqlite3
 
-    def _read_index_file(self):
-        """The index, or None when it is missing or not an index (then it is rebuilt)."""
+        if self._lock_depth:
+            return self._locked_query(read)
+        repaired = False
+        while True:
+            db = None
+            try:
+                db = self._connect()
+                if db is not None:
+                    db.execute("BEGIN")  # the checks and the read see one state of the index
+                    if self._valid(db):
+                        if (not repaired and self.summarize is not None
+                                and db.execute("SELECT 1 FROM pending LIMIT 1").fetchone()):
+                            # Left by a crashed writer, unless one is at work right now (then it is
+                            # its own, and the index it will change is still consistent).
+                            _close(db)
+                            db = None
+                            repaired = True
+                            self._repair_if_lock_free()
+                            continue
+                        return read(db)
+            except sqlite3.DatabaseError as e:
+                if not _damaged(e):
+                    raise self._index_error(e) from None
+            finally:
+                if db is not None:
+                    _close(db)
+            break
+        if not self._domain_files():
+            return empty  # nothing defined yet: create nothing either
+        with self.lock():
+            return self._locked_query(read)
+
+    def _locked_query(self, read):
+        import sqlite3
+
         try:
-            data = self.index_path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            raise StoreError(f"cannot read {self.index_path}: {e.strerror}") from None
+            return read(self._locked_db())
+        except sqlite3.DatabaseError as e:
+            if not _damaged(e):
+                raise self._index_error(e) from None
+        # Damaged beyond what opening it checks (a page, not the header): rebuild, read again.
+        self._close_db()
+        self._db = self._rebuild(fresh=True)
         try:
-            content = json.loads(data)
-        except ValueError:
-            return None
-        if not isinstance(content, dict) or content.get("version") != INDEX_VERSION:
-            return None
-        domains = content.get("domains")
-        return domains if isinstance(domains, dict) else None
+            return read(self._db)
+        except sqlite3.Error as e:
+            raise self._index_error(e) from None
+
+    def _locked_db(self):
+        """The index connection of this lock hold: checked, and repaired or rebuilt as needed."""
+        if self._db is None:
+            import sqlite3
+
+            db = None
+            damaged = False
+            try:
+                db = self._connect()
+                if db is not None and not self._valid(db):
+                    _close(db)
+                    db = None
+                if db is not None:
+                    db.execute("PRAGMA synchronous = FULL")
+                    self._repair_pending(db)
+            except sqlite3.DatabaseError as e:
+                if db is not None:
+                    _close(db)
+                    db = None
+                if not _damaged(e):
+                    raise self._index_error(e) from None
+                damaged = True
+            except BaseException:
+                if db is not None:
+                    _close(db)
+                raise
+            self._db = db if db is not None else self._rebuild(fresh=damaged)
+        return self._db
+
+    def _close_db(self):
+        db, self._db = self._db, None
+        if db is not None:
+            _close(db)
+
+    def _index_error(self, error):
+        return StoreError(f"cannot use the index {self.index_path}: {error}")
+
+    def _connect(self):
+        """A connection to the index in autocommit mode (transactions are explicit); None when
+        there is no index (it is not created)."""
+        import sqlite3
+        from urllib.parse import quote
+
+        uri = f"file:{quote(os.fsencode(self.index_path))}?mode=rw"
+        try:
+            return sqlite3.connect(uri, uri=True, timeout=INDEX_TIMEOUT, isolation_level=None)
+        except sqlite3.OperationalError as e:
+            if getattr(e, "sqlite_errorcode", None) == _SQLITE_CANTOPEN and not self.index_path.exists():
+                return None
+            raise
 
     @staticmethod
-    def _encode_index(index):
-        # One compact json.dumps: encoding entry by entry (say, one per line) is 2-3 times slower.
-        document = {"version": INDEX_VERSION, "domains": index}
-        return json.dumps(document, separators=(",", ":")).encode()
+    def _valid(db):
+        """Whether db is an index of this version; False for another version or an empty file.
+        Raises sqlite3.DatabaseError for a file that is not a database."""
+        if db.execute("PRAGMA user_version").fetchone()[0] != INDEX_VERSION:
+            return False
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return tables >= _TABLES
 
-    def _save_index(self, index):
+    def _repair_pending(self, db):
+        """Summarise again the domains a crashed (or failed) writer left in `pending`."""
+        names = [row[0] for row in db.execute("SELECT name FROM pending")]
+        if not names:
+            return
+        entries = {}
+        for name in names:
+            try:
+                check_name(name)
+            except StoreError:
+                entries[name] = None  # never written by a writer: no XML can have that name
+            else:
+                summary = self._summarize_file(name)
+                entries[name] = None if summary is None else _encode(summary)
+        with _transaction(db):
+            for name, row in entries.items():
+                if row is None:
+                    _drop(db, name)
+                else:
+                    _put(db, name, *row)
+            db.execute("DELETE FROM pending")
+        self._remove_leftover_temporaries()
+
+    def _repair_if_lock_free(self):
+        """Repair what a crashed writer left, unless a writer is at work right now."""
         try:
-            _write_atomically(self.index_path, self._encode_index(index))
-        except OSError as e:
-            raise StoreError(f"cannot save {self.index_path}: {e.strerror}") from None
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return  # cannot lock, so cannot repair: the index as it is will do for reading
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            self._lock_depth = 1
+            try:
+                self._locked_db()
+            finally:
+                self._lock_depth = 0
+                self._close_db()
+        finally:
+            os.close(fd)
+
+    def _rebuild(self, fresh=False):
+        """Write the index anew from every definition and return a connection to it. Needs the
+        lock. Every definition is summarised before the index is touched. fresh: the file is
+        damaged, so a new one replaces it (otherwise its content is replaced in one transaction)."""
+        import sqlite3
+
+        rows = []
+        for file in self._domain_files():
+            name = file.removesuffix(".xml")
+            summary = self._summarize_file(name)
+            if summary is not None:
+                rows.append((name, *_encode(summary)))
+        try:
+            db = self._fill(None if fresh else self._connect(), rows)
+        except (OSError, sqlite3.Error) as e:
+            reason = (e.strerror or e) if isinstance(e, OSError) else e
+            raise StoreError(f"cannot rebuild the index {self.index_path}: {reason}") from None
+        for leaf in _LEGACY_FILES:
+            _unlink(self.state_dir / leaf)
+        self._remove_leftover_temporaries()
+        return db
+
+    def _fill(self, db, rows):
+        """Replace the content of db (in one transaction, so that readers see the old index or the
+        new one) with rows; when db is None or not an intact database, of a new file instead."""
+        import sqlite3
+
+        if db is not None:
+            try:
+                self._fill_in(db, rows)
+                return db
+            except sqlite3.DatabaseError as e:
+                _close(db)
+                if not _damaged(e):
+                    raise
+            except BaseException:
+                _close(db)
+                raise
+        # The old file's -wal and -shm go with it, and first: a crash in between then leaves no
+        # side file next to a file that is rebuilt again, and the new file never meets them.
+        for suffix in ("-wal", "-shm", "-journal", ""):
+            _unlink(Path(os.fspath(self.index_path) + suffix))
+        # Created here for its mode (SQLite would make it 0644; its -wal and -shm copy the mode).
+        os.close(os.open(self.index_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        db = self._connect()
+        try:
+            self._fill_in(db, rows)
+        except BaseException:
+            _close(db)
+            raise
+        _fsync_dir(self.state_dir)  # the new file's name, before anything relies on it
+        return db
+
+    @staticmethod
+    def _fill_in(db, rows):
+        db.execute("PRAGMA journal_mode = WAL").fetchone()
+        db.execute("PRAGMA synchronous = FULL")
+        with _transaction(db):
+            tables = [row[0] for row in db.execute(
+                "SELECT name FROM sqlite_master "
+                "WHERE type = 'table' AND name NOT LIKE 'sqlite^_%' ESCAPE '^'")]
+            for table in tables:
+                db.execute(f"DROP TABLE {_quote_sql(table)}")
+            for statement in _SCHEMA:
+                db.execute(statement)
+            for row in rows:
+                _put(db, *row)
+            db.execute(f"PRAGMA user_version = {INDEX_VERSION}")
 
     def _domain_files(self):
         try:
@@ -312,53 +667,6 @@ class Store:
             return self.summarize(xml_text)
         except VirtnetError as e:
             raise e.located(file=str(path))
-
-    def _rebuild_index(self):
-        names = (f.removesuffix(".xml") for f in self._domain_files())
-        return {name: self._summarize_file(name) for name in names}
-
-    def _repair_if_lock_free(self):
-        """Repair what a crashed writer left, unless a writer is at work right now (then `pending`
-        is its own, and the index it will replace is still consistent)."""
-        try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
-            return  # cannot lock, so cannot repair: the index as it is will do for reading
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return
-            self._lock_depth = 1
-            try:
-                self._locked_index()
-            finally:
-                self._lock_depth = 0
-                self._index = None
-        finally:
-            os.close(fd)
-
-    def _repair_pending(self, index):
-        """Redo the index entry of the name a crashed writer left in `pending`."""
-        try:
-            name = json.loads(self.pending_path.read_bytes())["name"]
-            check_name(name)
-        except FileNotFoundError:
-            return
-        except (ValueError, KeyError, TypeError, StoreError):
-            name = None  # cannot happen with an atomic write, but then trust nothing
-        if name is None:
-            index.clear()
-            index.update(self._rebuild_index())
-        else:
-            summary = self._summarize_file(name)
-            if summary is None:
-                index.pop(name, None)
-            else:
-                index[name] = summary
-        self._save_index(index)
-        self._remove_leftover_temporaries()
-        _unlink(self.pending_path)
 
     def _remove_leftover_temporaries(self):
         for directory in (self.state_dir, self.domains_dir):
@@ -429,6 +737,8 @@ class Store:
 
     def remove_runtime_dir(self, name):
         """Remove runtime_dir/NAME and everything in it (no error when it is gone)."""
+        import shutil
+
         check_name(name)
         try:
             shutil.rmtree(self.runtime_dir / name)
