@@ -99,3 +99,18 @@ def test_batch_conversion_prefixes_each_file(tmp_path):
                      str(REPO / "testdata" / "xml2argv" / "net-user.xml"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("# ") == 2 and result.stdout.index(str(SEED)) < result.stdout.index("net-user.xml")
+
+
+def test_a_directory_without_domains_is_an_error(tmp_path):
+    result = virtnet("xml2argv", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr == f"virtnet: error: {tmp_path}: the directory holds no *.xml domain files\n"
+
+
+def test_a_state_dir_that_is_a_file_is_one_line_not_a_traceback(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    result = virtnet("list", "--all", "--state-dir", str(not_a_dir))
+    assert result.returncode == 1
+    assert result.stderr.startswith("virtnet: error: ") and len(result.stderr.splitlines()) == 1
+    assert "Traceback" not in result.stderr and str(not_a_dir) in result.stderr

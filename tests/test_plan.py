@@ -375,7 +375,7 @@ def test_cli_plan_json_for_a_file():
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="needs sh")
 @pytest.mark.parametrize("owner", ["root", "o'brien smith"])
-def test_sh_precreates_every_ethernet_tap_and_passes_sh_n(tmp_path, owner):
+def test_sh_precreates_the_unmanaged_taps_and_passes_sh_n(tmp_path, owner):
     dom = domain(MIXED)
     script = render_plan("sh", dom, build_plan(dom), owner)
     path = tmp_path / "precreate.sh"
@@ -385,10 +385,11 @@ def test_sh_precreates_every_ethernet_tap_and_passes_sh_n(tmp_path, owner):
     assert script.startswith("#!/bin/sh\n")
     assert "set -eu" in script
     # Only ethernet taps (managed or not); the bridge's tap is virtnet's business at start.
-    assert re.findall(r"ip tuntap add dev (\S+)", script) == ["mtap0", "mytap0"]
+    # Only the managed='no' tap: a pre-created managed one would make start refuse it.
+    assert re.findall(r"ip tuntap add dev (\S+)", script) == ["mytap0"]
     assert 'ip tuntap add dev mytap0 mode tap user "$OWNER" multi_queue vnet_hdr' in script
-    assert "ip link set dev mtap0 address fe:54:00:00:00:01 mtu 1400 up" in script
     assert "ip link set dev mytap0 address fa:11:22:33:44:55 up" in script
+    assert "# interface 0 (mtap0) is managed: virtnet creates it at start." in script
     # The owner survives the shell as one word.
     out = subprocess.run(["sh", "-c", script.split("set -eu\n", 1)[1].split("\n", 1)[0] + '; printf %s "$OWNER"'],
                          capture_output=True, text=True)
@@ -423,12 +424,8 @@ def networkd_files(text):
 def test_networkd_has_a_tap_netdev_with_multiqueue_for_two_queues():
     dom = domain(MIXED)
     files = networkd_files(render_plan("networkd", dom, build_plan(dom), "alice"))
-    assert sorted(files) == ["50-virtnet-mtap0.netdev", "50-virtnet-mtap0.network",
-                             "50-virtnet-mytap0.netdev", "50-virtnet-mytap0.network"]
+    assert sorted(files) == ["50-virtnet-mytap0.netdev", "50-virtnet-mytap0.network"]  # managed='no' only
     mq = files["50-virtnet-mytap0.netdev"]
     assert dict(mq["NetDev"]) == {"Name": "mytap0", "Kind": "tap", "MACAddress": "fa:11:22:33:44:55"}
     assert dict(mq["Tap"]) == {"User": "alice", "MultiQueue": "yes", "VNetHeader": "yes"}
-    single = files["50-virtnet-mtap0.netdev"]
-    assert (single["NetDev"]["Kind"], single["NetDev"]["MTUBytes"]) == ("tap", "1400")
-    assert "MultiQueue" not in single["Tap"]
     assert files["50-virtnet-mytap0.network"]["Match"]["Name"] == "mytap0"

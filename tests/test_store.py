@@ -756,7 +756,7 @@ def test_a_damaged_runtime_record_is_reported(store):
     with store.lock():
         store.write_runtime("web", {"pid": 1})
     (store.state_dir / "running" / "web.json").write_text('{"pid": ')
-    with pytest.raises(StoreError, match="runtime record .*web.json is not valid JSON"):
+    with pytest.raises(StoreError, match="runtime record .*web.json is damaged"):
         store.read_runtime("web")
 
 

@@ -221,7 +221,10 @@ def _expand_files(files):
     out = []
     for f in files:
         if f != "-" and os.path.isdir(f):
-            out += sorted(os.path.join(f, n) for n in os.listdir(f) if n.endswith(".xml"))
+            found = sorted(os.path.join(f, n) for n in os.listdir(f) if n.endswith(".xml"))
+            if not found:
+                raise UsageError(f"{f}: the directory holds no *.xml domain files")
+            out += found
         else:
             out.append(f)
     return out
@@ -457,6 +460,13 @@ def main(argv=None):
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:
+        return 1
+    except OSError as e:
+        # A file-system failure that no module turned into a VirtnetError: still one line, no traceback.
+        if args.debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"{PROG}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

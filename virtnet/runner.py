@@ -30,6 +30,13 @@ def _in_netns(name):
         yield
 
 
+def _runtime_dir_of(store, name, record):
+    """The domain's runtime directory as start made it (a later command may use another --runtime-dir)."""
+    from pathlib import Path
+
+    return Path(record["runtime_dir"]) if record.get("runtime_dir") else store.runtime_dir / name
+
+
 def _already_in(name):
     try:
         return os.stat(f"/run/netns/{name}").st_ino == os.stat("/proc/thread-self/ns/net").st_ino
@@ -57,7 +64,7 @@ def _teardown(store, name, record):
         with _in_netns(netns_name), Netlink() as nl:
             errors = teardown(nl, record, _stop_recorded)
     store.clear_runtime(name)
-    shutil.rmtree(store.runtime_dir / name, ignore_errors=True)
+    shutil.rmtree(_runtime_dir_of(store, name, record), ignore_errors=True)
     return errors
 
 
@@ -72,7 +79,7 @@ def reap_dead(store):
     for name in store.running_names():
         record = store.read_runtime(name)
         if record is not None and not is_alive(record):
-            log = store.runtime_dir / name / "qemu.log"
+            log = _runtime_dir_of(store, name, record) / "qemu.log"
             tail = ""
             with contextlib.suppress(OSError):
                 lines = log.read_text(errors="replace").strip().splitlines()
@@ -119,9 +126,11 @@ def start(store, name, *, paused=False, fail_at=None, netns_name=None, unprivile
         with Netlink() as nl:
             plan = build_plan(domain, names_in_use=nl.link_names() | reserved, host_caps=probe(), paused=paused,
                               bridge_helper=helper, paths=paths)
-            if os.path.exists(paths.qmp):
-                os.unlink(paths.qmp)  # a stale socket from a crash would confuse the QMP wait
-            paths.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                paths.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as e:
+                raise HostError(f"cannot create the runtime directory {paths.dir}: {e.strerror}; "
+                                "choose another with --runtime-dir or $VIRTNET_RUNTIME_DIR") from None
             def stop_qemu(launched):
                 launched.qmp.close()  # QEMU serves one QMP client: ours must go before stop's `quit`
                 stop(launched.pid, str(paths.qmp))
@@ -135,6 +144,7 @@ def start(store, name, *, paused=False, fail_at=None, netns_name=None, unprivile
             record = {
                 "pid": outcome.launched.pid,
                 "qmp": str(paths.qmp),
+                "runtime_dir": str(paths.dir),
                 "netns": netns_name,
                 "taps": {str(i): n for i, n in {**tap_names(plan), **outcome.helper_taps}.items()},
                 "helper_taps": sorted(outcome.helper_taps.values()),  # go away with QEMU: nothing to delete
@@ -147,11 +157,11 @@ def start(store, name, *, paused=False, fail_at=None, netns_name=None, unprivile
             try:
                 store.write_runtime(name, record)
             except BaseException:
-                stop_qemu(outcome.launched)
-                outcome.close_fds()
                 from virtnet.host.executor import teardown
 
-                teardown(nl, record, None)  # QEMU was stopped just above
+                outcome.launched.qmp.close()  # QEMU serves one QMP client; teardown's stop needs it
+                teardown(nl, record, _stop_recorded)
+                outcome.close_fds()
                 shutil.rmtree(paths.dir, ignore_errors=True)
                 raise
             outcome.close_fds()  # QEMU holds its own copies now
@@ -170,8 +180,3 @@ def destroy(store, name):
         errors = _teardown(store, name, record)
     if errors:
         raise HostError(f"domain '{name}' stopped, but teardown reported: " + "; ".join(errors))
-
-
-def state_of(store, name):
-    record = store.read_runtime(name)
-    return "running" if record is not None and is_alive(record) else "shut off"

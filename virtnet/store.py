@@ -692,14 +692,17 @@ class Store:
         check_name(name)
         path = self.running_dir / f"{name}.json"
         try:
-            return json.loads(path.read_bytes())
+            record = json.loads(path.read_bytes())
         except FileNotFoundError:
             return None
         except OSError as e:
             raise StoreError(f"cannot read {path}: {e.strerror}") from None
         except ValueError:
-            raise StoreError(f"the runtime record {path} is not valid JSON; remove it if "
-                             f"'{name}' is not running") from None
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("pid"), int) or "qmp" not in record:
+            raise StoreError(f"the runtime record {path} is damaged (no pid and QMP socket); remove it if "
+                             f"'{name}' is not running")
+        return record
 
     def clear_runtime(self, name):
         """Forget the runtime record of a domain (no error when there is none). Needs the lock."""

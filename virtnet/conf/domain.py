@@ -21,12 +21,18 @@ def _yes(value):
     return value == "yes"
 
 
+def pci_number(value):
+    """A PCI address part as libvirt reads it: hexadecimal with 0x, decimal otherwise ('09' is 9)."""
+    text = value.strip().lower()
+    return int(text, 16) if text.startswith("0x") else int(text, 10)
+
+
 class PCIAddress(XMLObject):
     type = Prop("@type")
-    domain = Prop("@domain", lambda v: int(v, 0))
-    bus = Prop("@bus", lambda v: int(v, 0))
-    slot = Prop("@slot", lambda v: int(v, 0))
-    function = Prop("@function", lambda v: int(v, 0))
+    domain = Prop("@domain", pci_number)
+    bus = Prop("@bus", pci_number)
+    slot = Prop("@slot", pci_number)
+    function = Prop("@function", pci_number)
     multifunction = Prop("@multifunction")
 
     def key(self):

@@ -80,7 +80,8 @@ def _children(node, in_interface):
 
 
 def _has_mixed_content(node):
-    return any((c.tail or "").strip() for c in node)
+    """Text beside child elements (before the first or after any) must be kept exactly."""
+    return len(node) and ((node.text or "").strip() or any((c.tail or "").strip() for c in node))
 
 
 def _write(node, depth, out, in_interface=False):

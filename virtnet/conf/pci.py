@@ -2,6 +2,7 @@
 
 from lxml import etree
 
+from virtnet.conf.domain import pci_number
 from virtnet.errors import XMLInputError
 
 FIRST_FREE_SLOT = 2  # slot 0 is the host bridge, slot 1 the PIIX3/ICH chipset functions
@@ -21,12 +22,19 @@ def explicit_pci_slots(domain):
         return taken
     for addr in devices.iter("address"):
         if addr.get("type") == "pci" and addr.getparent().tag != "source":
-            if int(addr.get("bus", "0"), 0) == 0:
-                taken.add(int(addr.get("slot", "0"), 0))
+            try:
+                bus, slot = pci_number(addr.get("bus", "0")), pci_number(addr.get("slot", "0"))
+            except ValueError:
+                # Devices virtnet does not model are not schema-checked: say where the bad value is.
+                raise XMLInputError(
+                    f"<{addr.getparent().tag}>: <address type='pci' bus='{addr.get('bus')}' slot='{addr.get('slot')}'> "
+                    "is not a PCI address; use hexadecimal (0x1f) or decimal numbers", line=addr.sourceline) from None
+            if bus == 0:
+                taken.add(slot)
     return taken
 
 
-def assign_addresses(domain, filename=None):
+def assign_addresses(domain):
     """Give every interface without an <address> the lowest free slot, in document order."""
     taken = explicit_pci_slots(domain)
     if domain.is_q35:
@@ -41,7 +49,6 @@ def assign_addresses(domain, filename=None):
             raise XMLInputError(
                 f"<interface>: no free PCI slot left on bus 0 (slots {FIRST_FREE_SLOT}..{LAST_SLOT} "
                 "are taken); give some devices explicit <address type='pci' bus=...> on another bus",
-                file=filename,
                 line=iface.line,
             )
         taken.add(slot)
@@ -58,5 +65,5 @@ def normalize(address):
         return
     node = address.node
     for attr, width in (("domain", 4), ("bus", 2), ("slot", 2)):
-        node.set(attr, f"0x{int(node.get(attr, '0'), 0):0{width}x}")
-    node.set("function", f"0x{int(node.get('function', '0'), 0):x}")
+        node.set(attr, f"0x{pci_number(node.get(attr, '0')):0{width}x}")
+    node.set("function", f"0x{pci_number(node.get('function', '0')):x}")

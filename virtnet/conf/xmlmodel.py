@@ -21,10 +21,9 @@ def _split(path):
 class Prop:
     """One attribute or text value. `kind` converts on read (int, or a function)."""
 
-    def __init__(self, path, kind=str, doc=""):
+    def __init__(self, path, kind=str):
         self.path = path
         self.kind = kind
-        self.doc = doc
         self.elements, self.attr = _split(path)
 
     def __set_name__(self, owner, name):

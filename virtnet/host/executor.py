@@ -248,7 +248,8 @@ class Executor:
 
 
 def teardown(netlink, record, stop_qemu):
-    """Undo a running domain from its runtime record, in libvirt's order; collects errors.
+    """Undo a running domain from its runtime record; collects errors. The order is libvirt's
+    except that the taps virtnet created are deleted first (see below).
 
     NETLINK is None when the domain's network namespace is gone (its devices went with it):
     then only what lives outside it (QEMU, passt, files) is cleaned up. STOP_QEMU may be None
@@ -264,10 +265,8 @@ def teardown(netlink, record, stop_qemu):
     # The taps virtnet created go first, in one netlink request: the kernel then waits for one RCU
     # grace period for all of them, where QEMU exiting first would close their fds one by one at
     # ~20 ms each. QEMU's writes to a deleted tap just fail; it is being stopped anyway.
-    if netlink is not None:
-        leftovers = [name for name in record.get("created_taps", []) if netlink.exists(name)]
-        if leftovers:
-            attempt(netlink.delete_many, leftovers)
+    if netlink is not None and record.get("created_taps"):
+        attempt(netlink.delete_many, record["created_taps"])  # skips names already gone
     if stop_qemu is not None:
         attempt(stop_qemu, record)
     if record.get("passt"):

@@ -6,9 +6,6 @@ import shlex
 
 from virtnet.host.plan import AttachTap, CreateTap, host_mac
 
-FORMATS = ("text", "json", "sh", "networkd")
-
-
 def as_text(plan):
     lines = [f"{n:2d}  {a.describe()}" for n, a in enumerate(plan.setup)]
     lines.append("teardown:")
@@ -21,20 +18,24 @@ def as_json(plan, name):
 
 
 def _taps(domain, plan):
-    """The ethernet taps an administrator would pre-create, with what virtnet would set on them."""
-    taps = []
+    """The managed='no' taps an administrator pre-creates, with what virtnet would set on them; and
+    the managed ones, which virtnet creates itself (pre-creating those would make start refuse them)."""
+    taps, managed = [], []
     for action in plan.setup:
         if not isinstance(action, (CreateTap, AttachTap)):
             continue
         iface = domain.interfaces[action.index]
         if iface.type != "ethernet":
             continue
+        if not iface.unmanaged:
+            managed.append({"index": action.index, "name": action.ifname})
+            continue
         taps.append({
             "index": action.index, "name": action.ifname, "model": iface.model, "queues": action.queues,
             "multi_queue": action.queues > 1, "vnet_hdr": action.vnet_hdr, "mac": host_mac(iface.mac),
             "mtu": iface.mtu,
         })
-    return taps
+    return taps, managed
 
 
 def _render(template, **context):
@@ -53,4 +54,5 @@ def render_plan(fmt, domain, plan, owner):
     if fmt == "json":
         return as_json(plan, domain.name)
     template = "precreate.sh.j2" if fmt == "sh" else "networkd.j2"
-    return _render(template, name=domain.name, owner=owner, taps=_taps(domain, plan))
+    taps, managed = _taps(domain, plan)
+    return _render(template, name=domain.name, owner=owner, taps=taps, managed=managed)

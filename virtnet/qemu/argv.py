@@ -83,7 +83,7 @@ def qmp_chardev_value(qmp_path):
 
 def qmp_options(qmp_path):
     """The -chardev/-mon pair that puts a QMP server on qmp_path (kept here, free of process and
-    socket imports, so that xml2argv stays cheap; launch.py re-exports it)."""
+    socket imports, so that xml2argv stays cheap)."""
     return ["-chardev", qmp_chardev_value(qmp_path), "-mon", "chardev=charmonitor,id=monitor,mode=control"]
 
 
