@@ -298,6 +298,35 @@ def test_a_failing_script_rolls_back(ns, dirs, tmp_path):
     assert_clean(ns, d, "scripted", before)
 
 
+def test_a_failed_start_runs_the_downscript_of_a_script_that_already_ran(ns, dirs, tmp_path):
+    """What a <script> did on the host is undone by its <downscript> when a later step fails."""
+    d = dirs
+    log = tmp_path / "scripts.log"
+    up = write(tmp_path / "up.sh", f"#!/bin/sh\necho \"up $1\" >> {log}\n", mode=0o755)
+    down = write(tmp_path / "down.sh", f"#!/bin/sh\necho \"down $1\" >> {log}\n", mode=0o755)
+    refuse = write(tmp_path / "refuse.sh", "#!/bin/sh\nexit 1\n", mode=0o755)
+    xml = domain_xml("undoscript", f"""\
+    <interface type='ethernet'>
+      <target dev='utap0'/>
+      <model type='virtio'/>
+      <script path='{up}'/>
+      <downscript path='{down}'/>
+    </interface>
+    <interface type='ethernet'>
+      <target dev='utap1'/>
+      <model type='virtio'/>
+      <script path='{refuse}'/>
+    </interface>
+""")
+    define(d, tmp_path, xml, "undoscript")
+    before = snapshot(ns)
+
+    error = fails(virtnet(d, "start", "undoscript", netns=ns))
+    assert f"script '{refuse}' utap1 exited with status 1" in error
+    assert log.read_text().splitlines() == ["up utap0", "down utap0"]
+    assert_clean(ns, d, "undoscript", before)
+
+
 def test_a_missing_bridge_is_a_clear_error_and_leaves_nothing(ns, dirs, tmp_path):
     d = dirs
     xml = domain_xml("nobridge", """\

@@ -321,6 +321,17 @@ def cmd_list(args):
     return 0
 
 
+def _live_record(store, name):
+    """The runtime record of a running domain; a domain whose QEMU died is cleaned up first."""
+    from virtnet import runner
+
+    if store.read_runtime(name) is None:
+        return None
+    with store.lock():
+        runner.reap_dead(store)
+    return store.read_runtime(name)
+
+
 def cmd_dumpxml(args):
     from virtnet import domains
     from virtnet.conf.format import format_domain
@@ -330,7 +341,7 @@ def cmd_dumpxml(args):
         sys.stdout.write(store.read_domain(args.name))
         return 0
     loaded = domains.load_defined(store, args.name)
-    record = store.read_runtime(args.name)
+    record = _live_record(store, args.name)
     if record is not None:
         # The live view names the taps in use, as libvirt's dumpxml does for a running domain.
         for index, iface in enumerate(loaded.domain.interfaces):
@@ -345,7 +356,7 @@ def cmd_domiflist(args):
 
     store = _store(args)
     loaded = domains.load_defined(store, args.name)
-    taps = (store.read_runtime(args.name) or {}).get("taps", {})
+    taps = (_live_record(store, args.name) or {}).get("taps", {})
     rows = domains.interface_rows(loaded.domain, taps)
     sys.stdout.write(domains.table(("Interface", "Type", "Source", "Model", "MAC"), rows))
     return 0
@@ -426,14 +437,9 @@ def _netns_name(args):
     """The namespace we run in: --netns, or the one `ip netns exec` put us in (None for the host's)."""
     if args.netns:
         return args.netns
-    try:
-        here = os.stat("/proc/thread-self/ns/net").st_ino
-        for name in os.listdir("/run/netns"):
-            if os.stat(f"/run/netns/{name}").st_ino == here:
-                return name
-    except OSError:
-        pass
-    return None
+    from virtnet.host import netns
+
+    return netns.current_name()
 
 
 COMMANDS = {"validate": cmd_validate, "xml2xml": cmd_xml2xml, "xml2argv": cmd_xml2argv,

@@ -13,6 +13,8 @@ import sys
 from virtnet import domains
 from virtnet.errors import HostError, StoreError
 
+UNIX_PATH_MAX = 107  # sun_path holds 108 bytes including the terminating NUL
+
 
 def _warn(message):
     print(f"virtnet: warning: {message}", file=sys.stderr)
@@ -21,11 +23,11 @@ def _warn(message):
 @contextlib.contextmanager
 def _in_netns(name):
     """Run a block in the domain's network namespace when it is not the one we are in."""
-    if not name or _already_in(name):
-        yield
-        return
     from virtnet.host import netns
 
+    if not name or netns.current_name() == name:
+        yield
+        return
     with netns.inside(name):
         yield
 
@@ -35,13 +37,6 @@ def _runtime_dir_of(store, name, record):
     from pathlib import Path
 
     return Path(record["runtime_dir"]) if record.get("runtime_dir") else store.runtime_dir / name
-
-
-def _already_in(name):
-    try:
-        return os.stat(f"/run/netns/{name}").st_ino == os.stat("/proc/thread-self/ns/net").st_ino
-    except OSError:
-        return False
 
 
 def _stop_recorded(record):
@@ -126,6 +121,9 @@ def start(store, name, *, paused=False, fail_at=None, netns_name=None, unprivile
         with Netlink() as nl:
             plan = build_plan(domain, names_in_use=nl.link_names() | reserved, host_caps=probe(), paused=paused,
                               bridge_helper=helper, paths=paths)
+            if len(str(paths.qmp).encode()) > UNIX_PATH_MAX:
+                raise HostError(f"the QMP socket path {paths.qmp} is longer than the {UNIX_PATH_MAX} bytes a "
+                                "unix socket address holds; use a shorter --runtime-dir or domain name")
             try:
                 paths.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             except OSError as e:

@@ -7,6 +7,7 @@ raises the first violation in document order, so a user fixes problems top to bo
 import ipaddress
 import re
 
+from virtnet.conf.defaults import normal_mac
 from virtnet.conf.domain import GENERATED_TARGET_PREFIXES, SOCKET_TYPES, VIRTIO_MODELS
 from virtnet.errors import XMLInputError
 
@@ -298,6 +299,35 @@ def guest_ips_only_on_user(domain):
 
 
 @rule
+def host_addresses_and_routes(domain):
+    """<source><ip>/<route> of an ethernet tap: checked here, not discovered after the tap exists."""
+    for iface in domain.interfaces:
+        src = iface.source
+        if src is None:
+            continue
+        for ip in src.host_ips:
+            addr = _ip(ip.address or "")
+            if addr is None:
+                yield ip.line, f"<source><ip address='{ip.address}'> is not an IP address"
+                continue
+            if ip.prefix is not None and not 0 <= ip.prefix <= addr.max_prefixlen:
+                yield ip.line, f"<source><ip prefix='{ip.prefix}'> is out of range 0..{addr.max_prefixlen}"
+            peer = _ip(ip.peer) if ip.peer else addr
+            if peer is None or peer.version != addr.version:
+                yield ip.line, f"<source><ip peer='{ip.peer}'> is not an IPv{addr.version} address"
+        for route in src.host_routes:
+            dest = _ip(route.address or "")
+            if dest is None:
+                yield route.line, f"<source><route address='{route.address}'> is not an IP address"
+                continue
+            if route.prefix is not None and not 0 <= route.prefix <= dest.max_prefixlen:
+                yield route.line, f"<source><route prefix='{route.prefix}'> is out of range 0..{dest.max_prefixlen}"
+            gateway = _ip(route.gateway) if route.gateway else dest
+            if gateway is None or gateway.version != dest.version:
+                yield route.line, f"<source><route gateway='{route.gateway}'> is not an IPv{dest.version} address"
+
+
+@rule
 def alias_is_user_alias(domain):
     for iface in domain.interfaces:
         alias = iface.alias
@@ -327,7 +357,7 @@ def unique_macs(domain):
     def key(iface):
         if not iface.mac or (iface.teaming_type == "transient" and iface.teaming_persistent):
             return None
-        return ":".join(f"{int(o, 16):02x}" for o in iface.mac.split(":")) if MAC_RE.match(iface.mac) else iface.mac
+        return normal_mac(iface.mac) if MAC_RE.match(iface.mac) else iface.mac
 
     yield from _duplicates(domain, key, lambda v: f"MAC address {v}")
 

@@ -5,6 +5,8 @@ from virtnet.conf.xmlmodel import Child, Children, Prop, XMLObject
 # Interface types whose host side is a tap fed to QEMU as an fd.
 TAP_TYPES = ("ethernet", "bridge", "network", "direct")
 SOCKET_TYPES = ("server", "client", "mcast", "udp")
+# What xml2argv and start can drive (network and direct are parsed and formatted only).
+SUPPORTED_TYPES = ("ethernet", "bridge", "user") + SOCKET_TYPES + ("vhostuser",)
 # Models that want IFF_VNET_HDR on their tap (libvirt's "vnet-header compatible" list).
 VNET_HDR_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional", "e1000e", "vmxnet3")
 VIRTIO_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional")

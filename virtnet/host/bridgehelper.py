@@ -6,7 +6,7 @@ runs it as `HELPER [--use-vnet] --br=BRIDGE --fd=N` with one end of a socketpair
 the new tap's fd over it (SCM_RIGHTS), reads the tap's name (TUNGETIFF), and hands the fd to QEMU
 like any tap. The helper's tap is non-persistent: it goes away with QEMU, nothing to delete.
 Before running it, virtnet reads the helper's ACL (bridgeacl.py) so that a refusal says which
-line to add. Reference digest §5. Standard library only (xml2argv --standalone uses find_helper).
+line to add. Standard library only (xml2argv --standalone uses find_helper).
 """
 
 import os

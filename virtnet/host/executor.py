@@ -83,19 +83,25 @@ class Executor:
                     raise HostError(f"injected failure before action {number} ({action.describe()})")
                 handler = getattr(self, "_" + action.kind.replace("-", "_"))
                 handler(action, outcome, undo)
-        except BaseException:
-            self._unwind(undo)
+        except BaseException as failure:
+            leftovers = self._unwind(undo)
             outcome.close_fds()
+            if leftovers and isinstance(failure, HostError):
+                failure.message += "; rolling back also failed: " + "; ".join(leftovers)
             raise
         return outcome
 
     @staticmethod
     def _unwind(undo):
+        """Run every undo step, newest first; the ones that failed are returned, not raised, so
+        that the rest still run and the original error stays the one the user sees first."""
+        failed = []
         for step in reversed(undo):
             try:
                 step()
-            except Exception:  # keep undoing the rest; the original error is what the user sees
-                pass
+            except Exception as e:
+                failed.append(str(e))
+        return failed
 
     # --- one handler per action kind -------------------------------------------------------
     def _create_tap(self, a, outcome, undo):
@@ -201,6 +207,8 @@ class Executor:
 
     def _run_script(self, a, outcome, undo):
         run_script(a.path, a.ifname)
+        if a.downscript:
+            undo.append(lambda: run_script(a.downscript, a.ifname, "downscript"))
 
     def _add_address(self, a, outcome, undo):
         self.nl.add_address(a.ifname, a.address, a.prefix, a.peer)

@@ -111,6 +111,19 @@ def _mount_private_sysfs(name):
     _call(_libc.mount, name.encode(), b"/sys", b"sysfs", flags, None, what=what)
 
 
+def current_name(netns_dir=NETNS_RUN_DIR):
+    """The name (under /run/netns) of the network namespace this thread is in, or None for one
+    without a name, such as the host's (what `ip netns identify` answers)."""
+    try:
+        here = os.stat("/proc/thread-self/ns/net").st_ino
+        for name in os.listdir(netns_dir):
+            if os.stat(os.path.join(netns_dir, name)).st_ino == here:
+                return name
+    except OSError:
+        pass
+    return None
+
+
 def _same_namespace(fd, path):
     mine = os.fstat(fd)
     current = os.stat(path)

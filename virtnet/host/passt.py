@@ -3,7 +3,7 @@
 `<interface type='user'><backend type='passt'/>` (and the vhost-user flavour, `type='vhostuser'`
 with `<backend type='passt'/>`) is served by one passt process per interface, started before
 QEMU, listening on a unix socket in the domain's runtime dir; QEMU connects to it as a client
-(`-netdev stream`, or a vhost-user chardev). The argv follows libvirt's (reference digest §6.1):
+(`-netdev stream`, or a vhost-user chardev). The argv follows libvirt's:
 
     passt [--vhost-user] --one-off --socket SOCK --pid PIDFILE [--mtu N] [--interface IF]
           [--log-file PATH] [--address A [--netmask PREFIXLEN]]... [--tcp-ports|--udp-ports SPEC]...

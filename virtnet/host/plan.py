@@ -2,17 +2,17 @@
 
 Planning touches no host state: what it needs to know about the host (names already in use, host
 capabilities) is passed in. The executor (executor.py) carries the actions out and rolls back.
-Semantics follow libvirt (reference digest §4): managed taps are created and configured;
+Semantics follow libvirt's QEMU driver: managed taps are created and configured;
 managed='no' taps are only checked and opened; sockets/user/vhost-user need nothing on the host.
 """
 
 import shlex
 from dataclasses import asdict, dataclass, field
 
-from virtnet.errors import HostError, UnsupportedError
+from virtnet.conf.domain import SUPPORTED_TYPES
+from virtnet.errors import HostError
 
 GENERATED_PREFIX = "vnet"
-STARTABLE_TYPES = ("ethernet", "bridge", "user", "server", "client", "mcast", "udp", "vhostuser")
 MAX_NAME_TRIES = 10000
 
 
@@ -133,6 +133,7 @@ class SetUp(Action):
 class RunScript(Action):
     ifname: str
     path: str
+    downscript: str = None  # run on rollback, so a failed start undoes what the script did
 
     def describe(self):
         return f"run script {self.path} {self.ifname}"
@@ -260,8 +261,9 @@ class Plan:
 
 
 class TapNamer:
-    """libvirt-style naming: virtnet's own counter fills 'vnet%d' or a user's '%d' template,
-    skipping names in use, instead of letting the kernel reuse a just-freed name."""
+    """virtnet fills 'vnet%d' or a user's '%d' template itself, with the lowest number whose name is
+    in use neither on the host nor by another running domain (libvirt keeps a counter in its
+    daemon; virtnet has no daemon, so a name freed by a destroy may be used again by the next start)."""
 
     def __init__(self, names_in_use):
         self.taken = set(names_in_use)
@@ -306,7 +308,7 @@ def _ethernet(iface, index, namer, names_in_use):
             actions.append(SetMtu(index, ifname, iface.mtu))
         actions.append(SetUp(index, ifname))
     if iface.script:
-        actions.append(RunScript(index, ifname, iface.script))
+        actions.append(RunScript(index, ifname, iface.script, iface.downscript))
     src = iface.source
     if src is not None:
         actions += [AddAddress(index, ifname, ip.address, ip.prefix if ip.prefix is not None else _full(ip.address), ip.peer)
@@ -367,8 +369,8 @@ def build_plan(domain, *, names_in_use=frozenset(), host_caps=frozenset(), pause
     bridge_helper: the qemu-bridge-helper to create bridge taps with (no CAP_NET_ADMIN), or None.
     paths: the domain's DomainPaths (passt sockets); default: under the default runtime dir.
     """
-    from virtnet.qemu.argv import check_shared_memory
-    from virtnet.qemu.netprops import interface_ids, wants_vhost
+    from virtnet.qemu.argv import DEFAULT_EMULATOR, check_shared_memory
+    from virtnet.qemu.netprops import interface_ids, unsupported_type, wants_vhost
 
     check_shared_memory(domain)  # vhost-user: refused before anything is started
     plan = Plan()
@@ -380,10 +382,8 @@ def build_plan(domain, *, names_in_use=frozenset(), host_caps=frozenset(), pause
 
         paths = DomainPaths(default_runtime_dir(), domain.name)
     for index, iface in enumerate(domain.interfaces):
-        if iface.type not in STARTABLE_TYPES:
-            raise UnsupportedError(
-                f"<interface type='{iface.type}'> is not supported yet by start; supported: "
-                + ", ".join(STARTABLE_TYPES), line=iface.line)
+        if iface.type not in SUPPORTED_TYPES:
+            raise unsupported_type(iface)
         if iface.uses_passt and iface.type in ("user", "vhostuser"):
             start, stop = _passt(iface, index, paths)
             plan.setup.append(start)
@@ -410,7 +410,7 @@ def build_plan(domain, *, names_in_use=frozenset(), host_caps=frozenset(), pause
         if explicit or wants_vhost(domain, iface, host_caps):
             actions.append(OpenVhost(index, queues, required=explicit))
         plan.setup += actions
-    plan.setup.append(StartQemu(-1, domain.emulator or "/usr/bin/qemu-system-x86_64"))
+    plan.setup.append(StartQemu(-1, domain.emulator or DEFAULT_EMULATOR))
     for index, iface in enumerate(domain.interfaces):
         if iface.link_state == "down":
             plan.setup.append(SetLinkDown(index, interface_ids(iface, index).netdev))

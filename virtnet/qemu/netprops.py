@@ -7,7 +7,7 @@ interchangeable with libvirt's. Rendering to JSON or keyval happens in render.py
 import ipaddress
 from dataclasses import dataclass, field
 
-from virtnet.conf.domain import SOCKET_TYPES
+from virtnet.conf.domain import SOCKET_TYPES, SUPPORTED_TYPES
 from virtnet.conf.pci import root_bus_name
 from virtnet.errors import UnsupportedError
 
@@ -138,6 +138,12 @@ def _socket_netdev(iface):
     return props
 
 
+def unsupported_type(iface):
+    """The error for an interface type virtnet parses but cannot turn into a command line yet."""
+    return UnsupportedError(f"<interface type='{iface.type}'> is not supported yet by xml2argv/start; "
+                            f"supported: {', '.join(SUPPORTED_TYPES)}", line=iface.line)
+
+
 def netdev_props(domain, iface, index, *, fds, paths, standalone=False, helper=None, host_caps=frozenset()):
     """The -netdev properties. `fds` is a HostFds for tap-backed types (ignored when standalone);
     `helper`: the bridge helper for standalone bridges (default: found in the usual places);
@@ -160,11 +166,7 @@ def netdev_props(domain, iface, index, *, fds, paths, standalone=False, helper=N
         if iface.queue_count > 1:
             props["queues"] = iface.queue_count
     else:
-        raise UnsupportedError(
-            f"<interface type='{kind}'> is not supported yet by xml2argv/start; supported: "
-            "ethernet, bridge, user, server, client, mcast, udp, vhostuser",
-            line=iface.line,
-        )
+        raise unsupported_type(iface)
     props["id"] = ids.netdev
     return props
 
