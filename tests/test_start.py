@@ -9,11 +9,14 @@ the namespace (and fail the test if they cannot) and kill any QEMU a failing tes
 
 import json
 import subprocess
+import time
 
 import pytest
 
 from hostcases import (
     alive,
+    kill,
+    wait_dead,
     assert_clean,
     assert_unchanged,
     cli_argv,
@@ -582,3 +585,31 @@ def test_destroy_works_after_the_namespace_name_was_removed(ns, dirs, tmp_path):
     assert not alive(pid)
     assert d.record("homeless") is None and d.runtime_entries() == []
     assert qemu_pids(str(d.runtime)) == []
+
+
+def test_cleanup_after_a_crash_leaves_a_device_that_took_the_name(ns, dirs, tmp_path):
+    """QEMU killed: the kernel removed its taps. If another program then creates a device of the
+    same name, cleaning up the dead domain must not delete it (virtnet checks the ifindex)."""
+    d = dirs
+    define(d, tmp_path, domain_xml("crashed", """\
+    <interface type='ethernet'>
+      <target dev='ctap0'/>
+      <model type='virtio'/>
+    </interface>
+"""), "crashed")
+    ok(virtnet(d, "start", "crashed", "--paused", netns=ns))
+    pid = d.record("crashed")["pid"]
+    kill(pid)
+    wait_dead(pid)
+    deadline = time.monotonic() + 10
+    while "ctap0" in links(ns):  # the kernel unregisters the tap just after QEMU's fds close
+        assert time.monotonic() < deadline, "the killed QEMU's tap did not go away"
+        time.sleep(0.02)
+    ip("-n", ns, "tuntap", "add", "dev", "ctap0", "mode", "tap")  # someone else's device now
+
+    result = virtnet(d, "list", "--all")
+    ok(result)
+    assert "domain 'crashed': QEMU" in result.stderr and "is no longer running" in result.stderr
+    assert "ctap0" in links(ns), "cleanup deleted a device virtnet did not create"
+    assert d.record("crashed") is None
+

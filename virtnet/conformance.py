@@ -51,6 +51,7 @@ from pathlib import Path
 from lxml import etree
 
 from virtnet.errors import UsageError, VirtnetError
+from virtnet.qemu.render import flatten
 
 # Relative to the repository root, else to the working directory.
 DEFAULT_CORPUS = Path("..") / "shared" / "conformance" / "libvirt"
@@ -172,18 +173,10 @@ def _scalar(value):
     return str(value)
 
 
-def _flatten(obj, prefix=""):
-    for key, value in obj.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", _scalar(value)
-
-
 def parse_option(option, value):
     """One -netdev/-device/-chardev value (JSON or keyval) as a flat {key: str} dict."""
     if value.lstrip().startswith("{"):
-        return dict(_flatten(json.loads(value)))
+        return {key: _scalar(v) for key, v in flatten(json.loads(value))}
     items = split_keyval(value)
     props = {}
     if items and "=" not in items[0]:

@@ -148,6 +148,7 @@ def start(store, name, *, paused=False, fail_at=None, netns_name=None, unprivile
                 "helper_taps": sorted(outcome.helper_taps.values()),  # go away with QEMU: nothing to delete
                 "passt": outcome.passt,
                 "created_taps": outcome.created_taps,
+                "tap_indexes": outcome.tap_indexes,
                 "downscripts": [[a.ifname, a.path] for a in plan.teardown if a.kind == "run-downscript"],
                 "added_addresses": outcome.added_addresses,
                 "added_routes": outcome.added_routes,

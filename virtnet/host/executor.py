@@ -6,6 +6,7 @@ stopped, managed='no' taps are untouched apart from what was undone).
 """
 
 import os
+import socket
 import subprocess
 from dataclasses import dataclass, field
 
@@ -26,6 +27,8 @@ class Outcome:
     fds: dict = field(default_factory=dict)  # interface index -> HostFds
     launched: object = None
     created_taps: list = field(default_factory=list)
+    # name -> ifindex at creation: teardown deletes a name only while it is still that device
+    tap_indexes: dict = field(default_factory=dict)
     added_addresses: list = field(default_factory=list)  # (ifname, address, prefix) on unmanaged taps
     added_routes: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
@@ -109,6 +112,7 @@ class Executor:
                                    tun_path=self.tun_path, exclusive=True)
         outcome.fds.setdefault(a.index, HostFds()).taps = fds
         outcome.created_taps.append(ifname)
+        outcome.tap_indexes[ifname] = socket.if_nametoindex(ifname)  # an ioctl, no netlink round trip
 
         def remove():
             for fd in fds:
@@ -255,6 +259,14 @@ class Executor:
         outcome.launched.qmp.execute("cont")
 
 
+def _same_device(name, indexes):
+    try:
+        current = socket.if_nametoindex(name)
+    except OSError:
+        return False  # already gone
+    return indexes.get(name, current) == current  # records without indexes: by name, as before
+
+
 def teardown(netlink, record, stop_qemu):
     """Undo a running domain from its runtime record; collects errors. The order is libvirt's
     except that the taps virtnet created are deleted first (see below).
@@ -274,7 +286,11 @@ def teardown(netlink, record, stop_qemu):
     # grace period for all of them, where QEMU exiting first would close their fds one by one at
     # ~20 ms each. QEMU's writes to a deleted tap just fail; it is being stopped anyway.
     if netlink is not None and record.get("created_taps"):
-        attempt(netlink.delete_many, record["created_taps"])  # skips names already gone
+        # Only while each name is still the device virtnet made: after a crash the kernel removed
+        # it with QEMU's fds, and another program may have taken the name since.
+        ours = [name for name in record["created_taps"] if _same_device(name, record.get("tap_indexes", {}))]
+        if ours:
+            attempt(netlink.delete_many, ours)
     if stop_qemu is not None:
         attempt(stop_qemu, record)
     if record.get("passt"):

@@ -20,10 +20,11 @@ def _keyval_value(value):
     return keyval_escape(value)
 
 
-def _flatten(props, prefix=""):
+def flatten(props, prefix=""):
+    """Nested objects as dotted keys: {"addr": {"type": "unix"}} → ("addr.type", "unix")."""
     for key, value in props.items():
         if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
+            yield from flatten(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
 
@@ -31,7 +32,7 @@ def _flatten(props, prefix=""):
 def to_keyval(props, lead_key):
     """`lead=VALUE,key=value,...`: the lead property (type/driver) comes first, bare."""
     items = [_keyval_value(props[lead_key])] if lead_key else []
-    items += [f"{k}={_keyval_value(v)}" for k, v in _flatten(props) if k != lead_key]
+    items += [f"{k}={_keyval_value(v)}" for k, v in flatten(props) if k != lead_key]
     return ",".join(items)
 
 
