@@ -60,16 +60,9 @@ def ns(outside_netns):
 
 
 @pytest.fixture
-def inside(ns):
-    """The same namespace, with the test process inside it (for calling virtnet in-process)."""
-    from virtnet.host import netns as host_netns
-
-    saved = host_netns.save()
-    try:
-        host_netns.enter(ns)
-        yield ns
-    finally:
-        host_netns.restore(saved)
+def inside(ns, netns):
+    """The same namespace (both take conftest's outside_netns), with the test process inside it."""
+    return netns
 
 
 # --- state and runtime dirs ---------------------------------------------------------------------
