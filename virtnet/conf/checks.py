@@ -298,6 +298,20 @@ def guest_ips_only_on_user(domain):
                 )
 
 
+def _host_side_problems(tag, address, prefix, other_attr, other):
+    """What is wrong with one <source><ip> or <route>: address, prefix, and peer/gateway family."""
+    addr = _ip(address or "")
+    if addr is None:
+        yield f"<source><{tag} address='{address}'> is not an IP address"
+        return
+    if prefix is not None and not 0 <= prefix <= addr.max_prefixlen:
+        yield f"<source><{tag} prefix='{prefix}'> is out of range 0..{addr.max_prefixlen}"
+    if other is not None:
+        partner = _ip(other)
+        if partner is None or partner.version != addr.version:
+            yield f"<source><{tag} {other_attr}='{other}'> is not an IPv{addr.version} address"
+
+
 @rule
 def host_addresses_and_routes(domain):
     """<source><ip>/<route> of an ethernet tap: checked here, not discovered after the tap exists."""
@@ -306,25 +320,10 @@ def host_addresses_and_routes(domain):
         if src is None:
             continue
         for ip in src.host_ips:
-            addr = _ip(ip.address or "")
-            if addr is None:
-                yield ip.line, f"<source><ip address='{ip.address}'> is not an IP address"
-                continue
-            if ip.prefix is not None and not 0 <= ip.prefix <= addr.max_prefixlen:
-                yield ip.line, f"<source><ip prefix='{ip.prefix}'> is out of range 0..{addr.max_prefixlen}"
-            peer = _ip(ip.peer) if ip.peer else addr
-            if peer is None or peer.version != addr.version:
-                yield ip.line, f"<source><ip peer='{ip.peer}'> is not an IPv{addr.version} address"
+            yield from ((ip.line, m) for m in _host_side_problems("ip", ip.address, ip.prefix, "peer", ip.peer))
         for route in src.host_routes:
-            dest = _ip(route.address or "")
-            if dest is None:
-                yield route.line, f"<source><route address='{route.address}'> is not an IP address"
-                continue
-            if route.prefix is not None and not 0 <= route.prefix <= dest.max_prefixlen:
-                yield route.line, f"<source><route prefix='{route.prefix}'> is out of range 0..{dest.max_prefixlen}"
-            gateway = _ip(route.gateway) if route.gateway else dest
-            if gateway is None or gateway.version != dest.version:
-                yield route.line, f"<source><route gateway='{route.gateway}'> is not an IPv{dest.version} address"
+            yield from ((route.line, m) for m in _host_side_problems(
+                "route", route.address, route.prefix, "gateway", route.gateway))
 
 
 @rule
