@@ -39,7 +39,7 @@ test: test-deps ## install test needs and run the test suite
 	$(PY) -m pytest -n 2 -q
 
 regen: venv ## rewrite golden expectations (then read every changed line before committing)
-	VIR_TEST_REGENERATE_OUTPUT=1 $(PY) -m pytest -q tests/test_golden.py || true
+	VIR_TEST_REGENERATE_OUTPUT=1 $(PY) -m pytest -q tests/test_golden.py
 	git status --short testdata
 
 conformance: venv ## compare with libvirt's net test corpus (../shared/conformance/libvirt); fails on regressions

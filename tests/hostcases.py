@@ -16,6 +16,7 @@ import tempfile
 import textwrap
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,8 +234,9 @@ def alive(pid):
     return state is not None and state not in "ZX"
 
 
-def qemu_pids(marker):
-    """Live processes whose command line mentions MARKER (a test's runtime dir)."""
+def live_pids(marker, program=None):
+    """Live (not zombie) processes other than this one whose command line mentions MARKER (a
+    test's runtime dir), optionally only those whose program name contains PROGRAM."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
@@ -244,9 +246,14 @@ def qemu_pids(marker):
                 cmdline = f.read()
         except OSError:
             continue
-        if marker.encode() in cmdline and alive(int(entry)):
+        name = os.path.basename(cmdline.split(b"\0", 1)[0])
+        if marker.encode() in cmdline and (program is None or program.encode() in name) and alive(int(entry)):
             found.append(int(entry))
     return found
+
+
+def qemu_pids(marker):
+    return live_pids(marker)
 
 
 def kill(pid):
@@ -411,3 +418,50 @@ def python_for(user):
         if probe.returncode == 0:
             return exe, ":".join(pythonpath)
     pytest.skip(f"no Python interpreter that user {user} can run imports virtnet and its dependencies")
+
+
+@dataclass
+class UserWorkspace:
+    """Where a test runs virtnet as a non-root USER: a world-searchable temp dir with state/ and
+    run/ owned by that user, in namespace NS."""
+
+    user: str
+    uid: int
+    ns: str
+    work: Path
+    exe: str
+    pythonpath: str
+
+    @property
+    def state(self):
+        return self.work / "state"
+
+    @property
+    def runtime(self):
+        return self.work / "run"
+
+    def virtnet(self, *args):
+        argv = ["ip", "netns", "exec", self.ns, "runuser", "-u", self.user, "--", "env",
+                f"PYTHONPATH={self.pythonpath}", self.exe, "-m", "virtnet", "--state-dir", str(self.state),
+                "--runtime-dir", str(self.runtime), *map(str, args)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=str(self.work))
+
+
+@contextmanager
+def user_workspace(user, ns, prefix):
+    """A UserWorkspace; afterwards every process still mentioning it (QEMU, passt) is killed and
+    the directory removed, whatever the test did."""
+    exe, pythonpath = python_for(user)
+    uid = int(subprocess.run(["id", "-u", user], capture_output=True, text=True, check=True).stdout)
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        work.chmod(0o755)
+        for directory in (work / "state", work / "run"):
+            directory.mkdir()
+            os.chown(directory, uid, -1)
+        yield UserWorkspace(user, uid, ns, work, exe, pythonpath)
+    finally:
+        for pid in live_pids(str(work)):
+            kill(pid)
+        shutil.rmtree(work, ignore_errors=True)
+

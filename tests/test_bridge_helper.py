@@ -14,14 +14,13 @@ import os
 import shutil
 import stat
 import subprocess
-import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
 
 from hostcases import (
-    python_for,
+    user_workspace,
     alive,
     assert_clean,
     domain_xml,
@@ -30,7 +29,6 @@ from hostcases import (
     ip,
     links,
     ok,
-    qemu_pids,
     qmp,
     snapshot,
     tap_of_fd,
@@ -383,17 +381,10 @@ def test_a_non_root_user_starts_a_bridge_domain_with_a_capable_copy_of_the_helpe
     if shutil.which("setcap") is None:
         pytest.skip("needs setcap (Debian: libcap2-bin)")
     user = unprivileged_user
-    exe, pythonpath = python_for(user)
-    uid = int(subprocess.run(["id", "-u", user], capture_output=True, text=True, check=True).stdout)
     add_bridge(ns)
     bridge_conf("allow br0\n")
-    work = Path(tempfile.mkdtemp(prefix="vnt-u-", dir="/tmp"))
-    try:
-        work.chmod(0o755)
-        state, runtime = work / "state", work / "run"
-        for directory in (state, runtime):
-            directory.mkdir()
-            os.chown(directory, uid, -1)
+    with user_workspace(user, ns, "vnt-u-") as space:
+        work, state, runtime, uid, as_user = space.work, space.state, space.runtime, space.uid, space.virtnet
         plain = work / "plain-helper"
         capable = work / "helper"
         shutil.copy(real_helper(), plain)
@@ -405,11 +396,6 @@ def test_a_non_root_user_starts_a_bridge_domain_with_a_capable_copy_of_the_helpe
             caps = "cap_net_admin,cap_dac_override+ep"
         subprocess.run(["setcap", caps, str(capable)], check=True, capture_output=True)
         xml = write(work / "hu.xml", bridge_xml("hu"), mode=0o644)
-
-        def as_user(*args):
-            argv = ["ip", "netns", "exec", ns, "runuser", "-u", user, "--", "env", f"PYTHONPATH={pythonpath}",
-                    exe, "-m", "virtnet", "--state-dir", str(state), "--runtime-dir", str(runtime), *map(str, args)]
-            return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=str(work))
 
         ok(as_user("define", xml))
         before = snapshot(ns)
@@ -439,7 +425,3 @@ def test_a_non_root_user_starts_a_bridge_domain_with_a_capable_copy_of_the_helpe
         assert not alive(pid)
         assert snapshot(ns) == before
         assert os.listdir(runtime) == [] and os.listdir(state / "running") == []
-    finally:
-        for pid in qemu_pids(str(work)):
-            os.kill(pid, 9)
-        shutil.rmtree(work, ignore_errors=True)

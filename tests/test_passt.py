@@ -14,12 +14,12 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from hostcases import (
+    user_workspace,
+    live_pids,
     REPO,
     alive,
     assert_clean,
@@ -29,13 +29,11 @@ from hostcases import (
     fails,
     ip,
     ok,
-    qemu_pids,
     qmp,
     snapshot,
     virtnet,
     write,
 )
-from hostcases import python_for
 from virtnet.host import passt
 from virtnet.host.plan import build_plan
 from virtnet.runpaths import DomainPaths
@@ -66,18 +64,7 @@ def load(xml):
 
 def passt_processes(marker):
     """Live passt processes whose command line mentions MARKER (a test's runtime dir)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"passt" in os.path.basename(argv[0]) and marker.encode() in b" ".join(argv) and alive(int(entry)):
-            found.append(int(entry))
-    return found
+    return live_pids(marker, program="passt")
 
 
 @pytest.fixture
@@ -338,23 +325,11 @@ def test_vhost_user_flavour_runs_passt_with_vhost_user_or_says_this_passt_lacks_
 def test_a_user_without_privileges_runs_passt_as_itself(ns, tmp_path, unprivileged_user):
     require_passt()
     user = unprivileged_user
-    exe, pythonpath = python_for(user)
-    uid = int(subprocess.run(["id", "-u", user], capture_output=True, text=True, check=True).stdout)
     routable(ns)
-    work = Path(tempfile.mkdtemp(prefix="vnt-pu-", dir="/tmp"))
-    try:
-        work.chmod(0o755)
-        state, runtime = work / "state", work / "run"
-        for directory in (state, runtime):
-            directory.mkdir()
-            os.chown(directory, uid, -1)
+    with user_workspace(user, ns, "vnt-pu-") as space:
+        work, state, runtime, uid, as_user = space.work, space.state, space.runtime, space.uid, space.virtnet
         xml = write(work / "pu.xml", domain_xml("pu", passt_nic("52:54:00:c0:00:71", """
       <portForward proto='tcp'><range start='2222' to='22'/></portForward>""")), mode=0o644)
-
-        def as_user(*args):
-            argv = ["ip", "netns", "exec", ns, "runuser", "-u", user, "--", "env", f"PYTHONPATH={pythonpath}",
-                    exe, "-m", "virtnet", "--state-dir", str(state), "--runtime-dir", str(runtime), *map(str, args)]
-            return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=str(work))
 
         ok(as_user("define", xml))
         ok(as_user("start", "pu", "--paused"))
@@ -371,7 +346,3 @@ def test_a_user_without_privileges_runs_passt_as_itself(ns, tmp_path, unprivileg
         ok(as_user("destroy", "pu"))
         assert not alive(entry["pid"]) and not alive(record["pid"])
         assert os.listdir(runtime) == []
-    finally:
-        for pid in passt_processes(str(work)) + qemu_pids(str(work)):
-            os.kill(pid, 9)
-        shutil.rmtree(work, ignore_errors=True)

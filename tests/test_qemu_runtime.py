@@ -14,6 +14,8 @@ from contextlib import contextmanager
 
 import pytest
 
+from hostcases import live_pids
+
 from virtnet.errors import HostError
 from virtnet.qemu.argv import qmp_options
 from virtnet.qemu.launch import is_running, launch, stop
@@ -39,24 +41,6 @@ def base_argv(*, name):
 def make_workdir():
     # Short path: a unix socket path must fit in 108 bytes.
     return tempfile.mkdtemp(prefix="vnt-qemu-")
-
-
-def processes_mentioning(text):
-    """Pids of live (non-zombie) processes whose command line contains text."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if text.encode() in cmdline and state not in (b"Z", b"X"):
-            found.append(int(entry))
-    return found
 
 
 def force_kill(pid):
@@ -215,7 +199,7 @@ def test_launch_refuses_a_socket_path_a_running_qemu_serves(shared_qemu, workdir
     argv = base_argv(name=marker) + qmp_options(qmp_path)
     with pytest.raises(HostError, match="already served by a running process"):
         launch(argv, pass_fds=[], qmp_path=qmp_path, log_path=os.path.join(workdir, "qemu.log"))
-    assert processes_mentioning(marker) == []
+    assert live_pids(marker) == []
 
 
 # -- launch failures -------------------------------------------------------------------------
@@ -233,7 +217,7 @@ def test_bad_option_raises_quoting_qemu_and_leaves_nothing(workdir):
     assert "exited with status 1" in message
     assert "qemu-system-x86_64: -netdev bogus,id=hostnet0: Parameter 'type' does not accept value 'bogus'" in message
     assert "earlier run" not in message
-    assert processes_mentioning(qmp_path) == []
+    assert live_pids(qmp_path) == []
     assert not os.path.exists(qmp_path)
 
 
@@ -245,7 +229,7 @@ def test_timeout_kills_a_qemu_that_never_serves_qmp(workdir):
     with pytest.raises(HostError, match=r"did not answer on .*qmp.sock within 0.5s; killed it"):
         launch(argv, pass_fds=[], qmp_path=qmp_path, log_path=os.path.join(workdir, "qemu.log"),
                timeout=0.5)
-    assert processes_mentioning(marker) == []
+    assert live_pids(marker) == []
 
 
 def test_missing_binary_is_a_host_error(workdir):
@@ -317,9 +301,9 @@ def test_qemu_outlives_its_launcher_and_stop_ends_a_process_that_is_not_our_chil
         assert not is_running(pid, qmp_path)
         assert not os.path.exists(qmp_path)
     finally:
-        for pid in processes_mentioning(marker):
+        for pid in live_pids(marker):
             os.kill(pid, signal.SIGKILL)
-    assert processes_mentioning(marker) == []
+    assert live_pids(marker) == []
 
 
 # -- fd passing --------------------------------------------------------------------------------
