@@ -43,11 +43,11 @@ regen: venv ## rewrite golden expectations (then read every changed line before 
 	git status --short testdata
 
 conformance: venv ## compare with libvirt's net test corpus (../shared/conformance/libvirt); fails on regressions
-	$(VIRTNET) conformance --baseline tests/conformance_baseline.tsv
+	$(PY) tools/conformance.py --baseline tests/conformance_baseline.tsv
 
-lint: venv ## pyflakes over the package, tests and benchmarks
+lint: venv ## pyflakes over the package, tests, benchmarks and tools
 	$(PY) -m pip install -q pyflakes
-	$(PY) -m pyflakes virtnet tests benchmarks
+	$(PY) -m pyflakes virtnet tests benchmarks tools
 
 bench: test-deps ## run the benchmarks (host parts need root) and write benchmarks/results.md; BENCH_ARGS=--quick
 	$(PY) benchmarks/run.py $(BENCH_ARGS)

@@ -3,7 +3,8 @@
 `virtnet start --paused` returns once QEMU answers on QMP (the taps are created, QEMU holds their
 fds); `virtnet destroy` returns once QEMU has exited and the taps are gone. Both are timed as whole
 processes. An experiment row shows destroy when the taps are first removed in one delete-by-group
-(`ip -batch`, outside virtnet), which is what a reordered teardown would do. `virsh create` is
+(`ip -batch`, outside virtnet), so that destroy finds them gone (its own teardown also deletes the
+taps it created first, in one request, before stopping QEMU). `virsh create` is
 compared only when a libvirt daemon answers.
 """
 
@@ -77,18 +78,18 @@ def measure(ctx):
             for rep in range(reps):
                 run = benchlib.run(cli + ["start", "--paused", NAME], env=env)
                 start.add(run.wall)
-                record = json.loads((state / "running" / f"{NAME}.json").read_text())
-                assert len(record["created_taps"]) == NICS, record
-                qemu_hwm.append(_vm_hwm_kib(record["pid"]))
+                live = _live_state(state)
+                assert len(live.created_taps) == NICS, live
+                qemu_hwm.append(_vm_hwm_kib(live.pid))
                 run = benchlib.run(cli + ["destroy", NAME], env=env)
                 destroy.add(run.wall)
                 _assert_no_taps(ns)
             # Experiment: the taps deleted in one batch before destroy (what moving delete_many first does).
             for rep in range(reps):
                 benchlib.run(cli + ["start", "--paused", NAME], env=env)
-                record = json.loads((state / "running" / f"{NAME}.json").read_text())
+                live = _live_state(state)
                 group = 0x7E000000 + rep
-                script = "".join(f"link set dev {tap} group {group}\n" for tap in record["created_taps"])
+                script = "".join(f"link set dev {tap} group {group}\n" for tap in live.created_taps)
                 script += f"link del group {group}\n"
                 batch = benchlib.run(["ip", "-n", ns, "-batch", "-"], stdin=script.encode(), env=env)
                 run = benchlib.run(cli + ["destroy", NAME], env=env)
@@ -127,6 +128,14 @@ def measure(ctx):
     else:
         res["virsh"] = _virsh(ctx, reps, dom_type)
     return res
+
+
+def _live_state(state_dir):
+    """The LiveState `virtnet start` recorded for the benchmark domain (virtnet.livestate)."""
+    from virtnet import livestate
+    from virtnet.store import Store
+
+    return livestate.load(Store(state_dir), NAME)
 
 
 def _import_cost(env, reps=7):

@@ -4,11 +4,15 @@ The driver (measure) runs one worker process per (method, N), each under `ip net
 namespace of its own that is deleted afterwards. Methods, all doing the same work per tap:
 
   virtnet    virtnet's own path: build_plan() for a domain with N ethernet interfaces, the
-             Executor on the plan's actions before StartQemu, then executor.teardown() with the
-             runtime record runner.start() would write. Two teardown orders are measured:
-               as-runner     our fds close first (what QEMU's exit does at `virtnet destroy`),
-                             then teardown() deletes whatever taps are left
-               delete-first  teardown() (delete_many) while the fds are still open, then they close
+             Executor on the plan's actions before StartQemu, then Executor.teardown() on the
+             teardown actions of the live state runner.start() would record (outcome.teardown,
+             through LiveState's record form as destroy reads it). Two teardown orders are measured:
+               as-runner     our fds close first (as QEMU's exit closes them), then teardown()
+                             deletes whatever taps are left (none: each is gone, and a DeleteTap
+                             only acts while its name is still the device it created)
+               delete-first  teardown() (the created taps in one delete_many) while the fds are
+                             still open, then they close: the order plan.teardown_order gives
+                             `virtnet destroy` (its taps first, then QEMU stopped)
   ip-loop    one ip(8) process per step: `ip tuntap add … vnet_hdr`, `ip link set … address …
              mtu … up`, and `ip link del` at teardown
   ip-batch   the same commands through one `ip -batch -` process for setup and one for teardown
@@ -82,8 +86,9 @@ def verify_gone(names):
 
 def run_virtnet(n, reps):
     from virtnet.conf.load import load_text
-    from virtnet.host.executor import Executor, teardown
+    from virtnet.host.executor import Executor
     from virtnet.host.netlink import Netlink
+    from virtnet.livestate import LiveState
     from virtnet.host.plan import StartQemu, build_plan
 
     domain = load_text(domaingen.ethernet_domain("taps", n, mtu=MTU, spread_buses=n > 24), "taps.xml").domain
@@ -98,24 +103,25 @@ def run_virtnet(n, reps):
             plan = build_plan(domain, names_in_use=nl.link_names(), host_caps=frozenset())
             cut = next(i for i, a in enumerate(plan.setup) if isinstance(a, StartQemu))
             plan.setup = plan.setup[:cut]
-            executor = Executor(nl, start_qemu=None, stop_qemu=None)
+            executor = Executor(nl)
             t1 = time.perf_counter()
             outcome = executor.setup(plan)
             t2 = time.perf_counter()
+            # The live state runner.start() records, as destroy reads it back (its teardown actions).
+            state = LiveState.from_dict(LiveState(pid=0, qmp="", runtime_dir="", teardown=outcome.teardown).as_dict())
+            assert len(state.created_taps) == n and len(state.teardown) == n, state.teardown
             if rep < 2:
-                verify_present(outcome.created_taps, _host_macs(n))
-            # The runtime record runner.start() writes, as far as teardown() reads it.
-            record = {"created_taps": outcome.created_taps, "downscripts": [], "added_addresses": [],
-                      "added_routes": []}
+                verify_present(state.created_taps, _host_macs(n))
             t3 = time.perf_counter()
             if variant == "as-runner":
-                errors = teardown(nl, record, lambda _record: outcome.close_fds())
+                outcome.close_fds()
+                errors = executor.teardown(state.teardown)
             else:
-                errors = teardown(nl, record, lambda _record: None)
+                errors = executor.teardown(state.teardown)
                 outcome.close_fds()
             t4 = time.perf_counter()
             assert not errors, errors
-            verify_gone(record["created_taps"])
+            verify_gone(state.created_taps)
             out["plan"].append(t1 - t0)
             out["setup"].append(t2 - t1)
             out["teardown"][variant].append(t4 - t3)

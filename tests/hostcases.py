@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require_host_privileges
+from hostops import hmp
 
 REPO = Path(__file__).resolve().parent.parent
 QEMU = "/usr/bin/qemu-system-x86_64"
@@ -83,12 +84,25 @@ class Dirs:
         path = self.state / "running" / f"{name}.json"
         return json.loads(path.read_text()) if path.exists() else None
 
+    def live(self, name):
+        """The LiveState start recorded for NAME (livestate.load), or None when it is not running."""
+        return live_state(self.state, name)
+
     def runtime_entries(self):
         return sorted(os.listdir(self.runtime)) if self.runtime.exists() else []
 
     def running_records(self):
         directory = self.state / "running"
         return sorted(os.listdir(directory)) if directory.exists() else []
+
+
+def live_state(state_dir, name):
+    """The LiveState recorded in state dir STATE_DIR for domain NAME, or None. Reading it creates
+    nothing, so it also serves for a state dir another user owns."""
+    from virtnet import livestate
+    from virtnet.store import Store
+
+    return livestate.load(Store(state_dir), name)
 
 
 @pytest.fixture
@@ -300,7 +314,7 @@ def info_network(client):
                 out[key] = value
         return out
 
-    for line in client.hmp("info network").splitlines():
+    for line in hmp(client, "info network").splitlines():
         if not line.strip():
             continue
         if line.startswith(" \\ "):
@@ -328,15 +342,15 @@ def e1000_link_up(client, slot, bar):
     program BAR 0 to BAR and enable memory decoding through the config ports (HMP `o`/`i`), then
     read the register from physical memory (HMP `xp`)."""
     def out(register, value):
-        client.hmp(f"o /w 0xcf8 {_pci_config_address(slot, register):#x}")
-        client.hmp(f"o /w 0xcfc {value:#x}")
+        hmp(client, f"o /w 0xcf8 {_pci_config_address(slot, register):#x}")
+        hmp(client, f"o /w 0xcfc {value:#x}")
 
-    client.hmp(f"o /w 0xcf8 {_pci_config_address(slot, 0):#x}")
-    ids = client.hmp("i /w 0xcfc").strip().rsplit("=", 1)[1].strip()
+    hmp(client, f"o /w 0xcf8 {_pci_config_address(slot, 0):#x}")
+    ids = hmp(client, "i /w 0xcfc").strip().rsplit("=", 1)[1].strip()
     assert int(ids, 16) & 0xFFFF == 0x8086, f"slot {slot} is no Intel NIC: {ids}"
     out(0x10, bar)  # BAR 0
     out(0x04, 0x2)  # command register: memory space enable
-    text = client.hmp(f"xp /1wx {bar + 0x8:#x}")
+    text = hmp(client, f"xp /1wx {bar + 0x8:#x}")
     status = int(text.strip().rsplit(":", 1)[1], 16)
     return bool(status & 0x2)
 

@@ -28,6 +28,7 @@ from hostcases import (
     info_network,
     ip,
     links,
+    live_state,
     ok,
     qmp,
     snapshot,
@@ -249,14 +250,14 @@ def test_the_plan_runs_the_helper_instead_of_creating_a_tap_and_warns_about_what
     kinds = [a.kind for a in plan.setup]
     assert kinds == ["check-bridge", "run-bridge-helper", "open-vhost", "start-qemu", "resume"]
     run = plan.setup[1]
-    assert run == RunBridgeHelper(0, "br0", "/usr/lib/qemu/qemu-bridge-helper", True)
+    assert run == RunBridgeHelper("net0", "br0", "/usr/lib/qemu/qemu-bridge-helper", True)
     assert run.describe().startswith("run /usr/lib/qemu/qemu-bridge-helper --use-vnet --br=br0")
     assert plan.setup[2].queues == 1  # one vhost fd for the one tap fd
     assert [a.kind for a in plan.teardown] == ["stop-qemu"]  # the helper's tap goes with QEMU
     assert plan.warnings == [
-        "interface 0 (bridge 'br0'): qemu-bridge-helper passes a single tap fd, so <driver queues='4'> "
+        "net0 (bridge 'br0'): qemu-bridge-helper passes a single tap fd, so <driver queues='4'> "
         "degrades to one queue",
-        "interface 0 (bridge 'br0'): <mtu size='1400'> is not applied to the host tap (qemu-bridge-helper "
+        "net0 (bridge 'br0'): <mtu size='1400'> is not applied to the host tap (qemu-bridge-helper "
         "gives it the bridge's MTU); the guest is still told the MTU",
     ]
 
@@ -302,10 +303,12 @@ def test_unprivileged_start_gets_the_tap_from_the_helper_and_destroy_leaves_noth
     before = snapshot(ns)
 
     out = ok(virtnet(d, "start", "hb", "--paused", "--unprivileged", "--bridge-helper", wrapper, netns=ns))
-    record = d.record("hb")
-    pid, tap = record["pid"], record["taps"]["0"]
+    state = d.live("hb")
+    pid, tap = state.pid, state.taps["net0"]
     assert out == f"Domain 'hb' started (paused): QEMU pid {pid}, {tap}\n"
-    assert tap.startswith("tap") and record["helper_taps"] == [tap] and record["created_taps"] == []
+    # The helper's tap is the NIC's, and virtnet did not create it: destroy only stops QEMU.
+    assert tap.startswith("tap") and state.taps == {"net0": tap} and state.created_taps == []
+    assert [a.kind for a in state.teardown] == ["stop-qemu"]
     [line] = log.read_text().splitlines()
     assert line.startswith("--use-vnet --br=br0 --fd=")  # virtio: a vnet header, as libvirt asks
 
@@ -315,7 +318,7 @@ def test_unprivileged_start_gets_the_tap_from_the_helper_and_destroy_leaves_noth
     assert (now.master, now.up, now.mac[:3]) == ("br0", True, "fe:")
     assert (tun["type"], tun["vnet_hdr"], tun["persist"]) == ("tap", "True", "False")
     # QEMU: the NIC's tap backend is an fd attached to that tap.
-    with qmp(record["qmp"]) as client:
+    with qmp(state.qmp) as client:
         nic = info_network(client)["net0"]
     assert (nic["model"], nic["macaddr"]) == ("virtio-net-pci", NIC_MAC)
     [peer] = nic["backends"]
@@ -360,17 +363,17 @@ def test_multiqueue_through_the_helper_degrades_to_one_queue_with_a_warning(ns, 
 
     result = virtnet(d, "start", "hq", "--paused", "--unprivileged", netns=ns)
     ok(result)
-    assert ("virtnet: warning: interface 0 (bridge 'br0'): qemu-bridge-helper passes a single tap fd, so "
+    assert ("virtnet: warning: net0 (bridge 'br0'): qemu-bridge-helper passes a single tap fd, so "
             "<driver queues='3'> degrades to one queue") in result.stderr.splitlines()
-    record = d.record("hq")
-    with qmp(record["qmp"]) as client:
+    state = d.live("hq")
+    with qmp(state.qmp) as client:
         nic = info_network(client)["net0"]
         mq = client.execute("qom-get", {"path": "/machine/peripheral/net0/virtio-backend", "property": "mq"})
     assert len(nic["backends"]) == 1 and mq is False
-    tun = dict(links(ns)[record["taps"]["0"]].tun)
+    tun = dict(links(ns)[state.taps["net0"]].tun)
     assert tun["multi_queue"] == "False"
     ok(virtnet(d, "destroy", "hq"))
-    assert_clean(ns, d, "hq", before, record["pid"])
+    assert_clean(ns, d, "hq", before, state.pid)
 
 
 # --- start as a real unprivileged user ------------------------------------------------------------
@@ -411,13 +414,13 @@ def test_a_non_root_user_starts_a_bridge_domain_with_a_capable_copy_of_the_helpe
         assert snapshot(ns) == before and os.listdir(runtime) == []
 
         out = ok(as_user("start", "hu", "--paused", "--bridge-helper", capable))
-        record = json.loads((state / "running" / "hu.json").read_text())
-        pid, tap = record["pid"], record["taps"]["0"]
+        live = live_state(state, "hu")
+        pid, tap = live.pid, live.taps["net0"]
         assert out == f"Domain 'hu' started (paused): QEMU pid {pid}, {tap}\n"
         with open(f"/proc/{pid}/status") as f:
             assert next(line for line in f if line.startswith("Uid:")).split()[1:] == [str(uid)] * 4
         assert links(ns)[tap].master == "br0"
-        with qmp(record["qmp"]) as client:
+        with qmp(live.qmp) as client:
             [peer] = info_network(client)["net0"]["backends"]
         assert peer["type"] == "tap" and tap_of_fd(pid, int(peer["fd"])) == tap
 

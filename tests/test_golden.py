@@ -1,23 +1,35 @@
-"""Golden tests: testdata/xml2argv/NAME.xml → NAME.args or NAME.err; testdata/xml2xml/NAME.xml → NAME.out.xml.
+"""Golden tests: every case in testdata/xml2argv (NAME.args or NAME.err), testdata/xml2xml
+(NAME.out.xml) and testdata/plan (NAME.plan, NAME.plan.json), run and compared by virtnet.golden —
+the runner behind `virtnet golden check` — on virtnet.convert, the conversions the CLI prints.
 
-A case's file name selects xml2argv options: '-keyval' → --syntax keyval, '-standalone' →
---standalone, '-network-only' → --network-only. Every case runs with pinned host capabilities
-(vhost-net available), runtime directory and bridge helper path, so the goldens do not depend on
-this machine.
+A case's file name selects options: '-keyval' → --syntax keyval, '-standalone' → --standalone,
+'-network-only' → --network-only, '-unprivileged' → bridges through qemu-bridge-helper in the plan.
+Every case runs with pinned host facts (vhost-net available, /run/virtnet, the bridge helper path,
+no interface names in use), so the goldens do not depend on this machine.
+
+VIR_TEST_REGENERATE_OUTPUT=1 (`make regen`) rewrites the expectations that differ; a missing one
+is written and the test fails, so that it is read before it is committed.
 """
 
 import contextlib
 import io
+import os
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from golden import REPO, TESTDATA, compare
+from virtnet import convert, golden
 from virtnet.cli import main
-from virtnet.golden import case_options, pinned_options
 
+REPO = Path(__file__).resolve().parents[1]
+TESTDATA = REPO / "testdata"
 ARGV_DIR = TESTDATA / "xml2argv"
 XML_DIR = TESTDATA / "xml2xml"
-PINNED = pinned_options()
+PLAN_DIR = TESTDATA / "plan"
+PINNED = golden.pinned_options()
+PINNED_ARGV = {"runtime_dir": golden.DEFAULT_RUNTIME_DIR, "host_caps": golden.PINNED_HOST_CAPS,
+               "bridge_helper": golden.PINNED_BRIDGE_HELPER}
 
 
 def run(args):
@@ -28,16 +40,22 @@ def run(args):
     return status, out.getvalue(), err.getvalue()
 
 
-def rel(path):
-    return str(path.relative_to(REPO))
+def regenerating():
+    return os.environ.get("VIR_TEST_REGENERATE_OUTPUT") == "1"
 
 
-def argv_cases():
-    return sorted(ARGV_DIR.glob("*.xml"))
+def discover(directory):
+    """virtnet.golden's cases of DIRECTORY, their sources relative to the repository (as .err files quote them)."""
+    return [replace(case, source=os.path.relpath(case.source, REPO)) for case in golden.cases(directory)]
 
 
-def xml_cases():
-    return sorted(p for p in XML_DIR.glob("*.xml") if not p.name.endswith(".out.xml"))
+def checks():
+    params = []
+    for directory in (ARGV_DIR, XML_DIR, PLAN_DIR):
+        for case in discover(directory):
+            for kind in case.kinds:
+                params.append(pytest.param(case, kind, id=f"{directory.name}/{case.name}:{kind}"))
+    return params
 
 
 @pytest.fixture(autouse=True)
@@ -45,53 +63,108 @@ def _repo_cwd(monkeypatch):
     monkeypatch.chdir(REPO)  # error messages name files relative to the repo
 
 
-@pytest.mark.parametrize("case", argv_cases(), ids=lambda p: p.stem)
-def test_xml2argv(case):
-    status, out, err = run(["xml2argv", *PINNED, *case_options(case.stem), rel(case)])
-    assert "Traceback" not in err
-    args_file, err_file = case.with_suffix(".args"), case.with_suffix(".err")
-    if err_file.exists() or (status != 0 and not args_file.exists()):
-        assert status == 1, f"expected a rejection (exit 1), got {status}: {err}"
+@pytest.mark.parametrize("case,kind", checks())
+def test_golden(case, kind):
+    outcome = golden.run_check(case, kind)
+    assert outcome.status is not None, outcome.actual  # crashed
+    if outcome.expected_file.endswith(".err"):
+        err = outcome.actual
+        assert outcome.status == 1, f"expected a rejection (exit 1), got {outcome.status}: {err}"
         assert len(err.strip().splitlines()) == 1, f"error must be one line: {err!r}"
-        assert err.startswith(f"virtnet: error: {rel(case)}:"), err
-        compare(err_file, err)
-    else:
-        assert status == 0, err
-        compare(args_file, out)
+        assert err.startswith(f"virtnet: error: {case.source}:"), err
+    assert outcome.writable, golden.diff(outcome)
+    difference = golden.diff(outcome)
+    if not difference:
+        return
+    missing = not os.path.exists(outcome.expected_file)
+    if regenerating() or missing:
+        golden.write(outcome)
+        if missing:
+            pytest.fail(f"{outcome.expected_file} did not exist; written now — read it, then commit it")
+        return
+    pytest.fail(difference, pytrace=False)
 
 
-@pytest.mark.parametrize("case", xml_cases(), ids=lambda p: p.stem)
-def test_xml2xml(case, tmp_path):
-    status, out, err = run(["xml2xml", rel(case)])
-    assert status == 0, err
-    compare(case.with_name(case.stem + ".out.xml"), out)
-    # Canonical output is a fixed point: formatting it again changes nothing.
-    again = tmp_path / "again.xml"
-    again.write_text(out)
-    status, out2, err = run(["xml2xml", str(again)])
-    assert (status, out2) == (0, out)
+def loaded_from_text(text, tmp_path, name="again.xml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return convert.load(str(path))
 
 
-@pytest.mark.parametrize("case", [c for c in argv_cases() if c.with_suffix(".args").exists()], ids=lambda p: p.stem)
+def argv_of(source, name):
+    return convert.xml2argv(convert.load(str(source)), **PINNED_ARGV, **golden.argv_settings(name)).text
+
+
+def xml_cases():
+    return [case for case in discover(XML_DIR) if "xml2xml" in case.kinds]
+
+
+def argv_cases_accepted():
+    return [case for case in discover(ARGV_DIR) if os.path.exists(REPO / case.path(".args"))]
+
+
+@pytest.mark.parametrize("case", xml_cases(), ids=lambda c: c.name)
+def test_xml2xml_is_a_fixed_point(case, tmp_path):
+    """Canonical output formatted again changes nothing."""
+    canonical = convert.xml2xml(convert.load(case.source)).text
+    assert convert.xml2xml(loaded_from_text(canonical, tmp_path)).text == canonical
+
+
+@pytest.mark.parametrize("case", argv_cases_accepted(), ids=lambda c: c.name)
 def test_round_trip_keeps_argv(case, tmp_path):
     """xml2argv of the canonical XML equals xml2argv of the input."""
-    opts = [*PINNED, *case_options(case.stem)]
-    status, direct, err = run(["xml2argv", *opts, rel(case)])
-    assert status == 0, err
-    status, canonical, err = run(["xml2xml", rel(case)])
-    assert status == 0, err
-    again = tmp_path / "canonical.xml"
-    again.write_text(canonical)
-    status, via_xml, err = run(["xml2argv", *opts, str(again)])
-    assert (status, via_xml) == (0, direct)
+    canonical = convert.xml2xml(convert.load(case.source)).text
+    (tmp_path / "canonical.xml").write_text(canonical)
+    assert argv_of(tmp_path / "canonical.xml", case.name) == argv_of(case.source, case.name)
+
+
+@pytest.mark.parametrize("case", discover(PLAN_DIR), ids=lambda c: c.name)
+def test_round_trip_keeps_the_plan(case, tmp_path):
+    """The plan of the canonical XML equals the plan of the input (what `define` then `plan NAME` shows)."""
+    facts = {"runtime_dir": golden.DEFAULT_RUNTIME_DIR, "host_caps": golden.PINNED_HOST_CAPS,
+             "bridge_helper": golden.plan_bridge_helper(case.name)}
+    canonical = convert.xml2xml(convert.load(case.source)).text
+    via_xml = convert.plan(loaded_from_text(canonical, tmp_path), "json", **facts).text
+    assert via_xml == convert.plan(convert.load(case.source), "json", **facts).text
 
 
 def test_enough_cases():
-    args = [c for c in argv_cases() if c.with_suffix(".args").exists()]
-    errs = [c for c in argv_cases() if c.with_suffix(".err").exists()]
+    argv_cases = discover(ARGV_DIR)
+    args = [c for c in argv_cases if os.path.exists(REPO / c.path(".args"))]
+    errs = [c for c in argv_cases if os.path.exists(REPO / c.path(".err"))]
     assert len(args) + len(errs) + len(xml_cases()) >= 40
     assert len(errs) >= 15
     assert (ARGV_DIR / "net-eth-unmanaged-tap.xml").exists(), "the seed case must be a golden"
+
+
+DRIVEN_TYPES = {"ethernet", "bridge", "user", "server", "client", "mcast", "udp", "vhostuser"}
+
+
+def test_plan_goldens_cover_every_interface_type_virtnet_drives():
+    cases = discover(PLAN_DIR)
+    assert all(case.kinds == ("plan", "plan-json") for case in cases), "each plan case has .plan and .plan.json"
+    seen, flavours = set(), set()
+    for case in cases:
+        domain = convert.load(case.source).domain
+        for iface in domain.interfaces:
+            seen.add(iface.type)
+            if iface.type == "ethernet":
+                flavours.add("unmanaged" if iface.unmanaged else "managed")
+                flavours.update({"template"} if "%d" in (iface.target_dev or "") else set())
+                flavours.update({"script"} if iface.script else set())
+                flavours.update({"host-ip"} if iface.source is not None and iface.source.host_ips else set())
+            flavours.update({"passt"} if iface.uses_passt else set())
+            flavours.update({"multiqueue"} if iface.queue_count > 1 else set())
+            flavours.update({"link-down"} if iface.link_state == "down" else set())
+        if golden.plan_bridge_helper(case.name):
+            flavours.add("bridge-helper")
+        if "open-vhost" in convert.plan(convert.load(case.source), "json", runtime_dir="/run/virtnet",
+                                        host_caps=golden.PINNED_HOST_CAPS).text:
+            flavours.add("vhost-net")
+    assert DRIVEN_TYPES <= seen, f"no plan golden for: {sorted(DRIVEN_TYPES - seen)}"
+    expected = {"managed", "unmanaged", "template", "script", "host-ip", "passt", "multiqueue", "link-down",
+                "bridge-helper", "vhost-net"}
+    assert expected <= flavours, f"no plan golden for: {sorted(expected - flavours)}"
 
 
 def _instances(domain):
@@ -124,9 +197,9 @@ def test_every_modelled_attribute_is_exercised():
     from virtnet.errors import XMLInputError
 
     seen = set()
-    for case in argv_cases() + xml_cases():
+    for case in discover(ARGV_DIR) + discover(XML_DIR) + discover(PLAN_DIR):
         try:
-            _, tree = parse_file(str(case))
+            _, tree = parse_file(case.source)
         except XMLInputError:
             continue  # malformed on purpose: exercises the parser, not the model
         for cls, objs in _instances(model.Domain(tree.getroot())).items():

@@ -3,6 +3,8 @@
 import contextlib
 import io
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from virtnet.cli import main
 REPO = Path(__file__).resolve().parents[1]
 ARGV_DIR = REPO / "testdata" / "xml2argv"
 XML_DIR = REPO / "testdata" / "xml2xml"
+PLAN_DIR = REPO / "testdata" / "plan"
 
 
 def run(args):
@@ -40,13 +43,20 @@ def summary(out):
     return out.rstrip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("subdir", ["xml2argv", "xml2xml"])
-def test_the_repositorys_goldens_pass(subdir, monkeypatch):
+@pytest.mark.parametrize("subdir, checks_per_case", [("xml2argv", 1), ("xml2xml", 1), ("plan", 2)])
+def test_the_repositorys_goldens_pass(subdir, checks_per_case, monkeypatch):
     monkeypatch.chdir(REPO)  # .err files name their input relative to the repository
     directory = REPO / "testdata" / subdir
     status, out, err = run(["golden", "check", f"testdata/{subdir}"])
-    count = len([p for p in directory.glob("*.xml") if not p.name.endswith(".out.xml")])
+    count = len([p for p in directory.glob("*.xml") if not p.name.endswith(".out.xml")]) * checks_per_case
     assert (status, summary(out)) == (0, f"{count} passed, 0 failed"), out + err
+
+
+def test_the_runner_does_not_go_through_the_cli():
+    """virtnet.golden calls virtnet.convert, as the CLI does, rather than the CLI itself."""
+    code = "import sys, virtnet.golden\nprint(sorted(m for m in sys.modules if m == 'virtnet.cli'))\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
 def test_conventions_are_the_golden_tests_own():
@@ -137,3 +147,53 @@ def test_usage_errors(folder):
     assert run(["golden", "check", "--host-caps", "warp-drive", "cases"])[0] == 2
     assert run(["golden", "check", "no-such-dir"])[0] == 2
     assert run(["golden", "fix", "cases"])[0] == 2
+
+
+def test_plan_expectations_are_checked_and_regenerated(folder):
+    copy_case("net-eth", PLAN_DIR, folder, [".plan", ".plan.json"])
+    assert run(["golden", "check", "cases"])[:2] == (0, "2 passed, 0 failed\n")
+    plan = folder / "net-eth.plan"
+    plan.write_text(plan.read_text().replace("vnet0", "vnet9"))
+    status, out, _ = run(["golden", "check", "cases"])
+    assert status == 1 and "--- cases/net-eth.plan\n+++ virtnet plan cases/net-eth.xml\n" in out
+    assert summary(out) == "1 passed, 1 failed"
+    status, out, _ = run(["golden", "regen", "cases"])
+    assert (status, out) == (0, "wrote cases/net-eth.plan\n1 unchanged, 1 rewritten\n")
+    (folder / "net-eth.plan.json").write_text("{}\n")
+    status, out, _ = run(["golden", "check", "cases"])
+    assert status == 1 and "+++ virtnet plan --format json cases/net-eth.xml\n" in out
+
+
+def test_a_new_case_in_a_plan_folder_gets_both_plan_expectations(folder):
+    copy_case("net-eth", PLAN_DIR, folder, [".plan", ".plan.json"])
+    copy_case("net-user", PLAN_DIR, folder, [])
+    status, out, _ = run(["golden", "regen", "cases"])
+    assert (status, out) == (0, "wrote cases/net-user.plan\nwrote cases/net-user.plan.json\n2 unchanged, 2 rewritten\n")
+    for suffix in (".plan", ".plan.json"):
+        assert (folder / ("net-user" + suffix)).read_text() == (PLAN_DIR / ("net-user" + suffix)).read_text()
+
+
+def test_a_case_with_args_and_plan_runs_both(folder):
+    copy_case("net-eth", ARGV_DIR, folder, [".args"])
+    shutil.copy(PLAN_DIR / "net-eth.plan", folder / "net-eth.plan")
+    assert run(["golden", "check", "cases"])[:2] == (0, "2 passed, 0 failed\n")
+
+
+def test_the_unprivileged_suffix_plans_the_bridge_helper(folder):
+    for name in ("br-unprivileged", "br"):
+        shutil.copy(PLAN_DIR / "net-bridge-unprivileged.xml", folder / f"{name}.xml")
+        (folder / f"{name}.plan").write_text("")
+    assert run(["golden", "regen", "cases"])[0] == 0
+    helper = (folder / "br-unprivileged.plan").read_text()
+    assert "/usr/lib/qemu/qemu-bridge-helper --use-vnet --br=br0" in helper and "create tap" not in helper
+    own = (folder / "br.plan").read_text()
+    assert "qemu-bridge-helper" not in own and "create tap vnet0" in own
+
+
+def test_a_plan_virtnet_refuses_fails_and_is_never_written(folder):
+    shutil.copy(ARGV_DIR / "net-network-unsupported.xml", folder / "net.xml")
+    (folder / "net.plan").write_text("old\n")
+    for action in ("check", "regen"):
+        status, out, _ = run(["golden", action, "cases"])
+        assert status == 1 and "virtnet: error: cases/net.xml" in out and "(failed, exit 1)" in out, out
+    assert (folder / "net.plan").read_text() == "old\n"

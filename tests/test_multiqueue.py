@@ -78,8 +78,8 @@ def test_the_plan_opens_one_tap_fd_and_one_vhost_fd_per_queue():
 
     plan = build_plan(load(domain_xml("pq", nic("ethernet", queues=3, target="mq0"), type_="kvm")),
                       host_caps={"vhost-net"})
-    assert CreateTap(0, "mq0", 3, True) in plan.setup
-    assert OpenVhost(0, 3, required=False) in plan.setup
+    assert CreateTap("net0", "mq0", 3, True) in plan.setup
+    assert OpenVhost("net0", 3, required=False) in plan.setup
     assert plan.setup[0].describe() == "create tap mq0 (vnet_hdr, multi_queue x3)"
 
 
@@ -100,9 +100,9 @@ def test_a_managed_multiqueue_tap_gives_qemu_one_fd_per_queue(ns, dirs, tmp_path
     before = snapshot(ns)
 
     ok(virtnet(d, "start", "mq", "--paused", netns=ns))
-    record = d.record("mq")
-    pid = record["pid"]
-    with qmp(record["qmp"]) as client:
+    state = d.live("mq")
+    pid = state.pid
+    with qmp(state.qmp) as client:
         peers, mq, vectors = queues_seen_by_qemu(client)
     assert [(p["name"], p["type"], p["index"]) for p in peers] == [("hostnet0", "tap", str(q)) for q in range(queues)]
     fds = [int(p["fd"]) for p in peers]
@@ -171,22 +171,22 @@ def test_vhost_net_is_used_per_queue_when_available_and_otherwise_silently_left_
 
     result = virtnet(d, "start", "vh", "--paused", netns=ns)
     ok(result)
-    record = d.record("vh")
-    netdev = netdev_json(record["pid"])
+    state = d.live("vh")
+    netdev = netdev_json(state.pid)
     if vhost_net_usable():
-        fds = vhost_fds(record["pid"])
+        fds = vhost_fds(state.pid)
         assert len(fds) == 2 and netdev["vhost"] is True and netdev["vhostfds"] == ":".join(map(str, fds))
         assert "warning" not in result.stderr
     else:  # as libvirt: without an explicit name='vhost', userspace virtio-net silently
         assert result.stderr == ""
         assert not any(key.startswith("vhost") for key in netdev)
-        assert vhost_fds(record["pid"]) == []
-    with qmp(record["qmp"]) as client:
+        assert vhost_fds(state.pid) == []
+    with qmp(state.qmp) as client:
         peers, mq, vectors = queues_seen_by_qemu(client)
     assert len(peers) == 2 and (mq, vectors) == (True, 6)
 
     ok(virtnet(d, "destroy", "vh"))
-    assert_clean(ns, d, "vh", before, record["pid"])
+    assert_clean(ns, d, "vh", before, state.pid)
 
 
 def test_explicit_driver_vhost_is_fatal_when_vhost_net_cannot_be_opened(ns, dirs, tmp_path):
@@ -199,14 +199,14 @@ def test_explicit_driver_vhost_is_fatal_when_vhost_net_cannot_be_opened(ns, dirs
     result = virtnet(d, "start", "vx", "--paused", netns=ns)
     if vhost_net_usable():  # this host has vhost-net: name='vhost' is simply honoured
         ok(result)
-        record = d.record("vx")
-        assert len(vhost_fds(record["pid"])) == 2
+        state = d.live("vx")
+        assert len(vhost_fds(state.pid)) == 2
         ok(virtnet(d, "destroy", "vx"))
-        assert_clean(ns, d, "vx", before, record["pid"])
+        assert_clean(ns, d, "vx", before, state.pid)
         return
     reason = "No such file or directory" if not os.path.exists("/dev/vhost-net") else ""
     error = fails(result)
-    assert error.startswith("virtnet: error: <driver name='vhost'> was requested for hostnet0, but /dev/vhost-net "
+    assert error.startswith("virtnet: error: <driver name='vhost'> was requested for net0, but /dev/vhost-net "
                             f"is unavailable ({reason}")
     assert error.endswith("; load the vhost_net module or remove name='vhost'")
     assert_clean(ns, d, "vx", before)  # the multiqueue tap created before it is gone again

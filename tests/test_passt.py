@@ -8,7 +8,6 @@ as root, passt runs as user nobody, which must reach the socket directory: the t
 (a 0700 mkdtemp) is opened to others for search (0711), except in the test of that refusal.
 """
 
-import json
 import os
 import shutil
 import stat
@@ -17,6 +16,7 @@ import sys
 
 import pytest
 
+import hostops
 from hostcases import (
     user_workspace,
     live_pids,
@@ -28,6 +28,7 @@ from hostcases import (
     domain_xml,
     fails,
     ip,
+    live_state,
     ok,
     qmp,
     snapshot,
@@ -176,32 +177,36 @@ def test_passt_serves_each_nic_forwards_ports_and_is_gone_after_destroy(ns, pdir
     before = snapshot(ns)
 
     ok(virtnet(d, "start", "pa", "--paused", netns=ns))
-    record = d.record("pa")
+    state = d.live("pa")
     passt_dir = d.runtime / "pa" / "passt"
-    entries = record["passt"]
-    assert [e["socket"] for e in entries] == [str(passt_dir / "net0.socket"), str(passt_dir / "net1.socket")]
-    expected_args = [
-        ["--one-off", "--socket", str(passt_dir / "net0.socket"), "--pid", str(passt_dir / "net0.pid"),
-         "--mtu", "1400", "--address", "10.0.2.15", "--netmask", "24", "--tcp-ports", "127.0.0.1/2222:22"],
-        ["--one-off", "--socket", str(passt_dir / "net1.socket"), "--pid", str(passt_dir / "net1.pid"),
-         "--log-file", f"{logs}/net1.log", "--tcp-ports", "8080-8081:80-81", "--udp-ports", "5353"],
-    ]
-    for entry, args in zip(entries, expected_args):
-        pid = entry["pid"]
+    # One passt per NIC, recorded (with its pid) among the actions destroy runs.
+    entries = {a.device: a for a in state.passts}
+    assert len(state.passts) == 2
+    assert {dev: e.socket for dev, e in entries.items()} == {"net0": str(passt_dir / "net0.socket"),
+                                                            "net1": str(passt_dir / "net1.socket")}
+    expected_args = {
+        "net0": ["--one-off", "--socket", str(passt_dir / "net0.socket"), "--pid", str(passt_dir / "net0.pid"),
+                 "--mtu", "1400", "--address", "10.0.2.15", "--netmask", "24", "--tcp-ports", "127.0.0.1/2222:22"],
+        "net1": ["--one-off", "--socket", str(passt_dir / "net1.socket"), "--pid", str(passt_dir / "net1.pid"),
+                 "--log-file", f"{logs}/net1.log", "--tcp-ports", "8080-8081:80-81", "--udp-ports", "5353"],
+    }
+    for dev, args in expected_args.items():
+        entry = entries[dev]
+        pid = entry.pid
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             assert [a.decode() for a in f.read().split(b"\0")[1:-1]] == args
         with open(f"/proc/{pid}/status") as f:
             assert next(line for line in f if line.startswith("Uid:")).split()[1:] == [str(NOBODY)] * 4
-        assert open(entry["pidfile"]).read().strip() == str(pid)
-        assert os.path.exists(entry["socket"]) and passt.is_running(pid, entry["socket"])
+        assert open(entry.pidfile).read().strip() == str(pid)
+        assert os.path.exists(entry.socket) and passt.is_running(pid, entry.socket)
     assert os.stat(passt_dir).st_uid == NOBODY
     assert os.path.getsize(logs / "net1.log") > 0
 
     # QEMU is connected to each passt as a stream client.
-    with qmp(record["qmp"]) as client:
-        text = client.hmp("info network")
-    for index, entry in enumerate(entries):
-        assert f" \\ hostnet{index}: index=0,type=stream,unix:{entry['socket']}" in text.replace("\r", ""), text
+    with qmp(state.qmp) as client:
+        text = hostops.hmp(client, "info network")
+    for dev, entry in entries.items():
+        assert f" \\ host{dev}: index=0,type=stream,unix:{entry.socket}" in text.replace("\r", ""), text
 
     # Each forwarded host port is passt's listener, and a TCP connection to it is accepted.
     def owners(*ss_args):  # local address -> the pid ss names for the socket
@@ -209,19 +214,19 @@ def test_passt_serves_each_nic_forwards_ports_and_is_gone_after_destroy(ns, pdir
         return {ln.split()[3]: ln.split("pid=")[1].split(",")[0] for ln in out.splitlines() if "pid=" in ln}
 
     tcp, udp = owners("-lt"), owners("-lu")
-    assert tcp == {"127.0.0.1:2222": str(entries[0]["pid"]), "0.0.0.0:8080": str(entries[1]["pid"]),
-                   "0.0.0.0:8081": str(entries[1]["pid"])}
-    assert udp["0.0.0.0:5353"] == str(entries[1]["pid"])
+    assert tcp == {"127.0.0.1:2222": str(entries["net0"].pid), "0.0.0.0:8080": str(entries["net1"].pid),
+                   "0.0.0.0:8081": str(entries["net1"].pid)}
+    assert udp["0.0.0.0:5353"] == str(entries["net1"].pid)
     reply = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CONNECT, "127.0.0.1", "2222"],
                            capture_output=True, text=True, timeout=30)
     assert reply.stdout.strip() == "connected", reply.stderr
 
     ok(virtnet(d, "destroy", "pa"))
-    for entry in entries:
-        assert not alive(entry["pid"])
-        assert not os.path.exists(entry["socket"]) and not os.path.exists(entry["pidfile"])
+    for entry in entries.values():
+        assert not alive(entry.pid)
+        assert not os.path.exists(entry.socket) and not os.path.exists(entry.pidfile)
     shutil.rmtree(logs)
-    assert_clean(ns, d, "pa", before, record["pid"])
+    assert_clean(ns, d, "pa", before, state.pid)
 
 
 CONNECT = """
@@ -303,16 +308,17 @@ def test_vhost_user_flavour_runs_passt_with_vhost_user_or_says_this_passt_lacks_
     result = virtnet(d, "start", "pv", "--paused", netns=ns)
     if passt_has_vhost_user():
         ok(result)
-        record = d.record("pv")
+        state = d.live("pv")
         sock = d.runtime / "pv" / "passt" / "net0.socket"
-        with open(f"/proc/{record['passt'][0]['pid']}/cmdline", "rb") as f:
+        [entry] = state.passts
+        with open(f"/proc/{entry.pid}/cmdline", "rb") as f:
             assert f.read().split(b"\0")[1:3] == [b"--vhost-user", b"--one-off"]
-        with qmp(record["qmp"]) as client:
-            assert "type=vhost-user" in client.hmp("info network")
+        with qmp(state.qmp) as client:
+            assert "type=vhost-user" in hostops.hmp(client, "info network")
             chardevs = {c["label"]: c["filename"] for c in client.execute("query-chardev")}
         assert chardevs["charnet0"].endswith(f"unix:{sock}")
         ok(virtnet(d, "destroy", "pv"))
-        assert_clean(ns, d, "pv", before, record["pid"])
+        assert_clean(ns, d, "pv", before, state.pid)
     else:
         # Debian 12's passt (2023) predates vhost-user support: passt's own refusal, explained.
         error = fails(result)
@@ -333,16 +339,16 @@ def test_a_user_without_privileges_runs_passt_as_itself(ns, tmp_path, unprivileg
 
         ok(as_user("define", xml))
         ok(as_user("start", "pu", "--paused"))
-        record = json.loads((state / "running" / "pu.json").read_text())
-        [entry] = record["passt"]
-        with open(f"/proc/{entry['pid']}/status") as f:
+        live = live_state(state, "pu")
+        [entry] = live.passts
+        with open(f"/proc/{entry.pid}/status") as f:
             assert next(line for line in f if line.startswith("Uid:")).split()[1:] == [str(uid)] * 4
-        assert os.stat(entry["socket"]).st_uid == uid
+        assert os.stat(entry.socket).st_uid == uid
         assert stat.S_IMODE(os.stat(runtime / "pu").st_mode) == 0o700  # nobody else needs to get in
         reply = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CONNECT, "127.0.0.1", "2222"],
                                capture_output=True, text=True, timeout=30)
         assert reply.stdout.strip() == "connected", reply.stderr
 
         ok(as_user("destroy", "pu"))
-        assert not alive(entry["pid"]) and not alive(record["pid"])
+        assert not alive(entry.pid) and not alive(live.pid)
         assert os.listdir(runtime) == []

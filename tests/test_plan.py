@@ -19,7 +19,8 @@ import pytest
 
 from virtnet.conf.load import load_text
 from virtnet.errors import VirtnetError
-from virtnet.host.plan import build_plan, host_mac
+from virtnet.conf.mac import host_side as host_mac
+from virtnet.host.plan import build_plan
 from virtnet.host.planformat import render_plan
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,12 +47,12 @@ def kinds(actions):
 
 
 def setup_of(plan):
-    """(kind, index, the action's main argument) for each setup action."""
+    """(kind, device, the action's main argument) for each setup action."""
     out = []
     for a in plan.setup:
         detail = a.as_dict()
         arg = next((detail[k] for k in ("ifname", "bridge", "netdev", "path") if detail.get(k) is not None), None)
-        out.append((a.kind, a.index, arg))
+        out.append((a.kind, a.device, arg))
     return out
 
 
@@ -69,8 +70,8 @@ def test_managed_ethernet():
         </interface>
     """)
     assert setup_of(plan) == [
-        ("create-tap", 0, "mtap0"), ("set-mac", 0, "mtap0"), ("set-mtu", 0, "mtap0"), ("set-up", 0, "mtap0"),
-        ("run-script", 0, "mtap0"), ("start-qemu", -1, None), ("resume", -1, None),
+        ("create-tap", "net0", "mtap0"), ("set-mac", "net0", "mtap0"), ("set-mtu", "net0", "mtap0"), ("set-up", "net0", "mtap0"),
+        ("run-script", "net0", "mtap0"), ("start-qemu", "", None), ("resume", "", None),
     ]
     create, set_mac, set_mtu = plan.setup[:3]
     assert (create.queues, create.vnet_hdr) == (1, True)
@@ -106,14 +107,15 @@ def test_unmanaged_ethernet_is_only_opened_but_keeps_scripts_and_host_addresses(
         </interface>
     """, names_in_use={"mytap0"})
     assert setup_of(plan) == [
-        ("attach-tap", 0, "mytap0"), ("run-script", 0, "mytap0"), ("add-address", 0, "mytap0"),
-        ("add-route", 0, "mytap0"), ("start-qemu", -1, None), ("resume", -1, None),
+        ("attach-tap", "net0", "mytap0"), ("run-script", "net0", "mytap0"), ("add-address", "net0", "mytap0"),
+        ("add-route", "net0", "mytap0"), ("start-qemu", "", None), ("resume", "", None),
     ]
     attach = plan.setup[0]
     assert (attach.queues, attach.vnet_hdr) == (4, True)
-    # Never given a MAC, an MTU or an up, never deleted: only the downscript runs at teardown.
-    assert kinds(plan.teardown) == ["stop-qemu", "run-downscript"]
-    assert plan.teardown[1].ifname == "mytap0"
+    # Never given a MAC, an MTU or an up, never deleted: at teardown only what virtnet added to it
+    # goes again (route and address, newest first), then the downscript runs.
+    assert kinds(plan.teardown) == ["stop-qemu", "delete-route", "delete-address", "run-downscript"]
+    assert {a.ifname for a in plan.teardown[1:]} == {"mytap0"}
 
 
 def test_bridge():
@@ -125,9 +127,9 @@ def test_bridge():
         </interface>
     """)
     assert setup_of(plan) == [
-        ("check-bridge", 0, "br0"), ("create-tap", 0, "vnet0"), ("set-mac", 0, "vnet0"),
-        ("set-mtu", 0, "vnet0"), ("enslave", 0, "vnet0"), ("set-up", 0, "vnet0"),
-        ("start-qemu", -1, None), ("resume", -1, None),
+        ("check-bridge", "net0", "br0"), ("create-tap", "net0", "vnet0"), ("set-mac", "net0", "vnet0"),
+        ("set-mtu", "net0", "vnet0"), ("enslave", "net0", "vnet0"), ("set-up", "net0", "vnet0"),
+        ("start-qemu", "", None), ("resume", "", None),
     ]
     set_mtu, enslave = plan.setup[3], plan.setup[4]
     # MAC and MTU before enslaving; no <mtu>: the bridge's.
@@ -185,8 +187,8 @@ def test_link_down_is_set_over_qmp_after_start_and_paused_skips_resume():
         <interface type='user'><alias name='ua-uplink'/><link state='down'/></interface>
     """
     plan = plan_of(interfaces)
-    assert setup_of(plan) == [("start-qemu", -1, None), ("set-link-down", 1, "hostnet1"),
-                              ("set-link-down", 2, "hostua-uplink"), ("resume", -1, None)]
+    assert setup_of(plan) == [("start-qemu", "", None), ("set-link-down", "net1", "hostnet1"),
+                              ("set-link-down", "ua-uplink", "hostua-uplink"), ("resume", "", None)]
     assert kinds(plan_of(interfaces, paused=True).setup) == ["start-qemu", "set-link-down", "set-link-down"]
 
 
@@ -262,10 +264,40 @@ def test_an_existing_unmanaged_name_is_what_managed_no_is_for():
     assert kinds(plan.setup)[0] == "attach-tap"
 
 
+def test_a_user_alias_is_the_device_id_in_the_plan_and_the_command_line():
+    """Each action names the device by the id the command line gives it; a user alias on the first
+    NIC does not shift the others (it did when ids were list positions: 'hostnet1' in the plan
+    against 'hostnet0' on the command line)."""
+    from virtnet.qemu.argv import ArgvOptions, build_argv
+    from virtnet.runpaths import DomainPaths
+
+    dom = domain("""\
+        <interface type='ethernet'><alias name='ua-first'/><model type='virtio'/></interface>
+        <interface type='ethernet'><model type='virtio'/></interface>
+    """, type_="kvm")
+    plan = build_plan(dom, host_caps={"vhost-net"})
+    vhost = [(a.device, a.queues) for a in plan.setup if a.kind == "open-vhost"]
+    assert vhost == [("ua-first", 1), ("net0", 1)]
+    argv = build_argv(dom, DomainPaths("/run/virtnet", "planned"), ArgvOptions(host_caps={"vhost-net"}))
+    netdev_ids = [json.loads(argv[i + 1])["id"] for i, word in enumerate(argv) if word == "-netdev"]
+    assert netdev_ids == ["hostua-first", "hostnet0"]
+    assert [f"host{device}" for device, _ in vhost] == netdev_ids
+    text = render_plan("text", dom, plan, "root")
+    assert "ua-first: open /dev/vhost-net x1" in text and "net0: open /dev/vhost-net x1" in text
+
+
+def test_a_template_never_takes_a_fixed_name_of_the_same_domain():
+    plan = plan_of("""\
+        <interface type='ethernet'><target dev='mng%d'/></interface>
+        <interface type='ethernet'><target dev='mng0'/></interface>
+    """)
+    assert [a.ifname for a in plan.setup if a.kind == "create-tap"] == ["mng1", "mng0"]
+
+
 # --- teardown -----------------------------------------------------------------------------------
 
 
-def test_teardown_deletes_created_taps_in_one_go_then_stops_qemu_then_runs_downscripts():
+def test_teardown_deletes_created_taps_in_one_go_then_stops_qemu_then_undoes_the_rest_newest_first():
     plan = plan_of("""\
         <interface type='ethernet'>
           <target dev='a0'/>
@@ -281,7 +313,7 @@ def test_teardown_deletes_created_taps_in_one_go_then_stops_qemu_then_runs_downs
     assert [(a.kind, getattr(a, "ifname", None)) for a in plan.teardown] == [
         ("delete-tap", "a0"), ("delete-tap", "vnet0"),
         ("stop-qemu", None),
-        ("run-downscript", "a0"), ("run-downscript", "pre0"),
+        ("run-downscript", "pre0"), ("run-downscript", "a0"),
     ]
 
 
@@ -338,13 +370,13 @@ def test_text_numbers_setup_then_teardown():
     setup, teardown = lines[:split], lines[split + 1:]
     assert [int(line[:2]) for line in setup] == list(range(len(setup)))
     assert [int(line[:2]) for line in teardown] == list(range(len(teardown)))
-    assert setup[0] == " 0  create tap mtap0 (vnet_hdr)"
-    assert " 1  set mtap0 address fe:54:00:00:00:01" in setup
+    assert setup[0] == " 0  net0: create tap mtap0 (vnet_hdr)"
+    assert " 1  net0: set mtap0 address fe:54:00:00:00:01" in setup
     assert any("open existing tap mytap0" in line and "multi_queue x2" in line and "managed='no'" in line
                for line in setup)
     assert any(line.endswith("set vnet0 master br0") for line in setup)
     assert any(line.endswith("QMP set_link hostnet3 down") for line in setup)
-    assert teardown[:3] == [" 0  delete tap mtap0 (all in one request)", " 1  delete tap vnet0 (all in one request)",
+    assert teardown[:3] == [" 0  net0: delete tap mtap0 (all in one request)", " 1  net2: delete tap vnet0 (all in one request)",
                             " 2  stop QEMU (QMP quit, then SIGTERM, then SIGKILL)"]
 
 
@@ -355,8 +387,8 @@ def test_json_is_the_same_plan_machine_readable():
     assert data["domain"] == "planned"
     assert [a["action"] for a in data["setup"]] == kinds(plan.setup)
     assert [a["action"] for a in data["teardown"]] == kinds(plan.teardown)
-    assert data["setup"][0] == {"action": "create-tap", "index": 0, "ifname": "mtap0", "queues": 1, "vnet_hdr": True}
-    assert {"action": "set-link-down", "index": 3, "netdev": "hostnet3"} in data["setup"]
+    assert data["setup"][0] == {"action": "create-tap", "device": "net0", "ifname": "mtap0", "queues": 1, "vnet_hdr": True}
+    assert {"action": "set-link-down", "device": "net3", "netdev": "hostnet3"} in data["setup"]
 
 
 def domain_xml_text(interfaces):
@@ -374,7 +406,7 @@ def test_cli_plan_json_for_a_file():
 
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="needs sh")
-@pytest.mark.parametrize("owner", ["root", "o'brien smith"])
+@pytest.mark.parametrize("owner", ["root", "nobody"])
 def test_sh_precreates_the_unmanaged_taps_and_passes_sh_n(tmp_path, owner):
     dom = domain(MIXED)
     script = render_plan("sh", dom, build_plan(dom), owner)
@@ -389,7 +421,7 @@ def test_sh_precreates_the_unmanaged_taps_and_passes_sh_n(tmp_path, owner):
     assert re.findall(r"ip tuntap add dev (\S+)", script) == ["mytap0"]
     assert 'ip tuntap add dev mytap0 mode tap user "$OWNER" multi_queue vnet_hdr' in script
     assert "ip link set dev mytap0 address fa:11:22:33:44:55 up" in script
-    assert "# interface 0 (mtap0) is managed: virtnet creates it at start." in script
+    assert "# interface net0 (mtap0) is managed: virtnet creates it at start." in script
     # The owner survives the shell as one word.
     out = subprocess.run(["sh", "-c", script.split("set -eu\n", 1)[1].split("\n", 1)[0] + '; printf %s "$OWNER"'],
                          capture_output=True, text=True)
@@ -423,9 +455,9 @@ def networkd_files(text):
 
 def test_networkd_has_a_tap_netdev_with_multiqueue_for_two_queues():
     dom = domain(MIXED)
-    files = networkd_files(render_plan("networkd", dom, build_plan(dom), "alice"))
+    files = networkd_files(render_plan("networkd", dom, build_plan(dom), "nobody"))
     assert sorted(files) == ["50-virtnet-mytap0.netdev", "50-virtnet-mytap0.network"]  # managed='no' only
     mq = files["50-virtnet-mytap0.netdev"]
     assert dict(mq["NetDev"]) == {"Name": "mytap0", "Kind": "tap", "MACAddress": "fa:11:22:33:44:55"}
-    assert dict(mq["Tap"]) == {"User": "alice", "MultiQueue": "yes", "VNetHeader": "yes"}
+    assert dict(mq["Tap"]) == {"User": "nobody", "MultiQueue": "yes", "VNetHeader": "yes"}
     assert files["50-virtnet-mytap0.network"]["Match"]["Name"] == "mytap0"

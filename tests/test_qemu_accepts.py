@@ -32,10 +32,12 @@ from pathlib import Path
 
 import pytest
 
+import hostops
 from conftest import require_host_privileges
 from virtnet.golden import case_options
 from virtnet.conf.load import load_file
 from virtnet.errors import HostError
+from virtnet.host.bridgehelper import find_helper
 from virtnet.qemu import netprops
 from virtnet.qemu.argv import ArgvOptions, build_argv
 from virtnet.qemu.argv import qmp_options
@@ -256,9 +258,9 @@ class CaseHost:
             self._socket_needs()
             for index, iface in enumerate(domain.interfaces):
                 if iface.type == "vhostuser":
-                    self._vhost_user(index, iface)
+                    self._vhost_user(iface)
                 elif iface.type == "user" and iface.uses_passt:
-                    path = self.paths.passt_socket(netprops.interface_ids(iface, index).device)
+                    path = self.paths.passt_socket(iface.ids.device)
                     path.parent.mkdir(parents=True, exist_ok=True)
                     self.closers.append(Listener(socket.AF_UNIX, str(path)).close)
                 elif iface.type in ("ethernet", "bridge"):
@@ -294,9 +296,9 @@ class CaseHost:
                 self.client_listeners.append(listener)
                 self.closers.append(listener.close)
 
-    def _vhost_user(self, index, iface):
+    def _vhost_user(self, iface):
         self.has_vhost_user = True
-        alias = netprops.interface_ids(iface, index).device
+        alias = iface.ids.device
         if iface.uses_passt:
             path, qemu_listens = self.paths.passt_socket(alias), False
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -318,12 +320,10 @@ class CaseHost:
             for _ in range(queues):
                 vhosts.append(os.open(VHOST_NET, os.O_RDWR | os.O_CLOEXEC))
                 self.closers.append(lambda fd=vhosts[-1]: os.close(fd))
-        self.fds[index] = netprops.HostFds(taps=taps, vhosts=vhosts)
+        self.fds[iface.ids.alias] = netprops.HostFds(taps=taps, vhosts=vhosts)
         self.pass_fds += taps + vhosts
 
     def _standalone_tap(self, iface):
-        from virtnet.host.tun import create_persistent_tap
-
         if iface.type == "bridge":
             bridge = iface.source.bridge
             ip("-n", self.netns, "link", "add", bridge, "type", "bridge")
@@ -332,8 +332,8 @@ class CaseHost:
             self.closers.append(lambda: _libc.umount2(b"/etc", 2))
         elif iface.unmanaged:
             # managed='no': the tap exists before QEMU opens it by name (the namespace removes it).
-            create_persistent_tap(iface.target_dev, multi_queue=iface.queue_count > 1,
-                                  vnet_hdr=iface.wants_vnet_hdr)
+            hostops.create_persistent_tap(iface.target_dev, multi_queue=iface.queue_count > 1,
+                                          vnet_hdr=iface.wants_vnet_hdr)
 
     def close(self):
         for close in reversed(self.closers):
@@ -343,8 +343,12 @@ class CaseHost:
 
 def qemu_argv(case, domain, host):
     opts = case_options(case)
+    standalone = "--standalone" in opts
+    helper = None
+    if standalone and any(iface.type == "bridge" for iface in domain.interfaces):
+        helper = find_helper()  # this host's, as `virtnet xml2argv --standalone` names it
     options = ArgvOptions(syntax="keyval" if "--syntax" in opts else "json",
-                          standalone="--standalone" in opts, fds=dict(host.fds),
+                          standalone=standalone, fds=dict(host.fds), bridge_helper=helper,
                           host_caps=frozenset({"vhost-net"}) if host.vhost else frozenset())
     argv = build_argv(domain, host.paths, options)
     argv[0] = QEMU  # goldens may name another emulator (qemu-system-i686): x86_64 runs them all
@@ -358,9 +362,9 @@ def qemu_argv(case, domain, host):
 def expected_nics(domain, host):
     """{device id: (driver, mac, netdev id, netdev kind)} as the argv gives them."""
     nics = {}
-    for index, iface in enumerate(domain.interfaces):
-        device = netprops.device_props(domain, iface, index)
-        netdev = netprops.netdev_props(domain, iface, index, fds=host.fds.get(index, netprops.HostFds()),
+    for iface in domain.interfaces:
+        device = netprops.device_props(domain, iface)
+        netdev = netprops.netdev_props(domain, iface, fds=host.fds.get(iface.ids.alias, netprops.HostFds()),
                                        paths=host.paths, standalone=False)
         kind = "tap" if iface.type in ("ethernet", "bridge") else NETDEV_KIND[netdev["type"]]
         nics[device["id"]] = (device["driver"], device["mac"], device["netdev"], kind)
@@ -374,7 +378,7 @@ INFO_NETDEV = re.compile(r"^ \\ (\S+): index=0,type=([^,]+),")
 def info_network(qmp):
     """{nic id: (model, mac, netdev id, netdev type)} from HMP `info network` (queue 0 lines)."""
     found, nic = {}, None
-    for line in qmp.hmp("info network").splitlines():
+    for line in hostops.hmp(qmp, "info network").splitlines():
         if m := INFO_NIC.match(line):
             nic = m.groups()
         elif (m := INFO_NETDEV.match(line)) and nic is not None:
@@ -453,7 +457,7 @@ def test_vhost_net_fds_are_accepted(netns):
         assert any('"vhostfds"' in word for word in argv)
         launched = launch(argv, pass_fds=host.pass_fds, qmp_path=str(host.paths.qmp), log_path=str(host.paths.log))
         try:
-            text = launched.qmp.hmp("info network")
+            text = hostops.hmp(launched.qmp, "info network")
             assert "vhost=on" in text, text
         finally:
             launched.qmp.close()

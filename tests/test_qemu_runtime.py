@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 
+import hostops
 from hostcases import live_pids
 
 from virtnet.errors import HostError
@@ -110,7 +111,7 @@ def test_paused_qemu_reports_prelaunch(shared_qemu):
 
 def test_info_network_shows_the_nic_and_its_user_backend(shared_qemu):
     launched, _ = shared_qemu
-    text = launched.qmp.hmp("info network")
+    text = hostops.hmp(launched.qmp, "info network")
     assert re.search(rf"^net0: index=0,type=nic,model=rtl8139,macaddr={MAC}\r?$", text, re.M), text
     assert re.search(r"^ \\ hostnet0: index=0,type=user,", text, re.M), text
 
@@ -126,8 +127,8 @@ def rtl8139_link_is_up(qmp):
     io_base = 0xC000
     for command in (f"o /w 0xcf8 {config | 0x10:#x}", f"o /w 0xcfc {io_base:#x}",  # BAR0
                     f"o /w 0xcf8 {config | 0x04:#x}", "o /h 0xcfc 0x1"):  # command: I/O on
-        qmp.hmp(command)
-    reply = qmp.hmp(f"i /h {io_base + 0x64:#x}")  # BasicModeStatus; bit 2 = link up
+        hostops.hmp(qmp, command)
+    reply = hostops.hmp(qmp, f"i /h {io_base + 0x64:#x}")  # BasicModeStatus; bit 2 = link up
     value = int(reply.split("=")[1], 16)
     return bool(value & 0x4)
 
@@ -139,7 +140,7 @@ def test_set_link_down_reaches_the_nic(shared_qemu):
         assert qmp.execute("set_link", {"name": "net0", "up": False}) == {}
         assert not rtl8139_link_is_up(qmp)
         # The device list is unchanged: set_link touches state, not topology.
-        assert f"macaddr={MAC}" in qmp.hmp("info network")
+        assert f"macaddr={MAC}" in hostops.hmp(qmp, "info network")
     finally:
         qmp.execute("set_link", {"name": "net0", "up": True})
     assert rtl8139_link_is_up(qmp)
@@ -320,7 +321,7 @@ def test_tap_fd_is_passed_by_number_and_nothing_else_leaks(netns, workdir):
         nic = ["-netdev", f"tap,id=hostnet0,fd={tap_fd},vhost=off",
                "-device", f"virtio-net-pci,netdev=hostnet0,id=net0,mac={MAC}"]
         with running_qemu(workdir, nic, pass_fds=[tap_fd]) as (launched, _):
-            text = launched.qmp.hmp("info network")
+            text = hostops.hmp(launched.qmp, "info network")
             assert re.search(rf"^ \\ hostnet0: index=0,type=tap,fd={tap_fd}\r?$", text, re.M), text
             qemu_fds = f"/proc/{launched.pid}/fd"
             assert os.readlink(f"{qemu_fds}/{tap_fd}") == "/dev/net/tun"

@@ -8,10 +8,12 @@ the namespace (and fail the test if they cannot) and kill any QEMU a failing tes
 """
 
 import json
+import re
 import subprocess
 import time
 
 import pytest
+from lxml import etree
 
 from hostcases import (
     alive,
@@ -121,6 +123,11 @@ def ok_script(tmp_path):
         """, mode=0o755)
 
 
+def created_taps(record):
+    """The taps a runtime record says destroy deletes."""
+    return [a["ifname"] for a in record["teardown"] if a["action"] == "delete-tap"]
+
+
 def define(d, tmp_path, xml, name="dom"):
     path = write(tmp_path / f"{name}.xml", xml)
     ok(virtnet(d, "define", path))
@@ -136,15 +143,22 @@ def test_multi_nic_domain_starts_paused_and_is_destroyed_without_a_trace(ns, dir
     define(d, tmp_path, multi_nic_xml("multi"), "multi")
     stored = ok(virtnet(d, "dumpxml", "--inactive", "multi"))
     before = snapshot(ns)
+    planned = json.loads(ok(virtnet(d, "plan", "multi", "--format", "json", netns=ns)))["teardown"]
 
     out = ok(virtnet(d, "start", "multi", "--paused", netns=ns))
     record = d.record("multi")
+    # What plan printed is what destroy will run: the same actions, devices and names (start only
+    # adds what it learnt: pids and ifindexes).
+    learnt = ("pid", "ifindex")
+    assert [{k: v for k, v in a.items() if k not in learnt} for a in record["teardown"]] == \
+        [{k: v for k, v in a.items() if k not in learnt} for a in planned]
+    assert [a["pid"] for a in record["teardown"] if a["action"] == "stop-qemu"] == [record["pid"]]
     pid = record["pid"]
     assert out == f"Domain 'multi' started (paused): QEMU pid {pid}, mtap0, vt0, pre0, vnet0\n"
     assert alive(pid)
     assert record["netns"] == ns
-    assert record["taps"] == {"0": "mtap0", "1": "vt0", "2": "pre0", "3": "vnet0"}
-    assert sorted(record["created_taps"]) == ["mtap0", "vnet0", "vt0"]  # never pre0
+    assert record["taps"] == {"net0": "mtap0", "net1": "vt0", "net2": "pre0", "net3": "vnet0"}
+    assert sorted(created_taps(record)) == ["mtap0", "vnet0", "vt0"]  # never pre0
 
     # QEMU: every NIC with its model and MAC, on the expected backend; each tap backend's fd is a
     # /dev/net/tun fd attached to the expected tap.
@@ -197,6 +211,15 @@ def test_multi_nic_domain_starts_paused_and_is_destroyed_without_a_trace(ns, dir
     listing = ok(virtnet(d, "list"))
     assert "multi" in listing and "running" in listing
 
+    # The live XML names each NIC by its alias and the tap it uses; the stored one is unchanged.
+    live = etree.fromstring(ok(virtnet(d, "dumpxml", "multi")).encode())
+    assert [(i.find("alias").get("name"), i.find("target").get("dev") if i.find("target") is not None else None)
+            for i in live.iterfind("devices/interface")] == [
+        ("net0", "mtap0"), ("net1", "vt0"), ("net2", "pre0"), ("net3", "vnet0"), ("net4", None), ("net5", None)]
+    assert ok(virtnet(d, "dumpxml", "--inactive", "multi")) == stored
+    assert "<alias" not in stored
+    assert ok(virtnet(d, "domiflist", "multi")).splitlines()[2].split()[0] == "mtap0"
+
     out = ok(virtnet(d, "destroy", "multi"))
     assert out == "Domain 'multi' destroyed\n"
     assert_clean(ns, d, "multi", before, pid)
@@ -208,11 +231,13 @@ def test_multi_nic_domain_starts_paused_and_is_destroyed_without_a_trace(ns, dir
 
 
 def test_a_failure_before_any_setup_action_rolls_everything_back(inside, dirs, tmp_path):
-    """fail_at=N makes the executor fail just before setup action N; for every N of a plan with
-    taps, a bridge, a managed='no' tap with host addresses, a script, QEMU, a QMP link change and
-    the final `cont`, the namespace must end exactly as it was."""
+    """The executor fails just before setup action N; for every N of a plan with taps, a bridge, a
+    managed='no' tap with host addresses, a script, QEMU, a QMP link change and the final `cont`,
+    the namespace must end exactly as it was. The failure is injected (a mock of Executor.run):
+    a netlink error at an arbitrary step cannot be provoked for real on demand."""
     from virtnet import runner
     from virtnet.errors import HostError
+    from virtnet.host.executor import Executor
 
     ns, d = inside, dirs
     administrator_setup(ns)
@@ -227,9 +252,20 @@ def test_a_failure_before_any_setup_action_rolls_everything_back(inside, dirs, t
     before = snapshot(ns)
     store = d.store()
 
+    real_run = Executor.run
     for n, action in enumerate(plan):
-        with pytest.raises(HostError, match=rf"^injected failure before action {n} "):
-            runner.start(store, "rb", fail_at=n, netns_name=ns)
+        done = []
+
+        def run(self, action, outcome, n=n, done=done):
+            if len(done) == n:
+                raise HostError(f"injected failure before action {n} ({action.line()})")
+            done.append(action)
+            return real_run(self, action, outcome)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Executor, "run", run)
+            with pytest.raises(HostError, match=rf"^injected failure before action {n} "):
+                runner.start(store, "rb", netns_name=ns)
         assert_unchanged(ns, before, f"after a failure before action {n} ({action}), the namespace")
         assert qemu_pids(str(d.runtime)) == [], n
         assert d.running_records() == [] and d.runtime_entries() == [], n
@@ -241,7 +277,7 @@ def test_a_failure_before_any_setup_action_rolls_everything_back(inside, dirs, t
     assert ("pre0", "203.0.113.1", 24) in running["addrs"]
     assert any('"dst": "198.51.100.0/24"' in r and '"gateway": "203.0.113.254"' in r for r in running["routes"])
     runner.destroy(store, "rb")
-    assert_clean(ns, d, "rb", before, record["pid"])
+    assert_clean(ns, d, "rb", before, record.pid)
 
 
 def test_qemu_refusing_a_device_is_quoted_and_rolled_back(ns, dirs, tmp_path):
@@ -444,7 +480,7 @@ def test_seed_precreated_tap_from_plan_sh_is_used_and_left_untouched(ns, dirs, t
     out = ok(virtnet(d, "start", "QEMUGuest1", "--paused", netns=ns))
     assert out.endswith(", mytap0\n")
     record = d.record("QEMUGuest1")
-    assert record["created_taps"] == []
+    assert created_taps(record) == []
     with qmp(record["qmp"]) as client:
         nic = info_network(client)["net0"]
     assert (nic["model"], nic["macaddr"]) == ("virtio-net-pci", "fe:11:22:33:44:55")
@@ -493,8 +529,9 @@ def test_destroy_runs_downscripts_after_qemu_is_gone(ns, dirs, tmp_path):
     assert not log.exists()  # downscripts are for teardown only
 
     ok(virtnet(d, "destroy", "downs"))
-    # Both ran, in the namespace, once QEMU had exited and taken mtap0 with it.
-    assert log.read_text().splitlines() == ["mtap0: lo pre0 ", "pre0: lo pre0 "]
+    # Both ran, in the namespace, once QEMU had exited and taken mtap0 with it; newest first, as
+    # every teardown step (the inverse of setup).
+    assert log.read_text().splitlines() == ["pre0: lo pre0 ", "mtap0: lo pre0 "]
     assert_clean(ns, d, "downs", before, record["pid"])
 
 
@@ -535,7 +572,7 @@ def test_generated_names_skip_devices_and_other_domains_taps(ns, dirs, tmp_path)
     before = snapshot(ns)
     ok(virtnet(d, "start", "gen1", "--paused", netns=ns))
     ok(virtnet(d, "start", "gen2", "--paused", netns=ns))
-    assert (d.record("gen1")["taps"], d.record("gen2")["taps"]) == ({"0": "vnet1"}, {"0": "vnet2"})
+    assert (d.record("gen1")["taps"], d.record("gen2")["taps"]) == ({"net0": "vnet1"}, {"net0": "vnet2"})
     assert links(ns)["vnet0"] == before["links"]["vnet0"]
 
     ok(virtnet(d, "destroy", "gen1"))
@@ -555,10 +592,11 @@ def test_two_concurrent_starts_of_one_domain_start_it_once(ns, dirs, tmp_path):
     before = snapshot(ns)
     processes = [subprocess.Popen(cli_argv(d, "start", "twice", "--paused", netns=ns), env=cli_env(),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    # The store lock serialises them: whichever comes second finds the domain running.
+    # Whichever comes second finds the domain running, or its start in progress.
     results = sorted((p.returncode, err) for p in processes for _, err in [p.communicate(timeout=60)])
     assert results[0] == (0, "")
-    assert results[1][0] == 1 and "domain 'twice' is already running" in results[1][1]
+    assert results[1][0] == 1
+    assert re.search(r"domain 'twice' is already (running|being started \(virtnet pid \d+\))", results[1][1])
     assert len(qemu_pids(str(d.runtime))) == 1
     assert [n for n in links(ns) if n.startswith("vnet")] == ["vnet0"]
 

@@ -4,7 +4,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import stat
 import subprocess
@@ -191,15 +190,14 @@ def test_bad_names_are_refused(store, name, complaint):
         with store.lock():
             store.write_domain(name, "<domain/>", {})
 
-    for call in (write, lambda: store.read_domain(name),
-                 lambda: store.read_runtime(name), lambda: store.runtime_path(name, "qmp.sock")):
+    for call in (write, lambda: store.read_domain(name), lambda: store.read_runtime(name)):
         with pytest.raises(StoreError, match=complaint):
             call()
     assert store.names() == []
     assert not store.runtime_dir.exists()
 
 
-@pytest.mark.parametrize("name", ["x" * 200, "é" * 100, ".hidden", "web.xml", "名前", "a b"])
+@pytest.mark.parametrize("name", ["x" * 200, "é" * 100, "web.xml", "名前", "a b"])
 def test_unusual_but_valid_names_are_stored(store, name):
     xml = define(store, name)
     assert store.names() == [name]
@@ -280,17 +278,6 @@ def test_a_damaged_index_cannot_be_read_without_summarize(store):
     not_a_database(store.index_path)
     with pytest.raises(StoreError, match="index .* is missing or out of date"):
         Store(store.state_dir).summaries()
-
-
-def test_the_files_of_the_json_index_are_removed_when_the_index_is_built(store):
-    define(store, "a")
-    store.index_path.unlink()
-    (store.state_dir / "index.json").write_text('{"version": 1, "domains": {}}')
-    (store.state_dir / "pending").write_text('{"name": "a"}')
-
-    assert Store(store.state_dir, summarize=summarize).names() == ["a"]
-    assert not (store.state_dir / "index.json").exists()
-    assert not (store.state_dir / "pending").exists()
 
 
 def test_index_cannot_be_rebuilt_without_summarize(store):
@@ -760,53 +747,10 @@ def test_a_damaged_runtime_record_is_reported(store):
         store.read_runtime("web")
 
 
-def test_runtime_path_creates_the_domain_directory(store):
-    path = store.runtime_path("web", "qmp.sock")
-    assert path == store.runtime_dir / "web" / "qmp.sock"
-    assert path.parent.is_dir()
-    assert stat.S_IMODE(path.parent.stat().st_mode) & 0o077 == 0
-    assert not path.exists()
-
-
-def test_runtime_path_is_absolute(tmp_path, monkeypatch):
+def test_state_and_runtime_dirs_are_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = Store(Path("state"), Path("run")).runtime_path("web", "qmp.sock")
-    assert path == tmp_path / "run" / "web" / "qmp.sock"
-
-
-def test_runtime_path_refuses_what_a_unix_socket_cannot_bind(tmp_path):
-    base = len(os.fsencode(tmp_path / "r" / "web" / "s"))
-    longest = Store(tmp_path / "state", tmp_path / "r", summarize)
-    leaf = "s" * (107 - base + 1)  # makes the path 107 bytes, the longest sun_path accepts
-
-    path = longest.runtime_path("web", leaf)
-    assert len(os.fsencode(path)) == 107
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.bind(os.fspath(path))  # proves 107 bytes really is usable
-
-    with pytest.raises(StoreError, match="is 108 bytes long, and a unix socket path must be "
-                                         "shorter than 108; set VIRTNET_RUNTIME_DIR"):
-        longest.runtime_path("vm2", leaf + "s")
-    assert not (tmp_path / "r" / "vm2").exists()
-
-
-def test_remove_runtime_dir(store):
-    path = store.runtime_path("web", "qemu.log")
-    path.write_text("log")
-    (path.parent / "sub").mkdir()
-    (path.parent / "sub" / "pid").write_text("1")
-    other = store.runtime_path("db", "qemu.log")
-
-    store.remove_runtime_dir("web")
-    store.remove_runtime_dir("web")  # already gone: no error
-    assert not path.parent.exists()
-    assert other.parent.is_dir()
-
-
-@pytest.mark.parametrize("leaf", ["", ".", "..", "a/b"])
-def test_runtime_path_refuses_bad_leaves(store, leaf):
-    with pytest.raises(StoreError, match="runtime file name"):
-        store.runtime_path("web", leaf)
+    store = Store(Path("state"), Path("run"))
+    assert (store.state_dir, store.runtime_dir) == (tmp_path / "state", tmp_path / "run")
 
 
 # Where the directories are
@@ -867,10 +811,3 @@ def test_runtime_dir(clean_env, uid, environment, expected):
         clean_env.setenv(variable, value)
     assert default_runtime_dir() == Path(expected)
 
-
-def test_default_store_uses_both_defaults(clean_env, tmp_path):
-    clean_env.setenv("VIRTNET_STATE_DIR", str(tmp_path / "state"))
-    clean_env.setenv("VIRTNET_RUNTIME_DIR", str(tmp_path / "run"))
-    store = Store.default(summarize)
-    assert (store.state_dir, store.runtime_dir) == (tmp_path / "state", tmp_path / "run")
-    assert store.summarize is summarize

@@ -252,7 +252,7 @@ def test_a_running_domain_in_list_dumpxml_domiflist_and_undefine(ns, dirs, tmp_p
     inactive = ok(virtnet(d, "dumpxml", "--inactive", "run"))
     before = snapshot(ns)
     ok(virtnet(d, "start", "run", "--paused", netns=ns))
-    pid = d.record("run")["pid"]
+    pid = d.live("run").pid
 
     assert table_rows(ok(virtnet(d, "list"))) == [["run", "running", "2: ethernet, ethernet"]]
     # Live XML names the tap virtnet generated; the stored definition does not keep it.
@@ -287,11 +287,11 @@ def test_a_killed_qemu_is_reported_by_list_and_cleaned_up(ns, dirs, tmp_path):
     ok(define(d, tmp_path, xml)[1])
     before = snapshot(ns)
     ok(virtnet(d, "start", "victim", "--paused", netns=ns))
-    record = d.record("victim")
+    state = d.live("victim")
     assert "vnet0" in links(ns)
 
-    os.kill(record["pid"], signal.SIGKILL)
-    wait_dead(record["pid"])
+    os.kill(state.pid, signal.SIGKILL)
+    wait_dead(state.pid)
     assert ("pre0", "203.0.113.1", 24) in snapshot(ns)["addrs"]  # nobody has cleaned up yet
 
     result = virtnet(d, "list")  # no --netns: the record says where the taps are
@@ -317,7 +317,7 @@ def test_undefine_after_qemu_was_killed_is_not_refused_as_running(ns, dirs, tmp_
         "<target dev='pre0' managed='no'/>", "<target dev='gone0'/>"))[1])
     before = snapshot(ns)
     ok(virtnet(d, "start", "gone", "--paused", netns=ns))
-    pid = d.record("gone")["pid"]
+    pid = d.live("gone").pid
     os.kill(pid, signal.SIGKILL)
     wait_dead(pid)
 
@@ -334,7 +334,7 @@ def test_list_after_a_killed_qemu_whose_namespace_name_was_removed(ns, dirs, tmp
     ok(define(d, tmp_path, running_domain_xml("orphan").replace(
         "<target dev='pre0' managed='no'/>", "<target dev='orph0'/>"))[1])
     ok(virtnet(d, "start", "orphan", "--paused", netns=ns))
-    pid = d.record("orphan")["pid"]
+    pid = d.live("orphan").pid
     os.kill(pid, signal.SIGKILL)
     wait_dead(pid)
     ip("netns", "del", ns)

@@ -177,12 +177,12 @@ def vhostuser_xml(name, path, *, mode="client", queues=1, reconnect=None, shared
 def start(d, tmp_path, xml, name):
     ok(virtnet(d, "define", write(tmp_path / f"{name}.xml", xml)))
     ok(virtnet(d, "start", name, "--paused"))
-    return d.record(name)
+    return d.live(name)
 
 
-def destroy_and_check(d, name, record):
+def destroy_and_check(d, name, state):
     ok(virtnet(d, "destroy", name))
-    assert not alive(record["pid"])
+    assert not alive(state.pid)
     assert d.record(name) is None and d.runtime_entries() == []
 
 
@@ -209,10 +209,10 @@ def test_qemu_connects_as_client_with_the_guest_ram_on_a_shared_memfd(dirs, tmp_
     d = dirs
     path = tmp_path / "be.sock"
     backend = backends(path)
-    record = start(d, tmp_path, vhostuser_xml("vc", path), "vc")
+    state = start(d, tmp_path, vhostuser_xml("vc", path), "vc")
 
     assert backend.connections == 1 and GET_FEATURES in backend.requests
-    with qmp(record["qmp"]) as client:
+    with qmp(state.qmp) as client:
         [peer] = info_network(client)["net0"]["backends"]
         chardevs = {c["label"]: c["filename"] for c in client.execute("query-chardev")}
         ram = {p: client.execute("qom-get", {"path": "/objects/pc.ram", "property": p}) for p in ("share", "size")}
@@ -221,11 +221,11 @@ def test_qemu_connects_as_client_with_the_guest_ram_on_a_shared_memfd(dirs, tmp_
     assert chardevs["charnet0"].startswith("unix:")
     assert ram == {"share": True, "size": MEMORY_MIB << 20}
     assert backend_of_machine == "/objects/pc.ram"
-    with open(f"/proc/{record['pid']}/cmdline", "rb") as f:
+    with open(f"/proc/{state.pid}/cmdline", "rb") as f:
         argv = f.read().split(b"\0")
     assert b'{"qom-type":"memory-backend-memfd","id":"pc.ram","share":true,"size":67108864}' in argv
 
-    destroy_and_check(d, "vc", record)
+    destroy_and_check(d, "vc", state)
 
 
 def test_qemu_as_server_waits_for_the_backend_to_connect(dirs, tmp_path, backends):
@@ -233,15 +233,15 @@ def test_qemu_as_server_waits_for_the_backend_to_connect(dirs, tmp_path, backend
     d = dirs
     path = tmp_path / "qemu-listens.sock"
     backend = backends(path, listen=False)  # keeps trying until QEMU's socket appears
-    record = start(d, tmp_path, vhostuser_xml("vs", path, mode="server"), "vs")
+    state = start(d, tmp_path, vhostuser_xml("vs", path, mode="server"), "vs")
 
     assert backend.connections == 1
-    with qmp(record["qmp"]) as client:
+    with qmp(state.qmp) as client:
         [peer] = info_network(client)["net0"]["backends"]
         chardevs = {c["label"]: c["filename"] for c in client.execute("query-chardev")}
     assert peer["type"] == "vhost-user"
     assert chardevs["charnet0"].startswith(f"unix:{path},server=on")
-    destroy_and_check(d, "vs", record)
+    destroy_and_check(d, "vs", state)
 
 
 def test_a_client_with_reconnect_comes_back_after_the_backend_drops_it(dirs, tmp_path, backends):
@@ -249,14 +249,14 @@ def test_a_client_with_reconnect_comes_back_after_the_backend_drops_it(dirs, tmp
     d = dirs
     path = tmp_path / "be.sock"
     backend = backends(path)
-    record = start(d, tmp_path, vhostuser_xml("vr", path, reconnect=1), "vr")
+    state = start(d, tmp_path, vhostuser_xml("vr", path, reconnect=1), "vr")
     assert backend.connections == 1
 
     backend.drop()  # the backend restarts; QEMU reconnects after about a second
     backend.wait_for(2)
-    with qmp(record["qmp"]) as client:
+    with qmp(state.qmp) as client:
         assert info_network(client)["net0"]["backends"][0]["type"] == "vhost-user"
-    destroy_and_check(d, "vr", record)
+    destroy_and_check(d, "vr", state)
 
 
 def test_multiqueue_vhostuser_gets_a_queue_pair_per_queue(dirs, tmp_path, backends):
@@ -264,13 +264,13 @@ def test_multiqueue_vhostuser_gets_a_queue_pair_per_queue(dirs, tmp_path, backen
     d = dirs
     path = tmp_path / "be.sock"
     backends(path, queues=2)
-    record = start(d, tmp_path, vhostuser_xml("vq", path, queues=2), "vq")
+    state = start(d, tmp_path, vhostuser_xml("vq", path, queues=2), "vq")
 
-    with qmp(record["qmp"]) as client:
+    with qmp(state.qmp) as client:
         peers = info_network(client)["net0"]["backends"]
         mq = client.execute("qom-get", {"path": "/machine/peripheral/net0/virtio-backend", "property": "mq"})
         vectors = client.execute("qom-get", {"path": "/machine/peripheral/net0", "property": "vectors"})
     assert [(p["name"], p["type"], p["index"]) for p in peers] == [("hostnet0", "vhost-user", "0"),
                                                                   ("hostnet0", "vhost-user", "1")]
     assert (mq, vectors) == (True, 6)
-    destroy_and_check(d, "vq", record)
+    destroy_and_check(d, "vq", state)

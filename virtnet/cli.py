@@ -49,14 +49,19 @@ def _add_file(parser, nargs=None):
     parser.add_argument("file", metavar="FILE", nargs=nargs, help="domain XML file, or - for standard input")
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
+def build_parser(verb=None):
+    """The whole command line; with VERB (see _verb_of), only that verb's sub-parser is built, which
+    parses that verb's command lines exactly as the whole parser does, at a fraction of the cost."""
+    parser = _Parser(
         prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     _common(parser, top=True)
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    # prog given: argparse would otherwise format a usage line to work it out.
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", prog=PROG, parser_class=_Parser)
     verbs.required = True
+    if verb is not None:
+        verbs = _OneVerb(verbs, verb)
 
     p = verbs.add_parser("validate", help="check a domain XML against the schema and rules",
                          description="Check FILE against virtnet's RelaxNG schema and libvirt's semantic rules. "
@@ -102,22 +107,17 @@ def _check_verbs(verbs):
         "golden", help="compare (or rewrite) a folder of golden cases",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="For each NAME.xml in DIR: NAME.out.xml expects `xml2xml` output, NAME.args expects\n"
-        "`xml2argv` output, NAME.err its error. `check` prints unified diffs and 'N passed, M failed'\n"
-        "(exit 1 on any difference); `regen` rewrites the expectations that differ. xml2argv runs\n"
-        "with --host-caps vhost-net and --runtime-dir /run/virtnet unless given, as the golden tests do.")
+        "`xml2argv` output, NAME.err its error, NAME.plan expects `plan` output and NAME.plan.json\n"
+        "`plan --format json` output. `check` prints unified diffs and 'N passed, M failed' (exit 1\n"
+        "on any difference); `regen` rewrites the expectations that differ. Host facts are pinned, as\n"
+        "the golden tests pin them: --host-caps vhost-net, --runtime-dir /run/virtnet unless given, the\n"
+        "helper /usr/lib/qemu/qemu-bridge-helper, no interface names in use. A case name ending in\n"
+        "-keyval, -standalone or -network-only selects that xml2argv option; -unprivileged plans\n"
+        "bridges through the bridge helper.")
     p.add_argument("action", choices=("check", "regen"))
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--host-caps", default="vhost-net", metavar="CAPS",
-                   help="host capabilities xml2argv assumes (default: vhost-net)")
-    _common(p)
-    p = verbs.add_parser(
-        "conformance", help="compare virtnet with libvirt's own network test corpus",
-        description="Run virtnet on libvirt's net-* test inputs and compare with libvirt's expected "
-        "command lines, errors and XML; print a table and totals.")
-    p.add_argument("dir", metavar="DIR", nargs="?",
-                   help="the corpus (default: ../shared/conformance/libvirt from the repository or the cwd)")
-    p.add_argument("--baseline", metavar="FILE", help="also exit 1 on a regression from this case/status TSV")
-    p.add_argument("--tsv", action="store_true", help="print kind, case and status as a baseline TSV")
+                   help="host capabilities xml2argv and plan assume (default: vhost-net)")
     _common(p)
 
 
@@ -189,13 +189,19 @@ def cmd_validate(args):
 
 
 def cmd_xml2xml(args):
-    from virtnet.conf.format import format_domain
-    from virtnet.conf.load import load_file
+    from virtnet import convert
 
-    loaded = load_file(args.file)
-    _print_warnings(loaded)
-    sys.stdout.write(format_domain(loaded.domain))
+    loaded = convert.load(args.file)
+    _print_diagnostics(convert.diagnostics(loaded))
+    result = convert.xml2xml(loaded)
+    _print_diagnostics(result.warnings)
+    sys.stdout.write(result.text)
     return 0
+
+
+def _print_diagnostics(diagnostics):
+    for diagnostic in diagnostics:
+        print(f"{PROG}: warning: {diagnostic}", file=sys.stderr)
 
 
 HOST_CAPS = ("vhost-net",)
@@ -233,10 +239,7 @@ def _expand_files(files):
 def cmd_xml2argv(args):
     from pathlib import Path
 
-    from virtnet.conf.load import load_file
-    from virtnet.qemu.argv import ArgvOptions, build_argv, unrendered_devices
-    from virtnet.qemu.render import shell_lines
-    from virtnet.runpaths import DomainPaths
+    from virtnet import convert
     from virtnet.store import default_runtime_dir
 
     caps = parse_host_caps(args.host_caps)
@@ -244,32 +247,20 @@ def cmd_xml2argv(args):
     files = _expand_files(args.file)
     out = []
     for path in files:
-        loaded = load_file(path)
-        _print_warnings(loaded)
-        domain = loaded.domain
-        options = ArgvOptions(syntax=args.syntax, standalone=args.standalone,
-                              network_only=args.network_only, host_caps=caps, bridge_helper=args.bridge_helper)
-        try:
-            argv = build_argv(domain, DomainPaths(runtime_dir, domain.name), options)
-        except VirtnetError as e:
-            raise e.located(loaded.filename) from None
-        skipped = unrendered_devices(domain)
-        if skipped and not args.network_only:
-            print(f"{PROG}: warning: {loaded.filename}: not rendered (virtnet builds only the machine "
-                  f"skeleton and networking): {', '.join(skipped)}", file=sys.stderr)
+        loaded = convert.load(path)
+        _print_diagnostics(convert.diagnostics(loaded))
+        helper = args.bridge_helper
+        if args.standalone and helper is None and any(i.type == "bridge" for i in loaded.domain.interfaces):
+            from virtnet.host.bridgehelper import find_helper  # the line names the helper QEMU runs
+
+            helper = find_helper()
+        result = convert.xml2argv(loaded, runtime_dir=runtime_dir, host_caps=caps, syntax=args.syntax,
+                                  standalone=args.standalone, network_only=args.network_only,
+                                  bridge_helper=helper)
+        _print_diagnostics(result.warnings)
         if len(files) > 1:
             out.append(f"# {path}\n")
-        if args.standalone:  # passt must be listening before QEMU connects
-            from virtnet.host.passt import standalone_lines
-
-            down = [i.line_of("link") for i in domain.interfaces if i.link_state == "down"]
-            if down:
-                print(f"{PROG}: warning: {loaded.filename}:{down[0]}: <link state='down'> is applied over QMP by "
-                      "`virtnet start`; a standalone line starts with the link up (use the monitor's "
-                      "`set_link NETDEV off`)", file=sys.stderr)
-
-            out += standalone_lines(domain, DomainPaths(runtime_dir, domain.name))
-        out.append(shell_lines(argv))
+        out.append(result.text)
     sys.stdout.write("".join(out))
     return 0
 
@@ -295,9 +286,12 @@ def cmd_define(args):
 
 
 def cmd_undefine(args):
-    from virtnet import domains
+    from virtnet import domains, runner
 
-    domains.undefine(_store(args), args.name)
+    store = _store(args)
+    with store.lock():
+        runner.reap_dead(store)  # a domain whose QEMU died is not running any more
+        domains.undefine(store, args.name)
     print(f"Domain '{args.name}' has been undefined")
     return 0
 
@@ -321,43 +315,34 @@ def cmd_list(args):
     return 0
 
 
-def _live_record(store, name):
-    """The runtime record of a running domain; a domain whose QEMU died is cleaned up first."""
-    from virtnet import runner
+def _live_xml(store, name):
+    """The live XML of a running domain (its aliases and the taps in use), else None. A domain
+    whose QEMU died is cleaned up first."""
+    from virtnet import livestate, runner
 
-    if store.read_runtime(name) is None:
+    if runner.running_state(store, name) is None:
         return None
-    with store.lock():
-        runner.reap_dead(store)
-    return store.read_runtime(name)
+    return livestate.live_xml(store, name)
 
 
 def cmd_dumpxml(args):
-    from virtnet import domains
-    from virtnet.conf.format import format_domain
-
     store = _store(args)
-    if args.inactive:
-        sys.stdout.write(store.read_domain(args.name))
-        return 0
-    loaded = domains.load_defined(store, args.name)
-    record = _live_record(store, args.name)
-    if record is not None:
-        # The live view names the taps in use, as libvirt's dumpxml does for a running domain.
-        for index, iface in enumerate(loaded.domain.interfaces):
-            if str(index) in record.get("taps", {}):
-                iface.target_dev = record["taps"][str(index)]
-    sys.stdout.write(format_domain(loaded.domain))
+    text = None if args.inactive else _live_xml(store, args.name)
+    sys.stdout.write(text if text is not None else store.read_domain(args.name))
     return 0
 
 
 def cmd_domiflist(args):
     from virtnet import domains
+    from virtnet.conf.load import load_live
 
     store = _store(args)
-    loaded = domains.load_defined(store, args.name)
-    taps = (_live_record(store, args.name) or {}).get("taps", {})
-    rows = domains.interface_rows(loaded.domain, taps)
+    text = _live_xml(store, args.name)
+    if text is not None:
+        domain = load_live(text, f"{store.running_dir}/{args.name}.xml").domain
+    else:
+        domain = domains.load_defined(store, args.name).domain
+    rows = domains.interface_rows(domain)
     sys.stdout.write(domains.table(("Interface", "Type", "Source", "Model", "MAC"), rows))
     return 0
 
@@ -371,21 +356,17 @@ def _default_owner():
 def cmd_plan(args):
     from pathlib import Path
 
-    from virtnet import domains
-    from virtnet.conf.load import load_file
+    from virtnet import convert, domains
     from virtnet.host.bridgehelper import helper_for
-    from virtnet.host.plan import build_plan
-    from virtnet.host.planformat import render_plan
     from virtnet.hostcaps import probe
-    from virtnet.runpaths import DomainPaths
     from virtnet.store import default_runtime_dir
 
     target = args.target
     if target == "-" or os.path.exists(target) or target.endswith(".xml"):
-        loaded = load_file(target)
+        loaded = convert.load(target)
     else:
         loaded = domains.load_defined(_store(args), target)
-    _print_warnings(loaded)
+    _print_diagnostics(convert.diagnostics(loaded))
     names = set()
     if args.format in ("text", "json"):
         from virtnet.host.netlink import Netlink  # existing names decide vnetN and collisions
@@ -393,22 +374,24 @@ def cmd_plan(args):
         with Netlink() as nl:
             names = nl.link_names()
     try:
-        runtime_dir = Path(args.runtime_dir) if args.runtime_dir else default_runtime_dir()
-        plan = build_plan(loaded.domain, names_in_use=names, host_caps=probe(),
-                          bridge_helper=helper_for(loaded.domain), paths=DomainPaths(runtime_dir, loaded.domain.name))
+        helper = helper_for(loaded.domain)
     except VirtnetError as e:
         raise e.located(loaded.filename) from None
-    sys.stdout.write(render_plan(args.format, loaded.domain, plan, args.owner or _default_owner()))
+    result = convert.plan(loaded, args.format, names_in_use=names, host_caps=probe(), bridge_helper=helper,
+                          runtime_dir=Path(args.runtime_dir) if args.runtime_dir else default_runtime_dir(),
+                          owner=args.owner or _default_owner())
+    _print_diagnostics(result.warnings)
+    sys.stdout.write(result.text)
     return 0
 
 
 def cmd_start(args):
     from virtnet import runner
 
-    record = runner.start(_store(args), args.name, paused=args.paused, netns_name=_netns_name(args),
-                          unprivileged=args.unprivileged, bridge_helper=args.bridge_helper)
-    taps = ", ".join(record["taps"].values()) or "no taps"
-    print(f"Domain '{args.name}' started{' (paused)' if args.paused else ''}: QEMU pid {record['pid']}, {taps}")
+    state = runner.start(_store(args), args.name, paused=args.paused, netns_name=_netns_name(args),
+                         unprivileged=args.unprivileged, bridge_helper=args.bridge_helper)
+    taps = ", ".join(state.taps.values()) or "no taps"
+    print(f"Domain '{args.name}' started{' (paused)' if args.paused else ''}: QEMU pid {state.pid}, {taps}")
     return 0
 
 
@@ -423,14 +406,8 @@ def cmd_destroy(args):
 def cmd_golden(args):
     from virtnet import golden
 
-    parse_host_caps(args.host_caps)  # refuse unknown capabilities before running any case
-    return golden.main(args.action, args.dir, host_caps=args.host_caps, runtime_dir=args.runtime_dir)
-
-
-def cmd_conformance(args):
-    from virtnet import conformance
-
-    return conformance.main(args.dir, tsv=args.tsv, baseline=args.baseline)
+    caps = parse_host_caps(args.host_caps)  # refuse unknown capabilities before running any case
+    return golden.main(args.action, args.dir, host_caps=caps, runtime_dir=args.runtime_dir)
 
 
 def _netns_name(args):
@@ -445,11 +422,65 @@ def _netns_name(args):
 COMMANDS = {"validate": cmd_validate, "xml2xml": cmd_xml2xml, "xml2argv": cmd_xml2argv,
             "define": cmd_define, "undefine": cmd_undefine, "list": cmd_list, "dumpxml": cmd_dumpxml,
             "domiflist": cmd_domiflist, "plan": cmd_plan, "start": cmd_start, "destroy": cmd_destroy,
-            "golden": cmd_golden, "conformance": cmd_conformance}
+            "golden": cmd_golden}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse makes a help formatter at every add_argument, and each asks shutil (a 2 ms import
+    of bz2, lzma and zlib) for the terminal width; this one works the width out as shutil does."""
+
+    def _get_formatter(self):
+        return self.formatter_class(prog=self.prog, width=_terminal_columns() - 2)  # as argparse does
+
+
+def _terminal_columns():
+    """shutil.get_terminal_size().columns: $COLUMNS, else the terminal's width, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+        columns = columns or 80
+    return columns
+
+
+class _OneVerb:
+    """Stands in for the sub-parsers action while build_parser builds one verb: the other verbs'
+    sub-parsers are not built (their add_argument calls go nowhere)."""
+
+    def __init__(self, verbs, verb):
+        self.verbs, self.verb = verbs, verb
+
+    def add_parser(self, name, **kwargs):
+        return self.verbs.add_parser(name, **kwargs) if name == self.verb else _NoParser()
+
+
+class _NoParser:
+    def add_argument(self, *args, **kwargs):
+        pass
+
+
+_VALUE_OPTIONS = ("--state-dir", "--runtime-dir", "--netns")  # the global options that take a value
+
+
+def _verb_of(argv):
+    """The verb ARGV runs, when that is certain without parsing (the options before it are spelled
+    out in full); None otherwise, and build_parser then builds every verb."""
+    tokens = iter(argv)
+    for token in tokens:
+        if token in _VALUE_OPTIONS:
+            next(tokens, None)
+        elif token != "--debug" and not token.startswith(tuple(o + "=" for o in _VALUE_OPTIONS)):
+            return token if token in COMMANDS else None
+    return None
 
 
 def main(argv=None):
-    parser = build_parser()
+    parser = build_parser(_verb_of(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:

@@ -70,10 +70,9 @@ def define(store, loaded):
 
 
 def undefine(store, name):
-    from virtnet import runner
-
+    """Forget a stopped domain. The caller reaps dead domains first (runner.reap_dead), so that one
+    whose QEMU died counts as stopped."""
     with store.lock():
-        runner.reap_dead(store)  # a domain whose QEMU died is not running any more
         if store.read_runtime(name) is not None:
             raise StoreError(f"domain '{name}' is running; `virtnet destroy {name}` first")
         store.read_domain(name)  # a clear error when there is no such domain
@@ -86,11 +85,11 @@ def load_defined(store, name):
     return load_text(store.read_domain(name), f"{store.state_dir}/domains/{name}.xml")
 
 
-def interface_rows(domain, taps=None):
-    """domiflist rows: (interface, type, source, model, MAC), like `virsh domiflist`."""
-    taps = taps or {}
+def interface_rows(domain):
+    """domiflist rows: (interface, type, source, model, MAC), like `virsh domiflist`. For the live
+    XML of a running domain, the interface is the tap in use."""
     rows = []
-    for index, iface in enumerate(domain.interfaces):
+    for iface in domain.interfaces:
         src = iface.source
         if iface.type == "bridge":
             source = src.bridge
@@ -98,13 +97,13 @@ def interface_rows(domain, taps=None):
             source = src.network
         elif iface.type == "vhostuser":
             source = src.path
-        elif iface.type in ("server", "client", "mcast", "udp"):
+        elif iface.kind.socket:
             source = f"{src.address or ''}:{src.port}"
         elif iface.type == "user":
             source = "passt" if iface.uses_passt else "slirp"
         else:
             source = getattr(src, "dev", None) if src is not None else None
-        ifname = taps.get(str(index)) or iface.target_dev or "-"
+        ifname = iface.target_dev or "-"
         rows.append((ifname, iface.type, source or "-", iface.model or "-", iface.mac or "-"))
     return rows
 

@@ -52,7 +52,6 @@ INDEX_VERSION = 1
 # no lock a writer waits for, so only rare steps wait (recovering a WAL after a crash, a checkpoint).
 INDEX_TIMEOUT = 10.0
 MAX_NAME_BYTES = 200  # leaves room in a 255-byte file name for ".xml" and temporary-file affixes
-SUN_PATH_MAX = 108  # sizeof(sockaddr_un.sun_path), including the terminating NUL
 _TMP_PREFIX = ".tmp-"  # temporary files never end in ".xml" or ".json", so listings skip them
 
 _SCHEMA = (
@@ -69,8 +68,6 @@ _KEYS = ("uuid", "macs", "targets")  # the entries of a summary kept in columns,
 # What a damaged index raises (primary result codes): SQLITE_CORRUPT, SQLITE_NOTADB.
 _DAMAGED = (11, 26)
 _SQLITE_CANTOPEN = 14
-# Files of the JSON index that index.sqlite replaced; removed when the index is rebuilt.
-_LEGACY_FILES = ("index.json", "pending")
 
 
 def default_state_dir() -> Path:
@@ -112,6 +109,13 @@ def check_name(name, what="domain name"):
     if "/" in name or "\0" in name:
         raise StoreError(f"the {what} {name!r} contains '/' or a NUL character, "
                          "which a file name cannot")
+    if name.startswith("."):
+        # Hidden names are the store's own (its temporary files start with _TMP_PREFIX).
+        raise StoreError(f"the {what} {name!r} starts with '.', which a name may not")
+    bidi = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+    if any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or c in bidi for c in name):  # they spoof `list`
+        raise StoreError(f"the {what} {name!r} contains a control character; accepted: printable "
+                         "characters only")
     try:
         size = len(name.encode("utf-8"))
     except UnicodeEncodeError:
@@ -280,11 +284,6 @@ class Store:
         self.lock_path = self.state_dir / "lock"
         self._lock_depth = 0
         self._db = None  # the index connection while the lock is held, checked and repaired
-
-    @classmethod
-    def default(cls, summarize=None):
-        """The store at the default state and runtime dirs."""
-        return cls(default_state_dir(), default_runtime_dir(), summarize)
 
     # Locking
 
@@ -592,8 +591,6 @@ class Store:
         except (OSError, sqlite3.Error) as e:
             reason = (e.strerror or e) if isinstance(e, OSError) else e
             raise StoreError(f"cannot rebuild the index {self.index_path}: {reason}") from None
-        for leaf in _LEGACY_FILES:
-            _unlink(self.state_dir / leaf)
         self._remove_leftover_temporaries()
         return db
 
@@ -699,16 +696,37 @@ class Store:
             raise StoreError(f"cannot read {path}: {e.strerror}") from None
         except ValueError:
             record = None
-        if not isinstance(record, dict) or not isinstance(record.get("pid"), int) or "qmp" not in record:
+        pid_known = isinstance(record, dict) and (isinstance(record.get("pid"), int) or record.get("starter"))
+        if not pid_known or "qmp" not in record:
             raise StoreError(f"the runtime record {path} is damaged (no pid and QMP socket); remove it if "
                              f"'{name}' is not running")
         return record
 
     def clear_runtime(self, name):
-        """Forget the runtime record of a domain (no error when there is none). Needs the lock."""
+        """Forget the runtime record and live XML of a domain (no error when there are none). Needs the lock."""
         self._require_lock("clear_runtime")
         check_name(name)
         _unlink(self.running_dir / f"{name}.json")
+        _unlink(self.running_dir / f"{name}.xml")
+
+    def write_runtime_file(self, name, suffix, data: bytes):
+        """Save running/NAME+SUFFIX beside the runtime record (the live XML). Needs the lock."""
+        self._require_lock("write_runtime_file")
+        check_name(name)
+        try:
+            _write_atomically(self.running_dir / f"{name}{suffix}", data)
+        except OSError as e:
+            raise StoreError(f"cannot save the live state of '{name}': {e.strerror}") from None
+
+    def read_runtime_file(self, name, suffix) -> str | None:
+        check_name(name)
+        path = self.running_dir / f"{name}{suffix}"
+        try:
+            return path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StoreError(f"cannot read {path}: {e.strerror}") from None
 
     def running_names(self) -> list[str]:
         """Names of the domains with a runtime record, sorted."""
@@ -718,34 +736,3 @@ class Store:
             return []
         return sorted(e[:-len(".json")] for e in entries
                       if e.endswith(".json") and not e.startswith(_TMP_PREFIX))
-
-    # Runtime files: sockets, logs, pid files
-
-    def runtime_path(self, name, leaf) -> Path:
-        """runtime_dir/NAME/leaf, creating runtime_dir/NAME; refused when too long for a socket."""
-        check_name(name)
-        check_name(leaf, "runtime file name")
-        path = self.runtime_dir / name / leaf
-        size = len(os.fsencode(path))
-        if size >= SUN_PATH_MAX:
-            raise StoreError(
-                f"the runtime path {path} is {size} bytes long, and a unix socket path must be "
-                f"shorter than {SUN_PATH_MAX}; set VIRTNET_RUNTIME_DIR to a shorter directory "
-                "or use a shorter domain name")
-        try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(f"cannot create {path.parent}: {e.strerror}") from None
-        return path
-
-    def remove_runtime_dir(self, name):
-        """Remove runtime_dir/NAME and everything in it (no error when it is gone)."""
-        import shutil
-
-        check_name(name)
-        try:
-            shutil.rmtree(self.runtime_dir / name)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise StoreError(f"cannot remove {self.runtime_dir / name}: {e.strerror}") from None

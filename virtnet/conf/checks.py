@@ -7,17 +7,16 @@ raises the first violation in document order, so a user fixes problems top to bo
 import ipaddress
 import re
 
-from virtnet.conf.defaults import normal_mac
-from virtnet.conf.domain import GENERATED_TARGET_PREFIXES, SOCKET_TYPES, VIRTIO_MODELS
+from lxml import etree
+
+from virtnet.conf import ifname, iftypes, mac
+from virtnet.conf.domain import VIRTIO_MODELS
 from virtnet.errors import XMLInputError
 
 RULES = []
 
-IFNAMSIZ = 16  # the kernel's limit includes the terminating NUL
-MAC_RE = re.compile(r"^[0-9A-Fa-f]{1,2}(:[0-9A-Fa-f]{1,2}){5}$")
-MODEL_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-MTU_TYPES = ("ethernet", "bridge", "network", "vhostuser")
-QUEUE_TYPES = ("ethernet", "bridge", "network", "direct", "vhostuser")
+MODEL_RE = re.compile(r"[A-Za-z0-9_-]+")
+USER_ALIAS_RE = re.compile(r"ua-[A-Za-z0-9_-]+")
 QUEUE_SIZES = (256, 512, 1024)  # powers of two that QEMU accepts for virtio-net rings
 
 
@@ -28,6 +27,87 @@ def rule(func):
 
 def _where(iface):
     return f"<interface type='{iface.type}'>"
+
+
+# Characters no value may hold: C0 and C1 controls, DEL, and the Unicode bidirectional controls
+# (which make `list` output or a script read differently from what runs). A value reaches shell
+# scripts, unit files, comments and QEMU's argv; a newline there starts a new command or line.
+CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+FREE_TEXT = ("description",)  # prose: may span lines (tabs and newlines only)
+FREE_TEXT_ALLOWED = "\t\n\r"
+MACHINE_RE = re.compile(r"[A-Za-z0-9._-]+")
+INTEGER_RE = re.compile(r"[+-]?[0-9]+")
+# Multiqueue limits: the kernel's MAX_TAP_QUEUES, and QEMU's virtio-net (VIRTIO_QUEUE_MAX 1024
+# virtqueues: one pair per queue plus the control queue).
+MAX_TAP_QUEUES = 256
+MAX_VIRTIO_QUEUES = 511
+
+
+def visible(value):
+    """VALUE on one line for a message: control characters shown as \\n, \\t or \\uXXXX."""
+    def escape(match):
+        char = match.group()
+        return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(char, f"\\u{ord(char):04x}")
+
+    return CONTROL_RE.sub(escape, value)
+
+
+def _element_name(node):
+    return etree.QName(node).localname
+
+
+@rule
+def no_control_characters(domain):
+    """No attribute value or element text holds a control character (free prose excepted)."""
+    for node in domain.node.iter(tag=etree.Element):
+        if _element_name(node) == "metadata":
+            continue
+        if any(_element_name(a) == "metadata" for a in node.iterancestors()):
+            continue
+        tag = _element_name(node)
+        for attr, value in node.attrib.items():
+            bad = CONTROL_RE.search(value)
+            if bad:
+                yield node.sourceline, (
+                    f"<{tag} {etree.QName(attr).localname}='{visible(value)}'> contains the control character "
+                    f"U+{ord(bad.group()):04X}; accepted: printable characters only (no control or "
+                    "bidirectional-override characters)"
+                )
+        text = node.text if len(node) == 0 else None
+        if not text or not text.strip() or INTEGER_RE.fullmatch(text.strip()):
+            continue  # blank (an empty element laid out on lines), or a number (read stripped)
+        allowed = FREE_TEXT_ALLOWED if tag in FREE_TEXT else ""
+        bad = next((m for m in CONTROL_RE.finditer(text) if m.group() not in allowed), None)
+        if bad:
+            yield node.sourceline, (
+                f"<{tag}>{visible(text)}</{tag}> contains the control character U+{ord(bad.group()):04X}; "
+                "accepted: printable characters only (no control or bidirectional-override characters)"
+            )
+
+
+@rule
+def domain_name_rules(domain):
+    """libvirt's rules for a domain name: not empty, no '/', and (virtnet's store) no leading '.'."""
+    if not domain.has("name"):
+        return
+    name = domain.name or ""
+    line = domain.line_of("name")
+    if not name.strip():
+        yield line, "<name> is empty; a domain needs a name (letters, digits, '.', '_', '-', ...)"
+    elif "/" in name:
+        yield line, f"<name>{visible(name)}</name> contains '/', which a domain name may not"
+    elif name.startswith("."):
+        yield line, f"<name>{visible(name)}</name> starts with '.', which a domain name may not"
+
+
+@rule
+def machine_name_characters(domain):
+    machine = domain.machine
+    if machine is not None and not MACHINE_RE.fullmatch(machine):
+        yield domain.line_of("os/type"), (
+            f"<type machine='{visible(machine)}'> is not a machine type name; accepted: letters, "
+            "digits, '.', '_' and '-' (e.g. 'pc', 'q35', 'pc-q35-7.2')"
+        )
 
 
 @rule
@@ -42,42 +122,29 @@ def managed_is_yes_or_no(domain):
 @rule
 def unmanaged_only_on_ethernet(domain):
     for iface in domain.interfaces:
-        if iface.unmanaged and iface.type != "ethernet":
+        if iface.unmanaged and not iface.kind.script:
             yield iface.line_of("target"), (
                 f"unmanaged target dev is not supported on interfaces of type '{iface.type}'; "
-                "managed='no' is only accepted with <interface type='ethernet'>"
+                f"managed='no' is only accepted with <interface type='{iftypes.phrase(iftypes.names(script=True))}'>"
             )
 
 
 @rule
 def mac_is_valid_unicast(domain):
     for iface in domain.interfaces:
-        mac = iface.mac
-        if mac is None:
+        address = iface.mac
+        if address is None:
             continue
-        if not MAC_RE.match(mac):
+        if not mac.is_mac(address):
             yield iface.line_of("mac"), (
-                f"{_where(iface)}: <mac address='{mac}'> is not a MAC address; expected six "
+                f"{_where(iface)}: <mac address='{address}'> is not a MAC address; expected six "
                 "hexadecimal octets separated by colons, e.g. 52:54:00:12:34:56"
             )
-        elif int(mac.split(":")[0], 16) & 1:
+        elif mac.is_multicast(address):
             yield iface.line_of("mac"), (
-                f"{_where(iface)}: <mac address='{mac}'> is a multicast address (the low bit of the "
+                f"{_where(iface)}: <mac address='{address}'> is a multicast address (the low bit of the "
                 "first octet is set); a NIC needs a unicast MAC, e.g. 52:54:00:..."
             )
-
-
-def interface_name_problem(name):
-    """Why NAME cannot be a Linux interface name (or a '%d' template), or None."""
-    if len(name.encode()) >= IFNAMSIZ:
-        return f"is {len(name.encode())} bytes long; Linux interface names have at most {IFNAMSIZ - 1}"
-    if name in (".", ".."):
-        return "is not a usable interface name"
-    if "/" in name or any(c.isspace() for c in name) or ":" in name:
-        return "contains '/', ':' or whitespace, which interface names cannot"
-    if name.count("%") > 1 or ("%" in name and "%d" not in name):
-        return "may contain at most one '%d' template and no other '%'"
-    return None
 
 
 @rule
@@ -85,7 +152,7 @@ def target_dev_is_an_interface_name(domain):
     for iface in domain.interfaces:
         if iface.target_dev is None:
             continue
-        problem = interface_name_problem(iface.target_dev)
+        problem = ifname.problem(iface.target_dev)
         if problem:
             yield iface.line_of("target"), f"{_where(iface)}: <target dev='{iface.target_dev}'> {problem}"
 
@@ -94,10 +161,10 @@ def target_dev_is_an_interface_name(domain):
 def scripts_only_on_ethernet(domain):
     for iface in domain.interfaces:
         for tag in ("script", "downscript"):
-            if iface.has(tag) and iface.type != "ethernet":
+            if iface.has(tag) and not iface.kind.script:
                 yield iface.line_of(tag), (
                     f"<{tag}> is not supported on interfaces of type '{iface.type}'; "
-                    "it is only accepted with <interface type='ethernet'>"
+                    f"it is only accepted with <interface type='{iftypes.phrase(iftypes.names(script=True))}'>"
                 )
 
 
@@ -106,11 +173,11 @@ def mtu_type_and_range(domain):
     for iface in domain.interfaces:
         if not iface.has("mtu"):
             continue
-        allowed = iface.type in MTU_TYPES or (iface.type == "user" and iface.uses_passt)
+        allowed = iface.kind.mtu or (iface.type == "user" and iface.uses_passt)
         if not allowed:
             yield iface.line_of("mtu"), (
                 f"setting <mtu> on interface type '{iface.type}' is not supported; accepted on "
-                "ethernet, bridge, network, vhostuser, and user with <backend type='passt'/>"
+                f"{', '.join(iftypes.names(mtu=True))}, and user with <backend type='passt'/>"
             )
         elif not 68 <= iface.mtu <= 65535:
             yield iface.line_of("mtu"), f"{_where(iface)}: <mtu size='{iface.mtu}'> is out of range 68..65535"
@@ -122,12 +189,18 @@ def queues_need_tap_or_vhostuser_and_virtio(domain):
         queues = iface.queues
         if queues is None:
             continue
+        limit = MAX_TAP_QUEUES if iface.kind.tap else MAX_VIRTIO_QUEUES
         if queues < 1:
             yield iface.line_of("driver"), f"{_where(iface)}: <driver queues='{queues}'> must be a positive number"
-        elif queues > 1 and iface.type not in QUEUE_TYPES:
+        elif queues > limit:
+            yield iface.line_of("driver"), (
+                f"{_where(iface)}: <driver queues='{queues}'> is out of range 1..{limit}"
+                + (" (the kernel's limit for a multiqueue tap)" if iface.kind.tap else "")
+            )
+        elif queues > 1 and not iface.kind.queues:
             yield iface.line_of("driver"), (
                 f"multiqueue (<driver queues='{queues}'>) is not supported for interfaces of type "
-                f"'{iface.type}'; accepted on ethernet, bridge and vhostuser"
+                f"'{iface.type}'; accepted on {iftypes.phrase(iftypes.names(queues=True, driven=True))}"
             )
         elif queues > 1 and not iface.is_virtio:
             yield iface.line_of("driver"), (
@@ -152,7 +225,7 @@ def queue_sizes_are_powers_of_two(domain):
 def model_name_characters(domain):
     for iface in domain.interfaces:
         model = iface.model_raw
-        if model is not None and not MODEL_RE.match(model):
+        if model is not None and not MODEL_RE.fullmatch(model):
             yield iface.line_of("model"), (
                 f"{_where(iface)}: <model type='{model}'> may only use letters, digits, '_' and '-'"
             )
@@ -197,7 +270,7 @@ def _ip(value):
 def socket_addresses(domain):
     for iface in domain.interfaces:
         src = iface.source
-        if iface.type not in SOCKET_TYPES or src is None:
+        if not iface.kind.socket or src is None:
             continue
         for attr, port in (("port", src.port), ("local/@port", src.local_port)):
             if port is not None and not 1 <= port <= 65535:
@@ -229,9 +302,9 @@ def link_state_is_up_or_down(domain):
 @rule
 def passt_backend_types(domain):
     for iface in domain.interfaces:
-        if iface.uses_passt and iface.type not in ("user", "vhostuser"):
+        if iface.uses_passt and not iface.kind.passt:
             yield iface.line_of("backend"), (
-                f"the 'passt' backend can only be used with interface type 'user' or 'vhostuser', "
+                f"the 'passt' backend can only be used with interface type {' or '.join(repr(n) for n in iftypes.names(passt=True))}, "
                 f"not '{iface.type}'"
             )
 
@@ -268,7 +341,7 @@ def port_forward_ranges(domain):
 def guest_ips_only_on_user(domain):
     for iface in domain.interfaces:
         ips, routes = iface.guest_ips, iface.guest_routes
-        if (ips or routes) and iface.type != "user":
+        if (ips or routes) and not iface.kind.guest_ips:
             yield (ips or routes)[0].line, (
                 f"{_where(iface)}: guest-side <ip>/<route> is not supported by QEMU on this type; "
                 "host-side addresses of a tap go inside <source> of an ethernet interface"
@@ -330,7 +403,7 @@ def host_addresses_and_routes(domain):
 def alias_is_user_alias(domain):
     for iface in domain.interfaces:
         alias = iface.alias
-        if alias is not None and not re.match(r"^ua-[A-Za-z0-9_-]+$", alias):
+        if alias is not None and not USER_ALIAS_RE.fullmatch(alias):
             yield iface.line_of("alias"), (
                 f"<alias name='{alias}'> is not a user alias; it must start with 'ua-' and use only "
                 "letters, digits, '_' and '-'"
@@ -356,7 +429,7 @@ def unique_macs(domain):
     def key(iface):
         if not iface.mac or (iface.teaming_type == "transient" and iface.teaming_persistent):
             return None
-        return normal_mac(iface.mac) if MAC_RE.match(iface.mac) else iface.mac
+        return mac.normal(iface.mac) if mac.is_mac(iface.mac) else iface.mac
 
     yield from _duplicates(domain, key, lambda v: f"MAC address {v}")
 
@@ -364,10 +437,10 @@ def unique_macs(domain):
 @rule
 def custom_tap_path_only_for_taps(domain):
     for iface in domain.interfaces:
-        if iface.backend_tap is not None and iface.type not in ("ethernet", "bridge", "network"):
+        if iface.backend_tap is not None and not iface.kind.tap_path:
             yield iface.line_of("backend"), (
                 f"<backend tap='{iface.backend_tap}'> (a custom tun device path) is not supported for "
-                f"interfaces of type '{iface.type}'; only ethernet, bridge and network create taps"
+                f"interfaces of type '{iface.type}'; only {iftypes.phrase(iftypes.names(tap_path=True))} create taps"
             )
 
 
@@ -375,7 +448,7 @@ def custom_tap_path_only_for_taps(domain):
 def unique_target_devs(domain):
     def kept_name(iface):
         dev = iface.target_dev
-        if not dev or "%" in dev or (dev.startswith(GENERATED_TARGET_PREFIXES) and not iface.unmanaged):
+        if not dev or "%" in dev or (ifname.is_generated(dev) and not iface.unmanaged):
             return None  # templates are filled at start; generated names are dropped
         return dev
 
@@ -451,4 +524,4 @@ def check_domain(domain, filename=None):
         raise XMLInputError(message, file=filename, line=line)
 
 
-__all__ = ["check_domain", "interface_name_problem", "RULES", "VIRTIO_MODELS"]
+__all__ = ["check_domain", "RULES", "VIRTIO_MODELS"]

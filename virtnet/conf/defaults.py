@@ -4,25 +4,17 @@ Unlike libvirt, generated values are deterministic (derived from the domain's uu
 input always gives the same canonical XML and argv — what golden tests and CI pipelines need.
 """
 
-import hashlib
 import uuid as uuidlib
 
 from lxml import etree
 
-from virtnet.conf import pci
-from virtnet.conf.domain import GENERATED_TARGET_PREFIXES
+from virtnet.conf import ifname, mac, pci
 
 DEFAULT_MODEL = "rtl8139"  # libvirt's choice for x86 guests when <model> is absent
-MAC_PREFIX = "52:54:00"  # QEMU/KVM's OUI, as libvirt uses
 # <driver> attributes that only mean something to virtio-net.
 VIRTIO_DRIVER_ATTRS = ("txmode", "ioeventfd", "event_idx", "queues", "rx_queue_size", "tx_queue_size",
                        "rss", "rss_hash_report")
 UUID_NAMESPACE = uuidlib.UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8")  # the RFC 4122 URL namespace
-
-
-def generated_mac(seed, index):
-    digest = hashlib.sha256(f"{seed}/{index}".encode()).digest()
-    return MAC_PREFIX + "".join(f":{b:02x}" for b in digest[:3])
 
 
 def _ensure_uuid(domain):
@@ -35,33 +27,24 @@ def _ensure_uuid(domain):
         node.tail = name.tail
 
 
-def normal_mac(mac):
-    """Two lowercase hex digits per octet, as QEMU requires ('52:54:0:a:b:c' → '52:54:00:0a:0b:0c')."""
-    return ":".join(f"{int(octet, 16):02x}" for octet in mac.split(":"))
-
-
 def _fill_macs(domain):
-    used = {normal_mac(i.mac) for i in domain.interfaces if i.mac and not _is_zero(i.mac)}
+    used = {mac.normal(i.mac) for i in domain.interfaces if i.mac and not mac.is_zero(i.mac)}
     for index, iface in enumerate(domain.interfaces):
-        if iface.mac and not _is_zero(iface.mac):
-            iface.mac = normal_mac(iface.mac)
+        if iface.mac and not mac.is_zero(iface.mac):
+            iface.mac = mac.normal(iface.mac)
             continue
         attempt = 0
-        mac = generated_mac(domain.uuid, index)
-        while mac in used:
+        new = mac.generated(domain.uuid, index)
+        while new in used:
             attempt += 1
-            mac = generated_mac(domain.uuid, f"{index}.{attempt}")
-        used.add(mac)
-        iface.mac = mac
-
-
-def _is_zero(mac):
-    return all(int(octet, 16) == 0 for octet in mac.split(":"))
+            new = mac.generated(domain.uuid, f"{index}.{attempt}")
+        used.add(new)
+        iface.mac = new
 
 
 def _drop_generated_target(iface):
     dev = iface.target_dev
-    if dev and not iface.unmanaged and dev.startswith(GENERATED_TARGET_PREFIXES):
+    if dev and not iface.unmanaged and ifname.is_generated(dev):
         # The whole <target> goes: managed='yes' is the default, and <target> without dev is invalid.
         iface.node.remove(iface.node.find("target"))
 

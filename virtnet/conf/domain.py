@@ -1,12 +1,8 @@
 """The domain model: one small class per XML concept, each property declared once."""
 
+from virtnet.conf import iftypes
 from virtnet.conf.xmlmodel import Child, Children, Prop, XMLObject
 
-# Interface types whose host side is a tap fed to QEMU as an fd.
-TAP_TYPES = ("ethernet", "bridge", "network", "direct")
-SOCKET_TYPES = ("server", "client", "mcast", "udp")
-# What xml2argv and start can drive (network and direct are parsed and formatted only).
-SUPPORTED_TYPES = ("ethernet", "bridge", "user") + SOCKET_TYPES + ("vhostuser",)
 # Models that want IFF_VNET_HDR on their tap (libvirt's "vnet-header compatible" list).
 VNET_HDR_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional", "e1000e", "vmxnet3")
 VIRTIO_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional")
@@ -15,8 +11,6 @@ KNOWN_MODELS = VIRTIO_MODELS + (
     "netfront", "rtl8139", "e1000", "e1000e", "igb", "usb-net", "spapr-vlan", "lan9118", "smc91c111",
     "vlance", "vmxnet", "vmxnet2", "vmxnet3", "ne2k_pci", "pcnet", "i82551", "i82557b", "i82559er",
 )
-# Target names libvirt (and virtnet) generate itself; dropped from inactive XML unless managed='no'.
-GENERATED_TARGET_PREFIXES = ("vnet", "macvtap", "macvlan")
 
 
 def _yes(value):
@@ -101,9 +95,21 @@ class Source(XMLObject):
     host_ips = Children("ip", IPAddress)
     host_routes = Children("route", Route)
 
+    @property
+    def has_reconnect(self):
+        return self.has("reconnect")
+
 
 class Interface(XMLObject):
     tag = "interface"
+    # libvirt's order of <interface> children (virDomainNetDefFormat, then virDomainDeviceInfoFormat).
+    CHILD_ORDER = (
+        "mac", "source", "vlan", "virtualport", "bandwidth", "port", "ip", "route", "portForward",
+        "script", "downscript", "backenddomain", "target", "guest", "model", "driver", "backend",
+        "filterref", "tune", "teaming", "link", "mtu", "coalesce", "boot", "alias", "rom", "acpi",
+        "address",
+    )
+    ids = None  # NicIds, stamped by conf.identity.prepare
     declared_type = Prop("@type")
     mac = Prop("mac/@address")
     source = Child("source", Source)
@@ -148,6 +154,11 @@ class Interface(XMLObject):
         return self.declared_type or "user"
 
     @property
+    def kind(self):
+        """What this interface type supports (conf.iftypes)."""
+        return iftypes.kind(self.type)
+
+    @property
     def model(self):
         """Model name as QEMU knows it; libvirt compares known model names case-insensitively."""
         model = self.model_raw
@@ -169,7 +180,7 @@ class Interface(XMLObject):
 
     @property
     def is_tap(self):
-        return self.type in TAP_TYPES
+        return self.kind.tap
 
     @property
     def queue_count(self):
@@ -192,6 +203,7 @@ class Domain(XMLObject):
     arch = Prop("os/type/@arch")
     machine = Prop("os/type/@machine")
     emulator = Prop("devices/emulator")
+    memory_access = Prop("memoryBacking/access/@mode")
     interfaces = Children("devices/interface", Interface, cache=True)
 
     @property
@@ -202,6 +214,22 @@ class Domain(XMLObject):
     def devices(self):
         node = self.node.find("devices")
         return [] if node is None else list(node)
+
+    def interface(self, alias):
+        """The interface whose alias (its id, stamped by conf.identity) is ALIAS."""
+        for iface in self.interfaces:
+            if iface.alias == alias:
+                return iface
+        raise KeyError(alias)
+
+    @property
+    def pci_addresses(self):
+        """Every <address type='pci'> of a device (modelled or not), as (device tag, element)."""
+        devices = self.node.find("devices")
+        if devices is None:
+            return []
+        return [(a.getparent().tag, a) for a in devices.iter("address")
+                if a.get("type") == "pci" and a.getparent().tag != "source"]
 
     @property
     def is_q35(self):

@@ -6,14 +6,10 @@ attributes of modelled elements in libvirt's order. Everything else keeps its do
 
 from lxml import etree
 
-# libvirt's order of <interface> children (virDomainNetDefFormat).
-INTERFACE_CHILD_ORDER = [
-    "mac", "source", "vlan", "virtualport", "bandwidth", "port", "ip", "route", "portForward",
-    "script", "downscript", "backenddomain", "target", "guest", "model", "driver", "backend",
-    "filterref", "tune", "teaming", "link", "mtu", "coalesce", "boot", "rom", "alias", "acpi",
-    "address",
-]
-_CHILD_RANK = {tag: i for i, tag in enumerate(INTERFACE_CHILD_ORDER)}
+from virtnet.conf.domain import Interface
+from virtnet.conf.identity import is_generated_alias
+
+_CHILD_RANK = {tag: i for i, tag in enumerate(Interface.CHILD_ORDER)}
 
 # Attribute order for elements inside <interface> (unlisted attributes follow, in document order).
 ATTRIBUTE_ORDER = {
@@ -84,7 +80,9 @@ def _has_mixed_content(node):
     return len(node) and ((node.text or "").strip() or any((c.tail or "").strip() for c in node))
 
 
-def _write(node, depth, out, in_interface=False):
+def _write(node, depth, out, in_interface=False, skip=frozenset()):
+    if node in skip:
+        return
     pad = "  " * depth
     if node.tag is etree.Comment:
         out.append(f"{pad}<!--{node.text}-->")
@@ -106,12 +104,16 @@ def _write(node, depth, out, in_interface=False):
         return
     out.append(f"{pad}{start}>")
     for child in children:
-        _write(child, depth + 1, out, in_interface)
+        _write(child, depth + 1, out, in_interface, skip)
     out.append(f"{pad}</{name}>")
 
 
-def format_domain(domain):
-    """The canonical XML text of a Domain (ends with a newline)."""
+def format_domain(domain, live=False):
+    """The canonical XML text of a Domain (ends with a newline). Inactive XML (the default: xml2xml,
+    define) leaves out the aliases virtnet generated, as libvirt does; the live XML keeps them."""
+    skip = set()
+    if not live:
+        skip = {a for a in domain.node.iterfind("devices/interface/alias") if is_generated_alias(a.get("name", ""))}
     out = []
-    _write(domain.node, 0, out)
+    _write(domain.node, 0, out, skip=skip)
     return "\n".join(out) + "\n"

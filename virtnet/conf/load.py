@@ -1,7 +1,9 @@
-"""The input pipeline: read → hardened parse → RelaxNG → model → semantic checks → defaults."""
+"""The input pipeline: read → hardened parse → RelaxNG → model → semantic checks → defaults →
+identities, then the model is frozen (read-once, see conf.xmlmodel) for the verbs that read it."""
 
-from virtnet.conf import checks, defaults, schema, xmlparse
+from virtnet.conf import checks, defaults, identity, schema, xmlparse
 from virtnet.conf.domain import Domain
+from virtnet.conf.xmlmodel import freeze, frozen
 from virtnet.errors import XMLInputError
 
 
@@ -17,11 +19,16 @@ class Loaded:
 def load_tree(tree, filename):
     schema.validate(tree, filename)
     domain = Domain(tree.getroot())
-    checks.check_domain(domain, filename)
+    with frozen(domain):  # the rules only read: each value is read from the tree once
+        checks.check_domain(domain, filename)
     try:
         warnings = defaults.apply_defaults(domain)
     except XMLInputError as e:
         raise e.located(filename) from None
+    identity.prepare(domain)
+    # Every step that edits the tree goes above this line. From here on the model is read-once;
+    # a later write through it (dumpxml's live names, start's taps) thaws it again.
+    freeze(domain)
     return Loaded(domain, filename, warnings)
 
 
@@ -33,3 +40,12 @@ def load_file(path):
 
 def load_text(text, filename="<string>"):
     return load_tree(xmlparse.parse_bytes(text.encode(), filename), filename)
+
+
+def load_live(text, filename):
+    """A running domain's live XML, as virtnet wrote it at start: already checked and canonical, so
+    only parsed and given its identities back (its generated aliases and tap names stay as they are)."""
+    domain = Domain(xmlparse.parse_bytes(text.encode(), filename).getroot())
+    identity.prepare(domain)
+    freeze(domain)
+    return Loaded(domain, filename, [])

@@ -17,20 +17,16 @@ def root_bus_name(domain):
 def explicit_pci_slots(domain):
     """Slots on bus 0 taken by any device with an explicit PCI address (modelled or not)."""
     taken = set()
-    devices = domain.node.find("devices")
-    if devices is None:
-        return taken
-    for addr in devices.iter("address"):
-        if addr.get("type") == "pci" and addr.getparent().tag != "source":
-            try:
-                bus, slot = pci_number(addr.get("bus", "0")), pci_number(addr.get("slot", "0"))
-            except ValueError:
-                # Devices virtnet does not model are not schema-checked: say where the bad value is.
-                raise XMLInputError(
-                    f"<{addr.getparent().tag}>: <address type='pci' bus='{addr.get('bus')}' slot='{addr.get('slot')}'> "
-                    "is not a PCI address; use hexadecimal (0x1f) or decimal numbers", line=addr.sourceline) from None
-            if bus == 0:
-                taken.add(slot)
+    for tag, addr in domain.pci_addresses:
+        try:
+            bus, slot = pci_number(addr.get("bus", "0")), pci_number(addr.get("slot", "0"))
+        except ValueError:
+            # Devices virtnet does not model are not schema-checked: say where the bad value is.
+            raise XMLInputError(
+                f"<{tag}>: <address type='pci' bus='{addr.get('bus')}' slot='{addr.get('slot')}'> "
+                "is not a PCI address; use hexadecimal (0x1f) or decimal numbers", line=addr.sourceline) from None
+        if bus == 0:
+            taken.add(slot)
     return taken
 
 

@@ -17,7 +17,6 @@ reported instead.
 import functools
 import os
 import sys
-from collections import namedtuple
 from pathlib import Path
 
 from lxml import etree
@@ -28,11 +27,6 @@ SCHEMA_DIR_VARIABLE = "VIRTNET_SCHEMA_DIR"
 START_FILE = "domain.rng"
 
 
-
-Problem = namedtuple("Problem", "line message")
-Problem.__doc__ = "The first thing wrong with a document: its line (or None) and a plain-words message."
-
-
 # ---------------------------------------------------------------- loading
 
 
@@ -40,9 +34,20 @@ def schema_dir() -> Path:
     """The folder holding domain.rng and the files it includes.
 
     $VIRTNET_SCHEMA_DIR wins; then the checkout's schemas/ next to the package;
-    then the installed copy under sys.prefix/share/virtnet/schemas.
+    then the installed copy under sys.prefix/share/virtnet/schemas. Found once per
+    process for each value of those three (a batch validates many files).
     """
-    configured = os.environ.get(SCHEMA_DIR_VARIABLE)
+    key = (os.environ.get(SCHEMA_DIR_VARIABLE), __file__, sys.prefix)
+    folder = _found.get(key)
+    if folder is None:
+        folder = _found[key] = _find_schema_dir(*key)
+    return folder
+
+
+_found = {}
+
+
+def _find_schema_dir(configured, module_file, prefix) -> Path:
     if configured:
         folder = Path(configured)
         if not (folder / START_FILE).is_file():
@@ -51,8 +56,8 @@ def schema_dir() -> Path:
             )
         return folder
     candidates = [
-        Path(__file__).resolve().parents[2] / "schemas",
-        Path(sys.prefix) / "share" / "virtnet" / "schemas",
+        Path(module_file).resolve().parents[2] / "schemas",
+        Path(prefix) / "share" / "virtnet" / "schemas",
     ]
     for folder in candidates:
         if (folder / START_FILE).is_file():
@@ -92,15 +97,18 @@ def validate(tree, filename: str) -> None:
     raise XMLInputError(problem.message, file=filename, line=problem.line)
 
 
-def diagnose(tree) -> Problem | None:
-    """Walk a document (tree or root element) along the grammar; the first problem, or None."""
+def diagnose(tree):
+    """Walk a document (tree or root element) along the grammar; the first problem (a
+    schemadiag.Problem), or None."""
     from virtnet.conf import schemadiag
 
     root = tree.getroot() if hasattr(tree, "getroot") else tree
-    return schemadiag.first_problem(root, schema_dir())
+    return schemadiag.first_problem(root, schema_dir() / START_FILE)
 
 
-def _libxml2_problem(error_log) -> Problem:
+def _libxml2_problem(error_log):
+    from virtnet.conf.schemadiag import Problem
+
     entries = [entry for entry in error_log if entry.message]
     located = [entry for entry in entries if entry.line > 0]
     entry = (located or entries or [None])[0]

@@ -18,8 +18,6 @@ from pathlib import Path
 
 from lxml import etree
 
-from virtnet.conf.schema import START_FILE, Problem
-
 _RNG = "{http://relaxng.org/ns/structure/1.0}"
 _DOC = "{http://relaxng.org/ns/compatibility/annotations/1.0}documentation"
 
@@ -28,9 +26,14 @@ _DOC = "{http://relaxng.org/ns/compatibility/annotations/1.0}documentation"
 _OPEN_CONTAINERS = ("domain", "devices")
 
 
-def first_problem(root, folder):
-    """The first problem of a document's root element against the grammar in FOLDER, or None."""
-    return _Walker(_grammar(folder)).first_problem(root)
+Problem = namedtuple("Problem", "line message")
+Problem.__doc__ = "The first thing wrong with a document: its line (or None) and a plain-words message."
+
+
+def first_problem(root, start):
+    """The first problem of a document's root element against the grammar whose start file is
+    START (schemas/domain.rng; the files it includes are found next to it), or None."""
+    return _Walker(_grammar(Path(start))).first_problem(root)
 
 
 # ---------------------------------------------------------------- the grammar as data
@@ -139,13 +142,13 @@ def _unrestricted(name_class):
 class _Grammar:
     """All defines of the grammar files, and the flattened shape of each element pattern."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, start: Path):
         self.defines = {}
         self.start = None
         self._shapes = {}
         self._pass_through = {}
         self._parents = None
-        self._load(folder / START_FILE)
+        self._load(start)
 
     def _load(self, path: Path):
         root = etree.parse(str(path)).getroot()
@@ -283,8 +286,8 @@ class _Grammar:
 
 
 @functools.lru_cache(maxsize=None)
-def _grammar(folder: Path) -> _Grammar:
-    return _Grammar(folder)
+def _grammar(start: Path) -> _Grammar:
+    return _Grammar(start)
 
 
 # ---------------------------------------------------------------- values
@@ -323,7 +326,7 @@ def _data_matches(node, text):
     params = _params(node)
     if datatype in _INTEGER_RANGES:
         lexical = text.strip()
-        if not re.fullmatch(r"[+-]?[0-9]+", lexical):
+        if not re.fullmatch(r"[+-]?[0-9]{1,40}", lexical):  # longer: out of every range, and int() refuses 4300+
             return False
         number = int(lexical)
         low, high = _integer_bounds(datatype, params)

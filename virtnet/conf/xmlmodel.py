@@ -6,7 +6,24 @@ everything virtnet does not model stays where it was, untouched.
 
 Path syntax: 'child/grandchild/@attr' for an attribute, 'child/grandchild' for element text,
 '@attr' for an attribute of the wrapped element itself.
+
+Reading through the tree costs an lxml find() per path step at every read. Once a document stops
+changing, `freeze(domain)` turns its model objects read-once: each property, sub-object, list and
+derived (`@property`) value is computed at its first read and then served as a plain attribute.
+While frozen:
+
+- the tree must not be edited except through the frozen model objects; writing a modelled
+  attribute through any of them thaws the whole document first (every memo is dropped), so a
+  read never returns a stale value;
+- a `@property` of a model class is computed once per object, so it must derive only from the
+  tree and constants (values that are lists, dicts or sets are recomputed at every read);
+- plain Python attributes (not declared on the class as Prop/Child/Children/property) can be
+  set freely; they never thaw anything.
+
+`thaw(domain)` ends it explicitly, e.g. before editing the tree directly (`obj.node`).
 """
+
+import re
 
 from lxml import etree
 
@@ -18,6 +35,9 @@ def _split(path):
     return parts, None
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z_][\w.-]*")
+
+
 class Prop:
     """One attribute or text value. `kind` converts on read (int, or a function)."""
 
@@ -25,6 +45,9 @@ class Prop:
         self.path = path
         self.kind = kind
         self.elements, self.attr = _split(path)
+        for name in self.elements + [self.attr or "x"]:
+            if not _PLAIN_NAME.fullmatch(name):
+                raise ValueError(f"Prop path {path!r}: '{name}' is not a plain element or attribute name")
 
     def __set_name__(self, owner, name):
         self.name = name
@@ -44,12 +67,14 @@ class Prop:
         return node.get(self.attr) if self.attr else node.text
 
     def __get__(self, obj, owner=None):
-        # The hottest path of every verb: kept flat (no calls to find/raw).
+        # The hottest path of every verb before freezing: kept flat (no calls to find/raw), and
+        # each step is iterchildren (C) rather than find (lxml's ElementPath, in Python): half
+        # the cost, with the same answer for a plain tag name (the first such child).
         if obj is None:
             return self
         node = obj.node
         for tag in self.elements:
-            node = node.find(tag)
+            node = next(node.iterchildren(tag), None)
             if node is None:
                 return None
         value = node.get(self.attr) if self.attr else node.text
@@ -129,6 +154,11 @@ class XMLObject:
     tag = None
     _props = {}
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "_model" not in cls.__dict__:
+            cls._model = cls  # the model class itself (a frozen variant names its base here)
+
     def __init__(self, node):
         self.node = node
 
@@ -151,7 +181,8 @@ class XMLObject:
         return self.node.find(path) is not None
 
     def __eq__(self, other):
-        return type(self) is type(other) and self.node is other.node
+        return (isinstance(other, XMLObject) and self._model is other._model
+                and self.node is other.node)
 
     def __hash__(self):
         return id(self.node)
@@ -160,3 +191,218 @@ class XMLObject:
     def declared_props(cls):
         """Every Prop declared on this class (and its bases), by name."""
         return dict(cls._props)
+
+
+XMLObject._model = XMLObject
+
+
+# ---------------------------------------------------------------- read-once (frozen) documents
+
+
+def freeze(obj):
+    """Make OBJ (a document's root model object, usually the Domain) and the model objects read
+    from it read-once until the document is thawed (see the module docstring). Call it after the
+    last step that edits the tree. Returns OBJ; freezing a frozen object does nothing."""
+    if "_group" not in obj.__dict__:
+        _freeze_into(obj, _Group())
+    return obj
+
+
+def thaw(obj):
+    """End freezing for the whole document OBJ belongs to: every model object of it reads the
+    tree again. Harmless on an object that is not frozen."""
+    group = obj.__dict__.get("_group")
+    if group is not None:
+        group.thaw()
+    return obj
+
+
+def is_frozen(obj):
+    return "_group" in obj.__dict__
+
+
+class frozen:
+    """`with frozen(domain):` freezes for a read-only step and thaws afterwards (if the step did
+    not already thaw it by writing)."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __enter__(self):
+        return freeze(self.obj)
+
+    def __exit__(self, *exc):
+        thaw(self.obj)
+
+
+class _Group:
+    """The frozen model objects of one document (a write through any of them thaws them all)."""
+
+    __slots__ = ("objects",)
+
+    def __init__(self):
+        self.objects = []
+
+    def thaw(self):
+        objects, self.objects = self.objects, []
+        for obj in objects:
+            frozen_cls = type(obj)
+            obj.__class__ = frozen_cls._model
+            memo = obj.__dict__
+            dropped = frozen_cls._dropped_at_thaw
+            for name in [name for name in memo if name in dropped]:
+                del memo[name]
+
+
+def _freeze_into(obj, group):
+    memo = obj.__dict__
+    if "_group" in memo:
+        return obj
+    cls = _frozen_class(obj._model)
+    obj.__class__ = cls
+    memo["_group"] = group
+    group.objects.append(obj)
+    for name in cls._kept_lists:  # Children(cache=True) lists built before freezing
+        for child in memo.get(name, ()):
+            _freeze_into(child, group)
+    return obj
+
+
+def _snapshot(obj):
+    """Every value a Prop of OBJ's class can read, by path, from one walk of the element's subtree
+    (as deep as the class's deepest Prop path). Like Prop's own reads, 'a/b' is the first <b> of
+    the first <a>."""
+    snap = {}
+    _walk(obj.node, "", type(obj)._snapshot_depth, snap)
+    obj.__dict__["_snap"] = snap
+    return snap
+
+
+def _walk(node, prefix, depth, snap):
+    for name, value in node.items():
+        snap[prefix + "@" + name] = value
+    if depth:
+        for child in node:
+            tag = child.tag
+            if tag.__class__ is str:  # not a comment or processing instruction
+                path = prefix + tag
+                if path not in snap:  # the first element of a name only, as find() does
+                    snap[path] = child.text
+                    _walk(child, path + "/", depth - 1, snap)
+
+
+_FROZEN_CLASSES = {}
+_MUTABLE = (list, dict, set, bytearray)
+
+
+def _frozen_class(model):
+    cls = _FROZEN_CLASSES.get(model)
+    if cls is None:
+        cls = _FROZEN_CLASSES[model] = _make_frozen_class(model)
+    return cls
+
+
+def _make_frozen_class(model):
+    namespace = {}
+    for klass in reversed(model.__mro__):  # bases first, so that subclasses override
+        for name, value in vars(klass).items():
+            if isinstance(value, Prop):
+                namespace[name] = _MemoProp(name, value)
+            elif isinstance(value, Children):
+                namespace[name] = _MemoChildren(name, value)
+            elif isinstance(value, Child):
+                namespace[name] = _MemoChild(name, value)
+            elif isinstance(value, property):
+                namespace[name] = _MemoProperty(name, value)
+            else:
+                namespace.pop(name, None)  # redefined as a plain attribute or method
+    memo_names = tuple(namespace)
+    kept_lists = tuple(name for name, d in namespace.items() if isinstance(d, _MemoChildren) and d.desc.cache)
+    depth = max((len(d.desc.elements) for d in namespace.values() if type(d) is _MemoProp), default=0)
+    namespace.update(
+        __module__=model.__module__, __qualname__=model.__qualname__, __doc__=model.__doc__,
+        _model=model,
+        _dropped_at_thaw=frozenset(set(memo_names) - set(kept_lists)) | {"_group", "_snap", "_has"},
+        _kept_lists=kept_lists,
+        _snapshot_depth=depth,
+        _tree_names=frozenset(memo_names),  # writing one of these thaws the document
+        __setattr__=_frozen_setattr, __delattr__=_frozen_delattr, has=_frozen_has,
+    )
+    return type(model.__name__, (model,), namespace)
+
+
+def _frozen_setattr(self, name, value):
+    if name in self._tree_names:
+        self.__dict__["_group"].thaw()  # the class is the model class again: its descriptor writes
+    object.__setattr__(self, name, value)
+
+
+def _frozen_delattr(self, name):
+    if name in self._tree_names:
+        self.__dict__["_group"].thaw()
+    object.__delattr__(self, name)
+
+
+def _frozen_has(self, path):
+    memo = self.__dict__
+    known = memo.get("_has")
+    if known is None:
+        known = memo["_has"] = {}
+    found = known.get(path)
+    if found is None:
+        found = known[path] = self.node.find(path) is not None
+    return found
+
+
+class _MemoProp:
+    """A Prop of a frozen object: read once (from the object's snapshot), then a plain instance
+    attribute: a non-data descriptor, so the instance's __dict__ answers every later read."""
+
+    def __init__(self, name, desc):
+        self.name, self.desc = name, desc
+        self.path = getattr(desc, "path", None)
+        self.kind = getattr(desc, "kind", None)
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self.desc
+        memo = obj.__dict__
+        snap = memo.get("_snap")
+        if snap is None:
+            snap = _snapshot(obj)
+        value = snap.get(self.path)
+        if value is not None and self.kind is not str:
+            value = self.kind(value.strip())
+        memo[self.name] = value
+        return value
+
+
+class _MemoChild(_MemoProp):
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self.desc
+        value = self.desc.__get__(obj, owner)
+        if value is not None:
+            _freeze_into(value, obj.__dict__["_group"])
+        obj.__dict__[self.name] = value
+        return value
+
+
+class _MemoChildren(_MemoProp):
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self.desc
+        group = obj.__dict__["_group"]
+        value = [_freeze_into(child, group) for child in self.desc.__get__(obj, owner)]
+        obj.__dict__[self.name] = value
+        return value
+
+
+class _MemoProperty(_MemoProp):
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self.desc
+        value = self.desc.fget(obj)
+        if not isinstance(value, _MUTABLE):
+            obj.__dict__[self.name] = value
+        return value

@@ -24,10 +24,10 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from virtnet.conf.ifname import IFNAMSIZ
 from virtnet.errors import HostError
 
 DEFAULT_ACL = "/etc/qemu/bridge.conf"
-IFNAMSIZ = 16
 _FGETS_SIZE = 4096  # the helper's line buffer; longer lines are read in pieces
 _MAX_INCLUDE_DEPTH = 32
 # The helper's compiled-in ACL path, as it appears among the strings of its binary.

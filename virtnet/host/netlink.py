@@ -9,12 +9,12 @@ import errno
 import ipaddress
 import os
 import random
-import re
 import socket
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute, NetlinkError
 
+from virtnet.conf.mac import is_mac, normal
 from virtnet.errors import HostError
 
 IFF_UP = 0x1
@@ -24,7 +24,6 @@ RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 # Interface groups used for a batched delete_many are drawn from here, far above the small numbers
 # administrators give groups in /etc/iproute2/group.
 _BATCH_GROUPS = (1 << 24, 1 << 31)
@@ -106,7 +105,7 @@ class Netlink:
 
     def set_mac(self, name, mac):
         mac = str(mac).lower()
-        if not _MAC.match(mac):
+        if not (is_mac(mac) and normal(mac) == mac):
             raise HostError(f"cannot set MAC of '{name}' to '{mac}': not six colon-separated hex octets")
         self._set(name, f"set MAC of '{name}' to {mac}", address=mac)
 
@@ -122,9 +121,6 @@ class Netlink:
     def set_up(self, name):
         self._set(name, f"bring '{name}' up", state="up")
 
-    def set_down(self, name):
-        self._set(name, f"bring '{name}' down", state="down")
-
     def set_master(self, name, bridge):
         """Make NAME a port of BRIDGE."""
         bridge_message = self._get(ifname=bridge)
@@ -135,9 +131,6 @@ class Netlink:
         if bridge_message.get(("linkinfo", "kind")) != "bridge":
             advice = f"'{bridge}' is not a bridge"
         self._set(name, f"attach '{name}' to bridge '{bridge}'", advice, master=bridge_message["index"])
-
-    def clear_master(self, name):
-        self._set(name, f"detach '{name}' from its bridge", master=0)
 
     def add_address(self, name, address, prefixlen, peer=None):
         """Add ADDRESS/PREFIXLEN to NAME; with PEER, a point-to-point address (like `ip addr add
@@ -219,13 +212,6 @@ class Netlink:
                 raise _error(exc, what) from None
 
     # --- creating and deleting ---------------------------------------------------------------
-
-    def create_bridge(self, name):
-        try:
-            self._ipr.link("add", ifname=name, kind="bridge")
-        except NetlinkError as exc:
-            advice = f"a device named '{name}' already exists" if exc.code == errno.EEXIST else None
-            raise _error(exc, f"create bridge '{name}'", advice) from None
 
     def delete(self, name):
         """Delete device NAME; False when it was already gone."""

@@ -107,15 +107,21 @@ def passt_argv(iface, socket_path, pid_path, binary=PASST):
 
 def standalone_lines(domain, paths):
     """`# run first: ...` lines for xml2argv --standalone: the passt commands QEMU's line needs."""
-    from virtnet.qemu.netprops import interface_ids  # pure
-
     lines = []
-    for index, iface in enumerate(domain.interfaces):
+    for iface in domain.interfaces:
         if not iface.uses_passt:
             continue
-        alias = interface_ids(iface, index).device
+        alias = iface.ids.alias
         argv = passt_argv(iface, paths.passt_socket(alias), paths.passt_pid(alias))
-        lines.append(f"# run first: mkdir -p {shlex.quote(str(paths.passt_dir))} && {shlex.join(argv)}\n")
+        line = f"mkdir -p {shlex.quote(str(paths.passt_dir))} && {shlex.join(argv)}"
+        # A comment ends at a newline: a value holding one would run as its own command. Validation
+        # refuses control characters; this guard keeps the comment a comment whatever the caller.
+        if any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f for c in line):
+            from virtnet.errors import XMLInputError
+
+            raise XMLInputError(f"<interface> {alias}: the passt command line holds a control character "
+                                "and cannot be printed as a comment")
+        lines.append(f"# run first: {line}\n")
     return lines
 
 

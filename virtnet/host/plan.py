@@ -4,28 +4,25 @@ Planning touches no host state: what it needs to know about the host (names alre
 capabilities) is passed in. The executor (executor.py) carries the actions out and rolls back.
 Semantics follow libvirt's QEMU driver: managed taps are created and configured;
 managed='no' taps are only checked and opened; sockets/user/vhost-user need nothing on the host.
+
+Every action names the device it belongs to by its alias (conf.identity), never by position. An
+action that leaves something on the host says how to undo it (`inverse`): the executor records
+those inverses as it goes, rollback runs them, and the runtime record keeps them for `destroy`.
+So the teardown `plan` prints is the one destroy runs.
 """
 
 import shlex
 from dataclasses import asdict, dataclass, field
 
-from virtnet.conf.domain import SUPPORTED_TYPES
+from virtnet.conf.ifname import fits
 from virtnet.errors import HostError
 
-GENERATED_PREFIX = "vnet"
 MAX_NAME_TRIES = 10000
-
-
-def host_mac(guest_mac):
-    """The tap's own MAC: the guest's with the first octet FE (FA if the guest's already is FE),
-    so the host never sees its own address and a bridge never adopts the tap's MAC."""
-    first, rest = guest_mac.split(":", 1)
-    return ("fa" if first.lower() == "fe" else "fe") + ":" + rest.lower()
 
 
 @dataclass
 class Action:
-    index: int  # the interface's position in the domain (hostnetN); -1 for domain-wide actions
+    device: str  # the device's alias ('net0', 'ua-web'); '' for domain-wide actions
 
     @property
     def kind(self):
@@ -33,6 +30,20 @@ class Action:
 
     def as_dict(self):
         return {"action": self.kind, **asdict(self)}
+
+    def inverse(self):
+        """The action that undoes this one on the host, or None when nothing of it outlives virtnet's
+        process or the tap it was applied to (a managed tap's MAC, MTU and addresses go with it)."""
+        return None
+
+    def line(self):
+        return (f"{self.device}: " if self.device else "") + self.describe()
+
+
+def action_from_dict(data):
+    """An action back from as_dict() (runtime records keep teardown actions this way)."""
+    data = dict(data)
+    return CLASS_OF[data.pop("action")](**data)
 
 
 @dataclass
@@ -43,6 +54,9 @@ class CreateTap(Action):
 
     def describe(self):
         return f"create tap {self.ifname}{_tap_flags(self)}"
+
+    def inverse(self):
+        return DeleteTap(self.device, self.ifname)
 
 
 @dataclass
@@ -76,8 +90,7 @@ class RunBridgeHelper(Action):
 
     def describe(self):
         vnet = " --use-vnet" if self.vnet_hdr else ""
-        return (f"run {self.helper}{vnet} --br={self.bridge} (checked against its ACL first): "
-                f"tap fd for hostnet{self.index}")
+        return f"run {self.helper}{vnet} --br={self.bridge} (checked against its ACL first) for the tap fd"
 
 
 @dataclass
@@ -91,6 +104,9 @@ class StartPasst(Action):
 
     def describe(self):
         return "start " + " ".join(shlex.quote(word) for word in self.argv)
+
+    def inverse(self):
+        return StopPasst(self.device, self.pidfile, self.socket, self.dir)
 
 
 @dataclass
@@ -131,12 +147,21 @@ class SetUp(Action):
 
 @dataclass
 class RunScript(Action):
+    """<script> now and <downscript> at teardown (and on rollback, to undo what the script did).
+    Either may be absent."""
+
     ifname: str
-    path: str
-    downscript: str = None  # run on rollback, so a failed start undoes what the script did
+    path: str = None
+    downscript: str = None
 
     def describe(self):
-        return f"run script {self.path} {self.ifname}"
+        if self.path is None:
+            return f"no script; downscript {self.downscript} {self.ifname} at teardown"
+        later = f"; downscript {self.downscript} at teardown" if self.downscript else ""
+        return f"run script {self.path} {self.ifname}{later}"
+
+    def inverse(self):
+        return RunDownscript(self.device, self.ifname, self.downscript) if self.downscript else None
 
 
 @dataclass
@@ -145,10 +170,14 @@ class AddAddress(Action):
     address: str
     prefix: int
     peer: str = None
+    unmanaged: bool = False  # on a managed='no' tap: removed again at teardown (else it goes with the tap)
 
     def describe(self):
         peer = f" peer {self.peer}" if self.peer else ""
         return f"add address {self.address}/{self.prefix}{peer} to {self.ifname}"
+
+    def inverse(self):
+        return DeleteAddress(self.device, self.ifname, self.address, self.prefix) if self.unmanaged else None
 
 
 @dataclass
@@ -158,11 +187,17 @@ class AddRoute(Action):
     prefix: int
     gateway: str = None
     metric: int = None
+    unmanaged: bool = False
 
     def describe(self):
         via = f" via {self.gateway}" if self.gateway else ""
         metric = f" metric {self.metric}" if self.metric is not None else ""
         return f"add route {self.address}/{self.prefix}{via} dev {self.ifname}{metric}"
+
+    def inverse(self):
+        if not self.unmanaged:
+            return None
+        return DeleteRoute(self.device, self.ifname, self.address, self.prefix, self.gateway)
 
 
 @dataclass
@@ -171,15 +206,19 @@ class OpenVhost(Action):
     required: bool = False  # driver name='vhost' asked explicitly: failing to open is fatal
 
     def describe(self):
-        return f"open /dev/vhost-net x{self.queues} for hostnet{self.index}" + (" (required)" if self.required else "")
+        return f"open /dev/vhost-net x{self.queues}" + (" (required)" if self.required else "")
 
 
 @dataclass
 class StartQemu(Action):
     emulator: str = ""
+    qmp: str = ""
 
     def describe(self):
         return f"start {self.emulator} paused, wait for QMP"
+
+    def inverse(self):
+        return StopQemu(self.device, self.qmp)
 
 
 @dataclass
@@ -196,11 +235,12 @@ class Resume(Action):
         return "QMP cont (run the vCPUs)"
 
 
-# Teardown: libvirt stops QEMU first and lets the taps vanish as its fds close, one kernel grace
-# period (~20 ms) per tap. virtnet deletes the taps it created first, in one request, then stops
-# QEMU, passt, and runs the downscripts (as libvirt: after QEMU, for managed and unmanaged taps).
+# Teardown actions: the inverses. The executor fills in what only setup learns (pids, ifindexes).
 @dataclass
 class StopQemu(Action):
+    qmp: str = ""
+    pid: int = None
+
     def describe(self):
         return "stop QEMU (QMP quit, then SIGTERM, then SIGKILL)"
 
@@ -218,6 +258,8 @@ class RunDownscript(Action):
 class StopPasst(Action):
     pidfile: str
     socket: str
+    dir: str
+    pid: int = None
 
     def describe(self):
         return f"stop passt (pid file {self.pidfile}), remove its socket and pid file"
@@ -226,9 +268,32 @@ class StopPasst(Action):
 @dataclass
 class DeleteTap(Action):
     ifname: str
+    ifindex: int = None  # at creation: deleted only while the name is still that device
 
     def describe(self):
         return f"delete tap {self.ifname} (all in one request)"
+
+
+@dataclass
+class DeleteAddress(Action):
+    ifname: str
+    address: str
+    prefix: int
+
+    def describe(self):
+        return f"remove address {self.address}/{self.prefix} from {self.ifname}"
+
+
+@dataclass
+class DeleteRoute(Action):
+    ifname: str
+    address: str
+    prefix: int
+    gateway: str = None
+
+    def describe(self):
+        via = f" via {self.gateway}" if self.gateway else ""
+        return f"remove route {self.address}/{self.prefix}{via} dev {self.ifname}"
 
 
 KIND_OF = {
@@ -237,8 +302,20 @@ KIND_OF = {
     AddAddress: "add-address", AddRoute: "add-route", OpenVhost: "open-vhost", StartQemu: "start-qemu",
     SetLinkDown: "set-link-down", Resume: "resume", StopQemu: "stop-qemu", RunDownscript: "run-downscript",
     DeleteTap: "delete-tap", RunBridgeHelper: "run-bridge-helper", StartPasst: "start-passt",
-    StopPasst: "stop-passt",
+    StopPasst: "stop-passt", DeleteAddress: "delete-address", DeleteRoute: "delete-route",
 }
+CLASS_OF = {kind: cls for cls, kind in KIND_OF.items()}
+
+
+def teardown_order(inverses):
+    """The order in which recorded inverses run: the created taps first, then the rest newest first.
+
+    libvirt stops QEMU first and lets each tap vanish as its fd closes, one kernel grace period
+    (~20 ms) per tap. virtnet deletes the taps it created first, in one request (the executor
+    batches them), so the grace period is paid once; QEMU's writes to a deleted tap just fail, and
+    it is being stopped anyway. Downscripts then run after QEMU has stopped, as in libvirt."""
+    taps = [a for a in inverses if isinstance(a, DeleteTap)]
+    return taps + [a for a in reversed(inverses) if not isinstance(a, DeleteTap)]
 
 
 def _tap_flags(action):
@@ -253,8 +330,12 @@ def _tap_flags(action):
 @dataclass
 class Plan:
     setup: list = field(default_factory=list)
-    teardown: list = field(default_factory=list)
     warnings: list = field(default_factory=list)  # printed by `virtnet start`
+
+    @property
+    def teardown(self):
+        """What destroy would run after this setup (the executor records the same inverses)."""
+        return teardown_order([inv for inv in (a.inverse() for a in self.setup) if inv is not None])
 
     def as_dicts(self):
         return {"setup": [a.as_dict() for a in self.setup], "teardown": [a.as_dict() for a in self.teardown]}
@@ -262,8 +343,9 @@ class Plan:
 
 class TapNamer:
     """virtnet fills 'vnet%d' or a user's '%d' template itself, with the lowest number whose name is
-    in use neither on the host nor by another running domain (libvirt keeps a counter in its
-    daemon; virtnet has no daemon, so a name freed by a destroy may be used again by the next start)."""
+    in use neither on the host, nor by another running domain, nor as a fixed name in this domain
+    (libvirt keeps a counter in its daemon; virtnet has no daemon, so a name freed by a destroy may
+    be used again by the next start)."""
 
     def __init__(self, names_in_use):
         self.taken = set(names_in_use)
@@ -276,7 +358,7 @@ class TapNamer:
         for _ in range(MAX_NAME_TRIES):
             candidate = template.replace("%d", str(counter))
             counter += 1
-            if candidate not in self.taken and len(candidate.encode()) < 16:
+            if candidate not in self.taken and fits(candidate):
                 self.counters[template] = counter
                 self.taken.add(candidate)
                 return candidate
@@ -285,9 +367,9 @@ class TapNamer:
 
 def _new_tap_name(iface, namer, names_in_use):
     """The name for a tap virtnet creates: the target dev, its '%d' template filled, or vnetN."""
-    requested = iface.target_dev or GENERATED_PREFIX + "%d"
+    requested = iface.ids.tap
     if "%d" not in requested and requested in names_in_use:
-        hint = ", or use it as is with <target managed='no'>" if iface.type == "ethernet" else ""
+        hint = ", or use it as is with <target managed='no'>" if iface.kind.script else ""
         raise HostError(
             f"<interface type='{iface.type}'>: target dev '{requested}' already exists; a tap virtnet "
             f"creates must be new — delete it or choose another name{hint}",
@@ -296,50 +378,56 @@ def _new_tap_name(iface, namer, names_in_use):
     return namer.name(requested)
 
 
-def _ethernet(iface, index, namer, names_in_use):
-    queues = iface.queue_count
-    if iface.unmanaged:
-        actions = [AttachTap(index, iface.target_dev, queues, iface.wants_vnet_hdr)]
-        ifname = iface.target_dev
-    else:
-        ifname = _new_tap_name(iface, namer, names_in_use)
-        actions = [CreateTap(index, ifname, queues, iface.wants_vnet_hdr), SetMac(index, ifname, host_mac(iface.mac))]
-        if iface.mtu:
-            actions.append(SetMtu(index, ifname, iface.mtu))
-        actions.append(SetUp(index, ifname))
-    if iface.script:
-        actions.append(RunScript(index, ifname, iface.script, iface.downscript))
-    src = iface.source
-    if src is not None:
-        actions += [AddAddress(index, ifname, ip.address, ip.prefix if ip.prefix is not None else _full(ip.address), ip.peer)
-                    for ip in src.host_ips]
-        actions += [AddRoute(index, ifname, r.address, r.prefix if r.prefix is not None else _full(r.address), r.gateway, r.metric)
-                    for r in src.host_routes]
-    return ifname, actions
-
-
 def _full(address):
     return 128 if ":" in address else 32
 
 
-def _bridge(iface, index, namer, names_in_use):
-    bridge = iface.source.bridge
+def _host_side_addresses(iface, ifname):
+    """<source><ip>/<route> of an ethernet tap; on a managed='no' tap they are removed at teardown."""
+    src, dev, keep = iface.source, iface.ids.alias, iface.unmanaged
+    if src is None:
+        return []
+    actions = [AddAddress(dev, ifname, ip.address, ip.prefix if ip.prefix is not None else _full(ip.address),
+                          ip.peer, unmanaged=keep) for ip in src.host_ips]
+    actions += [AddRoute(dev, ifname, r.address, r.prefix if r.prefix is not None else _full(r.address),
+                         r.gateway, r.metric, unmanaged=keep) for r in src.host_routes]
+    return actions
+
+
+def _ethernet(iface, namer, names_in_use):
+    dev, ids, queues = iface.ids.alias, iface.ids, iface.queue_count
+    if iface.unmanaged:
+        ifname = iface.target_dev
+        actions = [AttachTap(dev, ifname, queues, iface.wants_vnet_hdr)]
+    else:
+        ifname = _new_tap_name(iface, namer, names_in_use)
+        actions = [CreateTap(dev, ifname, queues, iface.wants_vnet_hdr), SetMac(dev, ifname, ids.host_mac)]
+        if iface.mtu:
+            actions.append(SetMtu(dev, ifname, iface.mtu))
+        actions.append(SetUp(dev, ifname))
+    if iface.script or iface.downscript:
+        actions.append(RunScript(dev, ifname, iface.script, iface.downscript))
+    return actions + _host_side_addresses(iface, ifname)
+
+
+def _bridge(iface, namer, names_in_use):
+    dev, bridge = iface.ids.alias, iface.source.bridge
     ifname = _new_tap_name(iface, namer, names_in_use)
-    return ifname, [
-        CheckBridge(index, bridge),
-        CreateTap(index, ifname, iface.queue_count, iface.wants_vnet_hdr),
-        SetMac(index, ifname, host_mac(iface.mac)),
+    return [
+        CheckBridge(dev, bridge),
+        CreateTap(dev, ifname, iface.queue_count, iface.wants_vnet_hdr),
+        SetMac(dev, ifname, iface.ids.host_mac),
         # MAC and MTU before enslaving, so the bridge neither adopts the tap's MAC nor shrinks its MTU.
-        SetMtu(index, ifname, iface.mtu, None if iface.mtu else bridge),
-        Enslave(index, ifname, bridge),
-        SetUp(index, ifname),
+        SetMtu(dev, ifname, iface.mtu, None if iface.mtu else bridge),
+        Enslave(dev, ifname, bridge),
+        SetUp(dev, ifname),
     ]
 
 
-def _bridge_via_helper(iface, index, helper, warnings):
+def _bridge_via_helper(iface, helper, warnings):
     """libvirt's unprivileged path: the helper makes the tap; virtnet sets nothing on it."""
-    bridge = iface.source.bridge
-    where = f"interface {index} (bridge '{bridge}')"
+    dev, bridge = iface.ids.alias, iface.source.bridge
+    where = f"{dev} (bridge '{bridge}')"
     if iface.queue_count > 1:
         warnings.append(f"{where}: qemu-bridge-helper passes a single tap fd, so <driver queues="
                         f"'{iface.queue_count}'> degrades to one queue")
@@ -349,78 +437,69 @@ def _bridge_via_helper(iface, index, helper, warnings):
     if iface.target_dev:
         warnings.append(f"{where}: <target dev='{iface.target_dev}'> is not used: qemu-bridge-helper names "
                         "the tap itself (tapN)")
-    return [CheckBridge(index, bridge), RunBridgeHelper(index, bridge, helper, iface.wants_vnet_hdr)]
+    return [CheckBridge(dev, bridge), RunBridgeHelper(dev, bridge, helper, iface.wants_vnet_hdr)]
 
 
-def _passt(iface, index, paths):
+def _passt(iface, paths):
     from virtnet.host.passt import passt_argv  # pure
-    from virtnet.qemu.netprops import interface_ids
 
-    alias = interface_ids(iface, index).device
+    alias = iface.ids.alias
     sock, pid = str(paths.passt_socket(alias)), str(paths.passt_pid(alias))
-    start = StartPasst(index, passt_argv(iface, sock, pid), sock, pid, str(paths.passt_dir))
-    return start, StopPasst(index, pid, sock)
+    return StartPasst(alias, passt_argv(iface, sock, pid), sock, pid, str(paths.passt_dir))
 
 
 def build_plan(domain, *, names_in_use=frozenset(), host_caps=frozenset(), paused=False, bridge_helper=None,
                paths=None):
-    """The setup and teardown actions for DOMAIN. Raises HostError for what cannot work on this host.
+    """The setup actions for DOMAIN (a prepared domain: conf.identity). Raises HostError for what
+    cannot work on this host.
 
     bridge_helper: the qemu-bridge-helper to create bridge taps with (no CAP_NET_ADMIN), or None.
-    paths: the domain's DomainPaths (passt sockets); default: under the default runtime dir.
+    paths: the domain's DomainPaths (QMP and passt sockets); default: under the default runtime dir.
     """
     from virtnet.qemu.argv import DEFAULT_EMULATOR, check_shared_memory
-    from virtnet.qemu.netprops import interface_ids, unsupported_type, wants_vhost
+    from virtnet.qemu.netprops import unsupported_type, wants_vhost
 
     check_shared_memory(domain)  # vhost-user: refused before anything is started
-    plan = Plan()
-    namer = TapNamer(names_in_use)
-    created, scripts, passts = [], [], []
-    if paths is None and any(iface.uses_passt for iface in domain.interfaces):
+    if paths is None:
         from virtnet.runpaths import DomainPaths
         from virtnet.store import default_runtime_dir
 
         paths = DomainPaths(default_runtime_dir(), domain.name)
-    for index, iface in enumerate(domain.interfaces):
-        if iface.type not in SUPPORTED_TYPES:
+    plan = Plan()
+    # Fixed names of this domain are reserved first, so that 'mng%d' never becomes its 'mng0'.
+    fixed = {i.ids.tap for i in domain.interfaces if i.ids.tap and "%d" not in i.ids.tap}
+    namer = TapNamer(set(names_in_use) | fixed)
+    for iface in domain.interfaces:
+        if not iface.kind.driven:
             raise unsupported_type(iface)
-        if iface.uses_passt and iface.type in ("user", "vhostuser"):
-            start, stop = _passt(iface, index, paths)
-            plan.setup.append(start)
-            passts.append(stop)
+        if iface.uses_passt:
+            plan.setup.append(_passt(iface, paths))
             continue
+        if not iface.kind.tap:
+            continue  # user, sockets, vhost-user: nothing to do on the host
         queues = iface.queue_count
         if iface.type == "bridge" and bridge_helper:
-            actions = _bridge_via_helper(iface, index, bridge_helper, plan.warnings)
+            actions = _bridge_via_helper(iface, bridge_helper, plan.warnings)
             queues = 1
-        elif iface.type == "ethernet":
-            ifname, actions = _ethernet(iface, index, namer, names_in_use)
-            if not iface.unmanaged:
-                created.append((index, ifname))
-            if iface.downscript:
-                scripts.append(RunDownscript(index, ifname, iface.downscript))
         elif iface.type == "bridge":
-            ifname, actions = _bridge(iface, index, namer, names_in_use)
-            created.append((index, ifname))
+            actions = _bridge(iface, namer, names_in_use)
         else:
-            continue  # user, sockets, vhost-user: nothing to do on the host
+            actions = _ethernet(iface, namer, names_in_use)
         # vhost-net when the host has it; when <driver name='vhost'> asks for it explicitly, try
         # anyway so that a failure is reported instead of silently running in userspace.
         explicit = iface.driver_name == "vhost" and wants_vhost(domain, iface, {"vhost-net"})
         if explicit or wants_vhost(domain, iface, host_caps):
-            actions.append(OpenVhost(index, queues, required=explicit))
+            actions.append(OpenVhost(iface.ids.alias, queues, required=explicit))
         plan.setup += actions
-    plan.setup.append(StartQemu(-1, domain.emulator or DEFAULT_EMULATOR))
-    for index, iface in enumerate(domain.interfaces):
+    plan.setup.append(StartQemu("", domain.emulator or DEFAULT_EMULATOR, str(paths.qmp)))
+    for iface in domain.interfaces:
         if iface.link_state == "down":
-            plan.setup.append(SetLinkDown(index, interface_ids(iface, index).netdev))
+            plan.setup.append(SetLinkDown(iface.ids.alias, iface.ids.netdev))
     if not paused:
-        plan.setup.append(Resume(-1))
-    # Created taps go before QEMU stops: one batched delete instead of one kernel wait per tap.
-    plan.teardown = [DeleteTap(i, name) for i, name in created] + [StopQemu(-1)] + passts + scripts
+        plan.setup.append(Resume(""))
     return plan
 
 
 def tap_names(plan):
-    """Interface index → tap name for every tap the plan creates or opens."""
-    return {a.index: a.ifname for a in plan.setup if isinstance(a, (CreateTap, AttachTap))}
+    """Device alias → tap name for every tap the plan creates or opens."""
+    return {a.device: a.ifname for a in plan.setup if isinstance(a, (CreateTap, AttachTap))}

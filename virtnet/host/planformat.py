@@ -2,14 +2,24 @@
 recipes (`sh`: an ip(8) script, `networkd`: systemd-networkd files) from jinja2 templates."""
 
 import json
+import pwd
+import re
 import shlex
 
-from virtnet.host.plan import AttachTap, CreateTap, host_mac
+from virtnet.errors import UsageError, XMLInputError
+from virtnet.host.plan import AttachTap, CreateTap
+
+# What may never reach a line of a script or unit file: C0/C1 controls, DEL, bidi controls.
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# A systemd-networkd value: one line, no leading/trailing blanks, nothing systemd would expand
+# or read as a quote or comment (validation already restricts names; this is the last guard).
+_UNIT_VALUE_RE = re.compile(r"[A-Za-z0-9._:@+-]+")
+
 
 def as_text(plan):
-    lines = [f"{n:2d}  {a.describe()}" for n, a in enumerate(plan.setup)]
+    lines = [f"{n:2d}  {a.line()}" for n, a in enumerate(plan.setup)]
     lines.append("teardown:")
-    lines += [f"{n:2d}  {a.describe()}" for n, a in enumerate(plan.teardown)]
+    lines += [f"{n:2d}  {a.line()}" for n, a in enumerate(plan.teardown)]
     return "\n".join(lines) + "\n"
 
 
@@ -24,18 +34,46 @@ def _taps(domain, plan):
     for action in plan.setup:
         if not isinstance(action, (CreateTap, AttachTap)):
             continue
-        iface = domain.interfaces[action.index]
-        if iface.type != "ethernet":
+        iface = domain.interface(action.device)
+        if not iface.kind.script:  # only ethernet taps can be pre-created (managed='no')
             continue
         if not iface.unmanaged:
-            managed.append({"index": action.index, "name": action.ifname})
+            managed.append({"device": action.device, "name": action.ifname})
             continue
         taps.append({
-            "index": action.index, "name": action.ifname, "model": iface.model, "queues": action.queues,
-            "multi_queue": action.queues > 1, "vnet_hdr": action.vnet_hdr, "mac": host_mac(iface.mac),
+            "device": action.device, "name": action.ifname, "model": iface.model, "queues": action.queues,
+            "multi_queue": action.queues > 1, "vnet_hdr": action.vnet_hdr, "mac": iface.ids.host_mac,
             "mtu": iface.mtu,
         })
     return taps, managed
+
+
+def _one_line(value):
+    """VALUE as one comment line: refused (never rewritten) when it could end the comment."""
+    text = str(value)
+    if _CONTROL_RE.search(text):
+        raise XMLInputError(f"{text!r} contains a control character and cannot be written into a script")
+    return text
+
+
+def _unit_value(value):
+    """VALUE for a systemd unit file line."""
+    text = str(value)
+    if not _UNIT_VALUE_RE.fullmatch(text):
+        raise XMLInputError(f"{text!r} cannot be written into a systemd-networkd file; accepted: letters, "
+                            "digits and '.', '_', ':', '@', '+', '-'")
+    return text
+
+
+def check_owner(owner):
+    """The owner of pre-created taps must be an existing user (the script and networkd name it)."""
+    if not owner or _CONTROL_RE.search(owner):
+        raise UsageError(f"--owner {owner!r} is not a user name")
+    try:
+        pwd.getpwnam(owner)
+    except KeyError:
+        raise UsageError(f"--owner {owner!r}: no such user on this host; name an existing user "
+                         "(see getent passwd)") from None
 
 
 def _render(template, **context):
@@ -44,7 +82,9 @@ def _render(template, **context):
     env = jinja2.Environment(loader=jinja2.PackageLoader("virtnet.host", "templates"),
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
                              undefined=jinja2.StrictUndefined, autoescape=False)
-    env.filters["shquote"] = lambda v: shlex.quote(str(v))
+    env.filters["shquote"] = lambda v: shlex.quote(_one_line(v))
+    env.filters["comment"] = _one_line
+    env.filters["unit"] = _unit_value
     return env.get_template(template).render(**context)
 
 
@@ -53,6 +93,7 @@ def render_plan(fmt, domain, plan, owner):
         return as_text(plan)
     if fmt == "json":
         return as_json(plan, domain.name)
+    check_owner(owner)
     template = "precreate.sh.j2" if fmt == "sh" else "networkd.j2"
     taps, managed = _taps(domain, plan)
     return _render(template, name=domain.name, owner=owner, taps=taps, managed=managed)

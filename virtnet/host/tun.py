@@ -12,6 +12,7 @@ import os
 import struct
 from dataclasses import dataclass
 
+from virtnet.conf.ifname import IFNAMSIZ
 from virtnet.errors import HostError
 
 # Flags of struct ifreq.ifr_flags (linux/if_tun.h).
@@ -25,12 +26,8 @@ IFF_TUN_EXCL = 0x8000
 
 # ioctl numbers: _IOW('T', nr, int) / _IOR('T', nr, unsigned int).
 TUNSETIFF = 0x400454CA
-TUNSETPERSIST = 0x400454CB
-TUNSETOWNER = 0x400454CC
-TUNSETGROUP = 0x400454CE
 TUNGETIFF = 0x800454D2
 
-IFNAMSIZ = 16
 # struct ifreq is 40 bytes on 64-bit Linux: a 16-byte name, then a union whose first member we use
 # as the short ifr_flags.
 _IFREQ = struct.Struct("16sH22x")
@@ -128,44 +125,6 @@ def tap_attributes(name, *, sysfs="/sys/class/net"):
     return TapAttributes(name=name, flags=flags, owner=owner, group=group)
 
 
-def create_persistent_tap(name, *, owner=None, group=None, multi_queue=False, vnet_hdr=False,
-                          tun_path=TUN_PATH):
-    """Create a persistent tap, as an administrator's `ip tuntap add dev NAME mode tap` does."""
-    ifname, fds = open_tap(name, vnet_hdr=vnet_hdr, multi_queue=multi_queue, tun_path=tun_path,
-                           exclusive=True)
-    fd = fds[0]
-    try:
-        _ioctl_int(fd, TUNSETPERSIST, 1, ifname, "make persistent")
-        try:
-            if owner is not None:
-                _ioctl_int(fd, TUNSETOWNER, owner, ifname, f"set owner to uid {owner}")
-            if group is not None:
-                _ioctl_int(fd, TUNSETGROUP, group, ifname, f"set group to gid {group}")
-        except HostError:
-            _ioctl_int(fd, TUNSETPERSIST, 0, ifname, "undo persistence")
-            raise
-    finally:
-        os.close(fd)
-    return ifname
-
-
-def delete_persistent_tap(name, *, tun_path=TUN_PATH):
-    """Delete tap NAME by attaching to it and clearing persistence: it vanishes when we close.
-
-    Returns False when there is no tap NAME. A single-queue tap held by another process (QEMU)
-    cannot be attached to and raises HostError (EBUSY); it vanishes when that process exits.
-    """
-    attrs = tap_attributes(name)
-    if attrs is None:
-        return False
-    _, fds = open_tap(name, vnet_hdr=attrs.vnet_hdr, multi_queue=attrs.multi_queue, tun_path=tun_path)
-    try:
-        _ioctl_int(fds[0], TUNSETPERSIST, 0, name, "clear persistence")
-    finally:
-        os.close(fds[0])
-    return True
-
-
 def _check_name(name):
     if len(name.encode()) >= IFNAMSIZ:
         raise HostError(f"tap name '{name}' is longer than {IFNAMSIZ - 1} bytes; choose a shorter <target dev>")
@@ -245,10 +204,3 @@ def _read_id(path):
     with open(path) as f:
         value = int(f.read().strip())
     return None if value < 0 else value
-
-
-def _ioctl_int(fd, request, value, ifname, what):
-    try:
-        fcntl.ioctl(fd, request, value)
-    except OSError as exc:
-        raise HostError(f"tap '{ifname}': cannot {what}: {os.strerror(exc.errno)}") from None

@@ -23,15 +23,15 @@ class ArgvOptions:
     standalone: bool = False  # QEMU opens taps by name; no fds
     network_only: bool = False
     host_caps: frozenset = frozenset()  # e.g. {"vhost-net"}
-    fds: dict = field(default_factory=dict)  # interface index -> HostFds (real ones at start)
-    bridge_helper: str = None  # standalone: helper= for bridges (default: found in the usual places)
+    fds: dict = field(default_factory=dict)  # interface alias -> HostFds (real ones at start)
+    bridge_helper: str = None  # standalone: helper= for bridges (the caller finds the default)
 
 
 def placeholder_fds(domain, host_caps):
     """Descriptor numbers for xml2argv output: 3, 4, ... in document order (taps, then vhost)."""
     fds, next_fd = {}, FIRST_FD
-    for index, iface in enumerate(domain.interfaces):
-        if iface.type not in ("ethernet", "bridge"):
+    for iface in domain.interfaces:
+        if not (iface.kind.tap and iface.kind.driven):
             continue
         count = iface.queue_count
         taps = list(range(next_fd, next_fd + count))
@@ -40,7 +40,7 @@ def placeholder_fds(domain, host_caps):
         if netprops.wants_vhost(domain, iface, host_caps):
             vhosts = list(range(next_fd, next_fd + count))
             next_fd += count
-        fds[index] = HostFds(taps=taps, vhosts=vhosts)
+        fds[iface.ids.alias] = HostFds(taps=taps, vhosts=vhosts)
     return fds
 
 
@@ -52,8 +52,7 @@ def memory_kib(domain):
 
 def shared_memory(domain):
     """<memoryBacking><access mode='shared'/>: guest RAM that vhost-user backends can map."""
-    access = domain.node.find("memoryBacking/access")
-    return access is not None and access.get("mode") == "shared"
+    return domain.memory_access == "shared"
 
 
 def check_shared_memory(domain):
@@ -112,16 +111,16 @@ def skeleton(domain, paths, syntax="json", standalone=False):
 def network_options(domain, paths, options):
     argv = []
     fds = options.fds
-    for index, iface in enumerate(domain.interfaces):
+    for iface in domain.interfaces:
         if iface.type == "vhostuser":
-            chardev = netprops.chardev_props(iface, index, paths)
+            chardev = netprops.chardev_props(iface, paths)
             argv += ["-chardev", render.to_keyval(chardev, "backend")]
-        host_fds = fds.get(index, HostFds())
-        netdev = netprops.netdev_props(domain, iface, index, fds=host_fds, paths=paths, host_caps=options.host_caps,
+        host_fds = fds.get(iface.ids.alias, HostFds())
+        netdev = netprops.netdev_props(domain, iface, fds=host_fds, paths=paths, host_caps=options.host_caps,
                                        standalone=options.standalone, helper=options.bridge_helper)
         # Fewer tap fds than <driver queues> (qemu-bridge-helper passes one): the NIC gets as many.
-        opened = len(host_fds.taps) if iface.type in ("ethernet", "bridge") and not options.standalone else 0
-        device = netprops.device_props(domain, iface, index, queues=opened or None)
+        opened = len(host_fds.taps) if iface.kind.tap and not options.standalone else 0
+        device = netprops.device_props(domain, iface, queues=opened or None)
         argv += ["-netdev", render.option_value(netdev, options.syntax, "type")]
         argv += ["-device", render.option_value(device, options.syntax, "driver")]
     return argv

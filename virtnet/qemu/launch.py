@@ -122,13 +122,34 @@ def _qemu_error_lines(log_path, log_offset, program):
     return "; ".join(own or lines[-3:])
 
 
+def find(qmp_path):
+    """The pid of the QEMU serving QMP_PATH, found by its command line, or None. For a start that
+    was killed before it could record QEMU's pid: the QMP socket path names the domain's QEMU."""
+    wanted = qmp_chardev_value(qmp_path).encode()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if wanted in f.read().split(b"\0"):
+                        return int(entry)
+            except OSError:
+                continue
+    return None
+
+
 def stop(pid, qmp_path, *, timeout=5.0):
     """Stop QEMU: QMP quit, then SIGTERM, then SIGKILL, each given `timeout` seconds.
 
     Returns once the process has exited with all its threads, so its fds (taps) are closed; our
-    own child is also reaped. A pid that no longer belongs to this QEMU is left alone. Raises
-    HostError only if the process survives SIGKILL.
+    own child is also reaped. A pid that no longer belongs to this QEMU is left alone; with PID
+    None, the QEMU is looked up by its QMP socket path. Raises HostError only if the process
+    survives SIGKILL.
     """
+    if pid is None:
+        pid = find(qmp_path)
+        if pid is None:
+            _remove_stale_socket(qmp_path)
+            return
     # A pidfd pins the process we checked, so a recycled pid can never receive our signals.
     try:
         pidfd = os.pidfd_open(pid)

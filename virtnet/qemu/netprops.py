@@ -7,9 +7,9 @@ interchangeable with libvirt's. Rendering to JSON or keyval happens in render.py
 import ipaddress
 from dataclasses import dataclass, field
 
-from virtnet.conf.domain import SOCKET_TYPES, SUPPORTED_TYPES
+from virtnet.conf import iftypes
 from virtnet.conf.pci import root_bus_name
-from virtnet.errors import UnsupportedError
+from virtnet.errors import UnsupportedError, UsageError
 
 # QEMU 7.2 (Debian 12) wants `reconnect` in seconds; QEMU 9.2 renamed it reconnect-ms.
 PASST_RECONNECT_SECONDS = 5
@@ -28,26 +28,6 @@ class HostFds:
 
     taps: list = field(default_factory=list)
     vhosts: list = field(default_factory=list)
-
-
-@dataclass
-class NetIds:
-    netdev: str
-    device: str
-    chardev: str
-
-
-def interface_ids(iface, index):
-    """libvirt's ids: a user alias (ua-*) as given; otherwise netN counting the interfaces without one.
-    Computed once per interface object (argv, plan and passt paths all ask)."""
-    ids = iface.__dict__.get("_ids")
-    if ids is None:
-        alias = iface.alias
-        if alias is None:
-            siblings = iface.node.getparent().findall("interface")[:index]
-            alias = f"net{sum(1 for s in siblings if s.find('alias') is None)}"
-        ids = iface.__dict__["_ids"] = NetIds(netdev=f"host{alias}", device=alias, chardev=f"char{alias}")
-    return ids
 
 
 def wants_vhost(domain, iface, host_caps):
@@ -82,14 +62,15 @@ def _tap_netdev(iface, fds):
     return props
 
 
-def _standalone_tap_netdev(iface, helper=None):
+def _standalone_tap_netdev(iface, helper):
     """QEMU opens the tap itself by name; no scripts (virtnet never uses QEMU's)."""
     if iface.type == "bridge":
         # Unprivileged-friendly: QEMU runs its bridge helper, which creates and enslaves the tap.
-        from virtnet.host.bridgehelper import find_helper  # small, stdlib-only lookup
-
-        # A path given on the command line is printed as is: this only writes a command line.
-        return {"type": "bridge", "br": iface.source.bridge, "helper": helper or find_helper()}
+        # The caller finds the helper (a path given on the command line is printed as is).
+        if helper is None:
+            raise UsageError("a standalone command line for a bridge needs the bridge helper's path "
+                             "(--bridge-helper PATH)")
+        return {"type": "bridge", "br": iface.source.bridge, "helper": helper}
     props = {"type": "tap"}
     if iface.target_dev:
         props["ifname"] = iface.target_dev  # a '%d' template is filled in by the kernel
@@ -104,11 +85,11 @@ def _standalone_tap_netdev(iface, helper=None):
     return props
 
 
-def _user_netdev(iface, paths, ids):
+def _user_netdev(iface, paths):
     if iface.uses_passt:
         return {
             "type": "stream",
-            "addr": {"type": "unix", "path": str(paths.passt_socket(ids.device))},
+            "addr": {"type": "unix", "path": str(paths.passt_socket(iface.ids.device))},
             "server": False,
             # No "reconnect": -netdev stream gained it in QEMU 8.0; 7.2 (Debian 12) refuses it,
             # and libvirt omits it for 7.2 as well.
@@ -141,16 +122,18 @@ def _socket_netdev(iface):
 def unsupported_type(iface):
     """The error for an interface type virtnet parses but cannot turn into a command line yet."""
     return UnsupportedError(f"<interface type='{iface.type}'> is not supported yet by xml2argv/start; "
-                            f"supported: {', '.join(SUPPORTED_TYPES)}", line=iface.line)
+                            f"supported: {', '.join(iftypes.DRIVEN)}", line=iface.line)
 
 
-def netdev_props(domain, iface, index, *, fds, paths, standalone=False, helper=None, host_caps=frozenset()):
+def netdev_props(domain, iface, *, fds, paths, standalone=False, helper=None, host_caps=frozenset()):
     """The -netdev properties. `fds` is a HostFds for tap-backed types (ignored when standalone);
-    `helper`: the bridge helper for standalone bridges (default: found in the usual places);
+    `helper`: the bridge helper for standalone bridges;
     `host_caps`: with standalone, vhost-net lets QEMU open /dev/vhost-net itself (vhost=on)."""
-    ids = interface_ids(iface, index)
+    ids = iface.ids
     kind = iface.type
-    if kind in ("ethernet", "bridge"):
+    if not iface.kind.driven:
+        raise unsupported_type(iface)
+    if iface.kind.tap:
         if standalone:
             props = _standalone_tap_netdev(iface, helper)
             if props["type"] == "tap" and wants_vhost(domain, iface, host_caps):
@@ -158,22 +141,20 @@ def netdev_props(domain, iface, index, *, fds, paths, standalone=False, helper=N
         else:
             props = _tap_netdev(iface, fds)
     elif kind == "user":
-        props = _user_netdev(iface, paths, ids)
-    elif kind in SOCKET_TYPES:
+        props = _user_netdev(iface, paths)
+    elif iface.kind.socket:
         props = _socket_netdev(iface)
-    elif kind == "vhostuser":
+    else:  # vhostuser
         props = {"type": "vhost-user", "chardev": ids.chardev}
         if iface.queue_count > 1:
             props["queues"] = iface.queue_count
-    else:
-        raise unsupported_type(iface)
     props["id"] = ids.netdev
     return props
 
 
-def chardev_props(iface, index, paths):
+def chardev_props(iface, paths):
     """The -chardev for a vhost-user interface (always keyval: QEMU 7.2 takes no JSON here)."""
-    ids = interface_ids(iface, index)
+    ids = iface.ids
     src = iface.source
     path = str(paths.passt_socket(ids.device)) if iface.uses_passt else src.path
     props = {"backend": "socket", "id": ids.chardev, "path": path}
@@ -181,7 +162,7 @@ def chardev_props(iface, index, paths):
         props["server"] = True
     elif iface.uses_passt:
         props["reconnect"] = PASST_RECONNECT_SECONDS
-    elif iface.node.find("source/reconnect") is not None:
+    elif src.has_reconnect:
         props["reconnect"] = src.reconnect_timeout or 0 if src.reconnect_enabled else 0
     return props
 
@@ -195,10 +176,10 @@ def device_driver(domain, iface):
     return model
 
 
-def device_props(domain, iface, index, queues=None):
+def device_props(domain, iface, queues=None):
     """The -device properties. QUEUES: the queues actually opened when fewer than <driver queues>
     (qemu-bridge-helper passes a single tap fd)."""
-    ids = interface_ids(iface, index)
+    ids = iface.ids
     queues = queues or iface.queue_count
     props = {"driver": device_driver(domain, iface)}
     if iface.is_virtio:

@@ -78,10 +78,6 @@ class QMPClient:
                 raise HostError(f"QMP {command}: unexpected reply {_short(reply)}")
             return reply["return"]
 
-    def hmp(self, command_line):
-        """Run a human monitor command and return its text output."""
-        return self.execute("human-monitor-command", {"command-line": command_line})
-
     def close(self):
         if self._sock is not None:
             self._sock.close()

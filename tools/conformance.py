@@ -1,4 +1,9 @@
-"""libvirt's own network test corpus as a judge of virtnet (`virtnet conformance [DIR]`).
+"""libvirt's own network test corpus as a judge of virtnet.
+
+    python tools/conformance.py [DIR] [--baseline FILE] [--tsv]      (or: make conformance)
+
+A development tool, not part of the virtnet package: it runs virtnet's public functions
+(virtnet.conf.load, virtnet.qemu.argv, virtnet.conf.format) on the corpus.
 
 The corpus (see its INDEX.md) holds libvirt's test inputs `xml2argv/NAME.xml`, the command lines
 libvirt's QEMU driver builds for them (`NAME.x86_64-latest.args`, ...), the errors it reports
@@ -40,19 +45,26 @@ purpose, see STRICTER) · virtnet-accepts (libvirt expects an error, virtnet doe
 virtnet-crashes (an unexpected exception) · out-of-scope (see OUT_OF_SCOPE).
 """
 
+import argparse
 import difflib
 import json
 import os
 import shlex
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if __name__ == "__main__" and str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run as a script: judge the virtnet of this checkout
 
 from lxml import etree
 
 from virtnet.errors import UsageError, VirtnetError
 from virtnet.qemu.render import flatten
 
+PROG = "conformance.py"
 # Relative to the repository root, else to the working directory.
 DEFAULT_CORPUS = Path("..") / "shared" / "conformance" / "libvirt"
 HOST_CAPS = frozenset({"vhost-net"})
@@ -112,8 +124,7 @@ def find_corpus(explicit=None):
         if not (path / "xml2argv").is_dir():
             raise UsageError(f"{explicit}: not a libvirt corpus (no xml2argv/ folder inside)")
         return path
-    repo = Path(__file__).resolve().parents[1]
-    candidates = [repo / DEFAULT_CORPUS, Path.cwd() / DEFAULT_CORPUS]
+    candidates = [REPO / DEFAULT_CORPUS, Path.cwd() / DEFAULT_CORPUS]
     for path in candidates:
         if (path / "xml2argv").is_dir():
             return path
@@ -447,9 +458,9 @@ def format_table(results):
 
 
 TSV_HEADER = """\
-# virtnet against libvirt's net test corpus: kind, case, status (see virtnet/conformance.py).
+# virtnet against libvirt's net test corpus: kind, case, status (see tools/conformance.py).
 # tests/test_conformance.py fails when a case moves to any status but match or both-reject.
-# Re-record after an intended change: virtnet conformance --tsv > tests/conformance_baseline.tsv
+# Re-record after an intended change: python tools/conformance.py --tsv > tests/conformance_baseline.tsv
 """
 
 
@@ -487,10 +498,8 @@ def regressions(results, baseline):
     return problems
 
 
-def main(directory=None, *, tsv=False, baseline=None, out=None):
-    """The `virtnet conformance` verb. Returns the exit status."""
-    import sys
-
+def report(directory=None, *, tsv=False, baseline=None, out=None):
+    """Run the corpus and write the table (or the TSV) to OUT. Returns the exit status."""
     out = out or sys.stdout
     corpus = find_corpus(directory)
     results = run_corpus(corpus)
@@ -502,3 +511,37 @@ def main(directory=None, *, tsv=False, baseline=None, out=None):
             return 1
         out.write(f"no regressions from {os.fspath(baseline)}\n")
     return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Run virtnet on libvirt's net-* test inputs and compare with libvirt's "
+        "expected command lines, errors and XML; print a table and totals.")
+    parser.add_argument("dir", metavar="DIR", nargs="?",
+                        help="the corpus (default: ../shared/conformance/libvirt from the repository or the cwd)")
+    parser.add_argument("--baseline", metavar="FILE", help="also exit 1 on a regression from this case/status TSV")
+    parser.add_argument("--tsv", action="store_true", help="print kind, case and status as a baseline TSV")
+    return parser
+
+
+def main(argv=None):
+    """The command line. Returns the exit status (0 ok, 1 regression or failure, 2 usage)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        return e.code
+    try:
+        return report(args.dir, tsv=args.tsv, baseline=args.baseline)
+    except VirtnetError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except BrokenPipeError:
+        return 1
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"{PROG}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""MAC address rules in one place: syntax, normal form, unicast, generated guest MACs, host tap MACs."""
+
+import hashlib
+import re
+
+MAC_RE = re.compile(r"[0-9A-Fa-f]{1,2}(:[0-9A-Fa-f]{1,2}){5}")
+QEMU_OUI = "52:54:00"  # QEMU/KVM's prefix, as libvirt uses for generated MACs
+
+
+def is_mac(text):
+    return MAC_RE.fullmatch(text) is not None
+
+
+def normal(mac):
+    """Two lowercase hex digits per octet, as QEMU requires ('52:54:0:a:b:c' → '52:54:00:0a:0b:0c')."""
+    return ":".join(f"{int(octet, 16):02x}" for octet in mac.split(":"))
+
+
+def is_multicast(mac):
+    return bool(int(mac.split(":")[0], 16) & 1)
+
+
+def is_zero(mac):
+    return all(int(octet, 16) == 0 for octet in mac.split(":"))
+
+
+def generated(seed, index):
+    """A deterministic guest MAC under QEMU's prefix (same domain, same MACs: golden-testable)."""
+    digest = hashlib.sha256(f"{seed}/{index}".encode()).digest()
+    return QEMU_OUI + "".join(f":{b:02x}" for b in digest[:3])
+
+
+def host_side(guest_mac):
+    """A tap's own MAC: the guest's with the first octet FE (FA if the guest's already is FE),
+    so the host never sees its own address and a bridge never adopts the tap's MAC."""
+    first, rest = guest_mac.split(":", 1)
+    return ("fa" if first.lower() == "fe" else "fe") + ":" + rest.lower()

@@ -1,0 +1,125 @@
+"""The conversions behind `xml2xml`, `xml2argv` and `plan`: a loaded domain in, text out.
+
+The CLI prints what these functions return; `virtnet golden` and the golden tests compare it
+with expectation files. Nothing here prints, probes the host or reads the store: warnings come
+back as data, and what a conversion needs to know about the host (capabilities, names in use,
+the bridge helper, the runtime directory) is an argument. Errors are raised as VirtnetError,
+located in the domain's file.
+
+Imports stay lazy, as in the CLI: xml2xml and xml2argv load neither pyroute2 nor jinja2
+(only plan's sh and networkd formats use jinja2).
+"""
+
+from dataclasses import dataclass, field
+
+PLAN_FORMATS = ("text", "json", "sh", "networkd")
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """A warning about a domain file; str() is 'FILE:LINE: MESSAGE' (or 'FILE: MESSAGE')."""
+
+    file: str
+    line: int | None
+    message: str
+
+    def __str__(self):
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class Result:
+    text: str  # exactly what the verb prints on standard output
+    warnings: list = field(default_factory=list)  # Diagnostics the verb prints on standard error
+
+
+def load(path):
+    """Read and check a domain file ('-' for standard input): a conf.load.Loaded.
+
+    Its warnings (what the defaults step changed or dropped) are diagnostics(loaded).
+    """
+    from virtnet.conf.load import load_file
+
+    return load_file(path)
+
+
+def diagnostics(loaded):
+    """The load-time warnings of LOADED as Diagnostics."""
+    return [Diagnostic(loaded.filename, line, message) for line, message in loaded.warnings]
+
+
+def xml2xml(loaded):
+    """The canonical XML of a loaded domain (what `define` stores)."""
+    from virtnet.conf.format import format_domain
+
+    return Result(format_domain(loaded.domain))
+
+
+def xml2argv(loaded, *, runtime_dir, host_caps=frozenset(), syntax="json", standalone=False,
+             network_only=False, bridge_helper=None):
+    """The QEMU command line of one domain, as `virtnet xml2argv` prints it for one file.
+
+    With STANDALONE the `# run first: …` passt lines come first. BRIDGE_HELPER is the helper path
+    a standalone line names for bridges; the caller finds it (virtnet.host.bridgehelper.find_helper),
+    since this function does not look at the host.
+    """
+    from virtnet.errors import VirtnetError
+    from virtnet.qemu.argv import ArgvOptions, build_argv, unrendered_devices
+    from virtnet.qemu.render import shell_lines
+    from virtnet.runpaths import DomainPaths
+
+    domain, filename = loaded.domain, loaded.filename
+    paths = DomainPaths(runtime_dir, domain.name)
+    options = ArgvOptions(syntax=syntax, standalone=standalone, network_only=network_only,
+                          host_caps=frozenset(host_caps), bridge_helper=bridge_helper)
+    try:
+        argv = build_argv(domain, paths, options)
+    except VirtnetError as e:
+        raise e.located(filename) from None
+    warnings = []
+    skipped = unrendered_devices(domain)
+    if skipped and not network_only:
+        warnings.append(Diagnostic(filename, None, "not rendered (virtnet builds only the machine skeleton and "
+                                   f"networking): {', '.join(skipped)}"))
+    lines = []
+    if standalone:  # passt must be listening before QEMU connects
+        from virtnet.host.passt import standalone_lines
+
+        down = [iface.line_of("link") for iface in domain.interfaces if iface.link_state == "down"]
+        if down:
+            warnings.append(Diagnostic(filename, down[0], "<link state='down'> is applied over QMP by `virtnet "
+                                       "start`; a standalone line starts with the link up (use the monitor's "
+                                       "`set_link NETDEV off`)"))
+        lines += standalone_lines(domain, paths)
+    lines.append(shell_lines(argv))
+    return Result("".join(lines), warnings)
+
+
+def plan(loaded, fmt="text", *, runtime_dir, names_in_use=frozenset(), host_caps=frozenset(), bridge_helper=None,
+         paused=False, owner=None):
+    """What `virtnet start` would do for a loaded domain, as `virtnet plan --format FMT` prints it.
+
+    The host facts are given, not probed: NAMES_IN_USE (existing interface names, which decide
+    vnetN and collisions), HOST_CAPS (e.g. {'vhost-net'}), BRIDGE_HELPER (the qemu-bridge-helper
+    that makes bridge taps, or None when virtnet creates them itself), RUNTIME_DIR (passt sockets).
+    OWNER is the user that pre-created taps belong to (the sh and networkd formats need it).
+    The warnings are those `start` prints about what the plan cannot honour.
+    """
+    from virtnet.errors import UsageError, VirtnetError
+    from virtnet.host.plan import build_plan
+    from virtnet.host.planformat import render_plan
+    from virtnet.runpaths import DomainPaths
+
+    if fmt not in PLAN_FORMATS:
+        raise UsageError(f"unknown plan format '{fmt}'; accepted: {', '.join(PLAN_FORMATS)}")
+    if owner is None and fmt in ("sh", "networkd"):
+        raise UsageError(f"the {fmt} format needs the owner of the pre-created taps")
+    domain, filename = loaded.domain, loaded.filename
+    try:
+        built = build_plan(domain, names_in_use=frozenset(names_in_use), host_caps=frozenset(host_caps),
+                           paused=paused, bridge_helper=bridge_helper, paths=DomainPaths(runtime_dir, domain.name))
+    except VirtnetError as e:
+        raise e.located(filename) from None
+    warnings = [Diagnostic(filename, None, message) for message in built.warnings]
+    return Result(render_plan(fmt, domain, built, owner), warnings)
