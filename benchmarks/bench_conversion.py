@@ -1,12 +1,14 @@
 """Conversion: one `virtnet xml2argv FILE` process against interpreter floors, and a batch of 1000
-generated domains converted in one process.
+generated domains converted in one process against a parse + validate floor.
 
 Driver entry points: single(ctx), batch(ctx). Child modes (run by the driver, print JSON):
   bench_conversion.py phases-single FILE     where one conversion's time goes, step by step
   bench_conversion.py schema-once FILE...    how often the RelaxNG grammar is compiled
   bench_conversion.py modules FILE           sys.modules after xml2argv
   bench_conversion.py phases-batch DIR       per-domain cost of each pipeline stage
+  bench_conversion.py reads DIR              per-domain model reads (tree look-ups, read-once hits)
   bench_conversion.py inproc DIR VARIANT     xml2argv DIR in-process, optionally with an experiment
+The batch floor is benchmarks/floor.py (lxml only).
 """
 
 import hashlib
@@ -36,9 +38,53 @@ def seed_file(workdir):
 # ------------------------------------------------------------------ single conversion
 
 
+BYTECODE_ENVS = {
+    "bytecode cached": "`PYTHONPYCACHEPREFIX` points at a temporary folder, filled by the warm-up runs "
+                       "(as an installed package, or any checkout without `PYTHONDONTWRITEBYTECODE`)",
+    "PYTHONDONTWRITEBYTECODE=1, bytecode from make": "`PYTHONDONTWRITEBYTECODE=1` (as this environment "
+                       "sets it) with the bytecode `make venv`/`make test-deps` compile into the checkout "
+                       "(`python -m compileall -q virtnet`): what a user of this checkout gets",
+    "nothing cached": "`PYTHONDONTWRITEBYTECODE=1` and a copy of the package without `__pycache__`: virtnet "
+                      "compiled at every start (an editable install made without `make`)",
+}
+TARGET_SINGLE = 1.5  # × the `import lxml.etree` floor, in the first two situations
+
+
+def stale_bytecode(root):
+    """Modules of the package under ROOT whose __pycache__ .pyc is missing or out of date."""
+    import importlib.util
+
+    stale = []
+    for source in sorted(Path(root, "virtnet").rglob("*.py")):
+        pyc = Path(importlib.util.cache_from_source(str(source)))
+        try:
+            head = pyc.read_bytes()[:16]
+        except OSError:
+            stale.append(str(source.relative_to(root)))
+            continue
+        st = source.stat()
+        flags = int.from_bytes(head[4:8], "little")
+        if flags != 0 or int.from_bytes(head[8:12], "little") != int(st.st_mtime) & 0xFFFFFFFF \
+                or int.from_bytes(head[12:16], "little") != st.st_size & 0xFFFFFFFF:
+            stale.append(str(source.relative_to(root)))
+    return stale
+
+
+def _uncached_copy(workdir):
+    """virtnet and its schemas copied without bytecode; run with PYTHONPATH pointing at it."""
+    import shutil
+
+    root = workdir / "uncached"
+    shutil.copytree(benchlib.REPO / "virtnet", root / "virtnet",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(benchlib.REPO / "schemas", root / "schemas")
+    return root
+
+
 def single(ctx):
     seed = seed_file(ctx.workdir)
-    res = {"seed": str(seed.relative_to(benchlib.REPO) if seed.is_relative_to(benchlib.REPO) else seed)}
+    res = {"seed": str(seed.relative_to(benchlib.REPO) if seed.is_relative_to(benchlib.REPO) else seed),
+           "target": TARGET_SINGLE, "envs": BYTECODE_ENVS}
     commands = {
         "python -c pass": [benchlib.PY, "-c", "pass"],
         "python -c 'import lxml.etree'": [benchlib.PY, "-c", "import lxml.etree"],
@@ -52,8 +98,14 @@ def single(ctx):
         res["virsh_skipped"] = reason
     reps = max(5, round(40 * ctx.scale))
     res["reps"] = reps
+    # What `make venv` leaves: the checkout's bytecode, compiled as the Makefile does it.
+    res["stale_bytecode_before"] = stale_bytecode(benchlib.REPO)
+    benchlib.run([benchlib.PY, "-m", "compileall", "-q", "virtnet"], cwd=benchlib.REPO)
+    res["stale_bytecode_after"] = stale_bytecode(benchlib.REPO)
+    uncached = _uncached_copy(ctx.workdir)
     envs = {"bytecode cached": benchlib.python_env(ctx.pycache),
-            "no bytecode cache": benchlib.python_env(None)}
+            "PYTHONDONTWRITEBYTECODE=1, bytecode from make": benchlib.python_env(None),
+            "nothing cached": benchlib.python_env(None, {"PYTHONPATH": str(uncached)})}
     res["series"] = {}
     for env_name, env in envs.items():
         series = {label: benchlib.Series(label) for label in commands}
@@ -154,7 +206,9 @@ class _quiet:
 
 
 def _child_phases_single(seed):
-    """Step by step what `virtnet xml2argv FILE` does, each step timed once, in a fresh process."""
+    """Step by step what `virtnet xml2argv FILE` does, each step timed once, in a fresh process.
+    Modules a step names but the code no longer has are skipped (the conversion step then pays
+    for whatever it imports itself)."""
     t = [time.perf_counter()]
     out = {}
 
@@ -162,25 +216,37 @@ def _child_phases_single(seed):
         t.append(time.perf_counter())
         out[name] = t[-1] - t[-2]
 
-    import virtnet.cli as cli
-    mark("import virtnet.cli (argparse)")
-    args = cli.build_parser().parse_args(["xml2argv", seed])
-    mark("build the argparse parser, parse argv")
-    load = importlib.import_module
+    def load(*modules):
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                pass
+
     load("lxml.etree")
-    mark("import lxml.etree")
+    mark("import lxml.etree (the floor's own work)")
+    import virtnet.cli as cli
+    mark("import virtnet.cli")
+    argv = ["xml2argv", seed]
+    quick = getattr(cli, "_quick_args", lambda argv: None)(argv)
+    if quick is not None:
+        args = quick
+        mark("parse argv (a plain conversion command line: no argparse)")
+    else:
+        verb_of = getattr(cli, "_verb_of", lambda argv: None)
+        args = cli.build_parser(*([verb_of(argv)] if verb_of(argv) else [])).parse_args(argv)
+        mark("import argparse, build the parser, parse argv")
     load("virtnet.conf.load")
-    mark("import virtnet.conf (model, checks, defaults, schema)")
-    for module in ("virtnet.qemu.argv", "virtnet.qemu.render", "virtnet.runpaths"):
-        load(module)
-    mark("import virtnet.qemu.argv, render, runpaths")
-    load("virtnet.qemu.launch")
-    mark("import virtnet.qemu.launch (for qmp_options: socket, subprocess, qmp)")
+    mark("import virtnet.conf.load (model, checks, defaults, identity, schema)")
+    load("virtnet.convert", "virtnet.qemu.argv", "virtnet.qemu.render", "virtnet.runpaths")
+    mark("import virtnet.convert, virtnet.qemu (argv, machine, render), runpaths")
+    load("virtnet.store", "virtnet.hostcaps")
+    mark("import virtnet.store (default runtime dir), hostcaps")
     from virtnet.conf import schema
     schema.schema()
     mark("compile the RelaxNG schema")
     with _quiet():
-        cli.cmd_xml2argv(args)
+        cli.COMMANDS["xml2argv"](args)
     mark("convert: read, parse, validate, model, checks, defaults, argv, render")
     print(json.dumps(out))
 
@@ -190,10 +256,11 @@ def _child_phases_single(seed):
 
 EXPERIMENTS = {
     "baseline": "virtnet as it is (in-process, after startup)",
-    "child-index": "model properties find elements through a per-element tag → child dict",
-    "child-index+lists": "… and `domain.interfaces` (Children lists) built once per document",
-    "child-index+lists+plain-read": "… and the file read whole after an fstat size check",
+    "no-freeze": "the model never frozen (every read walks the tree, as before read-once)",
+    "no-control-char-rule": "checks without `no_control_characters` (its share of the checks)",
 }
+TARGET_BATCH_RATE = 3000  # domains/s, whole process
+TARGET_BATCH_RATIO = 3.3  # × the parse + validate floor's whole-process time
 
 
 def batch(ctx):
@@ -203,28 +270,39 @@ def batch(ctx):
     domaingen.write_mixed(folder, count)
     env = benchlib.python_env(ctx.pycache)
     cpu = 1 if (len(__import__("os").sched_getaffinity(0)) > 1) else 0
-    res = {"domains": count, "nics_per_domain": 4, "cpu": cpu,
-           "kinds": list(domaingen.MIXED_KINDS)}
+    res = {"domains": count, "nics_per_domain": 4, "cpu": cpu, "kinds": list(domaingen.MIXED_KINDS),
+           "target_rate": TARGET_BATCH_RATE, "target_ratio": TARGET_BATCH_RATIO}
     argv = [benchlib.VIRTNET, "xml2argv", str(folder)]
     check = benchlib.run(argv, env=env, capture=True, cpu=cpu)
     headers = sum(1 for line in check.stdout.decode().splitlines() if line.startswith("# "))
     assert headers == count, f"expected {count} command lines, got {headers}"
     res["stderr_lines"] = len(check.stderr.decode().splitlines())
+    floor_argv = [benchlib.PY, str(benchlib.BENCH_DIR / "floor.py"), str(benchlib.REPO / "schemas"), str(folder)]
     series = benchlib.Series("virtnet xml2argv DIR")
-    floor = benchlib.Series("python -c 'import lxml.etree'")
-    for _ in range(max(3, round(7 * ctx.scale))):
+    floor = benchlib.Series("lxml parse + RelaxNG validate, whole process")
+    floor_loop = []
+    lxml_floor = benchlib.Series("python -c 'import lxml.etree'")
+    for _ in range(max(3, round(7 * ctx.scale))):  # interleaved, so load on the machine hits all alike
         series.add(benchlib.run(argv, env=env, cpu=cpu).wall)
-        floor.add(benchlib.run([benchlib.PY, "-c", "import lxml.etree"], env=env, cpu=cpu).wall)
+        run = benchlib.run(floor_argv, env=env, cpu=cpu, capture=True)
+        floor.add(run.wall)
+        floor_loop.append(json.loads(run.stdout)["seconds"])
+        lxml_floor.add(benchlib.run([benchlib.PY, "-c", "import lxml.etree"], env=env, cpu=cpu).wall)
     series.add_rss(benchlib.peak_rss_kib(argv, env=env, cpu=cpu))
-    floor.add_rss(benchlib.peak_rss_kib([benchlib.PY, "-c", "import lxml.etree"], env=env, cpu=cpu))
+    floor.add_rss(benchlib.peak_rss_kib(floor_argv, env=env, cpu=cpu))
+    lxml_floor.add_rss(benchlib.peak_rss_kib([benchlib.PY, "-c", "import lxml.etree"], env=env, cpu=cpu))
     res["wall"] = series.as_dict()
-    res["floor"] = floor.as_dict()
-    # Per-stage cost, unprofiled.
+    res["floor_process"] = floor.as_dict()
+    res["floor_loop"] = {"median": statistics.median(floor_loop), "min": min(floor_loop), "max": max(floor_loop)}
+    res["floor"] = lxml_floor.as_dict()
+    # Per-stage cost, unprofiled, and how the model was read.
     stages = []
     for _ in range(3):
         run = benchlib.run([benchlib.PY, __file__, "phases-batch", str(folder)], env=env, capture=True, cpu=cpu)
         stages.append(json.loads(run.stdout))
     res["stages_us"] = {key: sorted(s[key] for s in stages)[1] for key in stages[0]}
+    run = benchlib.run([benchlib.PY, __file__, "reads", str(folder)], env=env, capture=True, cpu=cpu)
+    res["reads"] = json.loads(run.stdout)
     # Experiments (in-process, same inputs, output compared byte for byte with the unchanged code).
     runs = {variant: [] for variant in EXPERIMENTS}
     for _ in range(max(3, round(5 * ctx.scale))):
@@ -235,6 +313,7 @@ def batch(ctx):
     variants = {variant: {"seconds": statistics.median(r["seconds"] for r in rs),
                           "all": [r["seconds"] for r in rs],
                           "min": min(r["seconds"] for r in rs), "max": max(r["seconds"] for r in rs),
+                          "applied": all(r.get("applied", True) for r in rs),
                           "sha256": {r["sha256"] for r in rs}.pop() if len({r["sha256"] for r in rs}) == 1
                           else "differs between runs", "rss_mib": max(r["vmhwm_kib"] for r in rs) / 1024}
                 for variant, rs in runs.items()}
@@ -275,21 +354,26 @@ def _short(filename, line, func):
     return f"{filename}:{line}({func})"
 
 
+# (module, function, label): each stage function is wrapped in a timer where the module has it.
 STAGES = (("virtnet.conf.xmlparse", "read_source", "read file"),
           ("virtnet.conf.xmlparse", "parse_bytes", "parse (lxml, hardened)"),
           ("virtnet.conf.schema", "validate", "RelaxNG validate"),
-          ("virtnet.conf.checks", "check_domain", "semantic checks"),
-          ("virtnet.conf.defaults", "apply_defaults", "defaults (MACs, PCI addresses)"),
+          ("virtnet.conf.checks", "check_domain", "semantic checks (model frozen)"),
+          ("virtnet.conf.defaults", "apply_defaults", "defaults (MACs, PCI addresses, guest devices)"),
+          ("virtnet.conf.identity", "prepare", "identities (aliases)"),
+          ("virtnet.conf.load", "freeze", "freeze (read-once from here)"),
+          ("virtnet.qemu.argv", "build_command", "build argv (props)"),
           ("virtnet.qemu.argv", "build_argv", "build argv (props)"),
           ("virtnet.qemu.render", "shell_lines", "render (shell quoting)"),
-          ("virtnet.qemu.argv", "unrendered_devices", "unrendered-device scan"))
+          ("virtnet.qemu.argv", "warnings", "unrendered-device warnings"),
+          ("virtnet.qemu.argv", "unrendered_devices", "unrendered-device warnings"))
 
 
 def _child_phases_batch(folder):
     """`xml2argv DIR` in-process with each pipeline stage wrapped in a timer (µs per domain)."""
     from virtnet.cli import main
 
-    totals = {label: 0.0 for _, _, label in STAGES}
+    totals = {}
     clock = time.perf_counter
 
     def timed(function, label):
@@ -303,7 +387,9 @@ def _child_phases_batch(folder):
 
     for module_name, attr, label in STAGES:
         module = importlib.import_module(module_name)
-        setattr(module, attr, timed(getattr(module, attr), label))
+        if hasattr(module, attr):
+            totals.setdefault(label, 0.0)
+            setattr(module, attr, timed(getattr(module, attr), label))
     count = len(list(Path(folder).glob("*.xml")))
     from virtnet.conf import schema
 
@@ -313,116 +399,83 @@ def _child_phases_batch(folder):
         main(["xml2argv", folder])
     whole = clock() - start
     out = {label: value / count * 1e6 for label, value in totals.items()}
-    out["everything else (model, file list, output)"] = (whole - sum(totals.values())) / count * 1e6
+    out["everything else (model objects, file list, output)"] = (whole - sum(totals.values())) / count * 1e6
     print(json.dumps(out))
 
 
-def _install_child_index():
-    """Experiment (not virtnet's code): a model property finds its element through a tag → child
-    dict built once per element, instead of an lxml ElementPath find() per read; the dicts are
-    dropped whenever the tree may change (any property write, defaults, the next document)."""
-    from virtnet.conf import defaults, load, xmlmodel
+def _child_reads(folder):
+    """How `xml2argv DIR` reads the model, per domain: reads that walk the tree (the model thawed,
+    during defaults and identities), read-once first reads and the snapshots behind them, and the
+    sub-object look-ups (Child/Children)."""
+    from virtnet.conf import xmlmodel
+    from virtnet.cli import main
 
-    index = {}
+    counts = {"tree reads (Prop, not frozen)": 0, "first reads while frozen (Prop)": 0,
+              "snapshots (one walk per frozen object)": 0, "derived values computed while frozen": 0,
+              "sub-object look-ups (Child/Children)": 0, "objects frozen": 0, "thaw": 0}
 
-    def find(self, node):
-        for tag in self.elements:
-            children = index.get(node)
-            if children is None:
-                children = {}
-                for child in node:
-                    if isinstance(child.tag, str):
-                        children.setdefault(child.tag, child)
-                index[node] = children
-            node = children.get(tag)
-            if node is None:
-                return None
-        return node
+    def counting(key, function):
+        def wrapper(*args, **kwargs):
+            counts[key] += 1
+            return function(*args, **kwargs)
+        return wrapper
 
-    xmlmodel.Prop.find = find
-    prop_set = xmlmodel.Prop.__set__
-
-    def set_(self, obj, value):
-        index.clear()
-        prop_set(self, obj, value)
-
-    xmlmodel.Prop.__set__ = set_
-    apply_defaults, load_tree = defaults.apply_defaults, load.load_tree
-
-    def apply_defaults_(domain):  # edits the tree directly as well as through Prop
-        index.clear()
-        try:
-            return apply_defaults(domain)
-        finally:
-            index.clear()
-
-    def load_tree_(tree, filename):
-        index.clear()
-        return load_tree(tree, filename)
-
-    defaults.apply_defaults, load.load_tree = apply_defaults_, load_tree_
+    xmlmodel.Prop.__get__ = counting("tree reads (Prop, not frozen)", xmlmodel.Prop.__get__)
+    for cls in (xmlmodel.Child, xmlmodel.Children):
+        cls.__get__ = counting("sub-object look-ups (Child/Children)", cls.__get__)
+    optional = (("_MemoProp", "first reads while frozen (Prop)"), ("_MemoProperty", "derived values computed while frozen"))
+    for name, key in optional:
+        cls = getattr(xmlmodel, name, None)
+        if cls is not None:
+            cls.__get__ = counting(key, cls.__get__)
+    if hasattr(xmlmodel, "_snapshot"):
+        xmlmodel._snapshot = counting("snapshots (one walk per frozen object)", xmlmodel._snapshot)
+    if hasattr(xmlmodel, "_Group"):
+        xmlmodel._Group.thaw = counting("thaw", xmlmodel._Group.thaw)
+        xmlmodel._freeze_into = counting("objects frozen", xmlmodel._freeze_into)
+    count = len(list(Path(folder).glob("*.xml")))
+    with _quiet():
+        main(["xml2argv", "--host-caps", "none", folder])
+    print(json.dumps({key: value / count for key, value in counts.items()}))
 
 
-def _install_list_cache():
-    """Experiment (not virtnet's code): `domain.interfaces` and the other Children lists are built
-    once per document instead of at every access (the checks ask for them ~48 times a domain)."""
-    from virtnet.conf import defaults, load, xmlmodel
+def _install_no_freeze():
+    """Experiment: load_tree never freezes (the checks and the argv builder read the tree)."""
+    from virtnet.conf import load
 
-    lists = {}
-    children_get = xmlmodel.Children.__get__
+    class _Nothing:
+        def __init__(self, obj):
+            pass
 
-    def get(self, obj, owner=None):
-        if obj is None:
-            return self
-        key = (obj.node, self)
-        value = lists.get(key)
-        if value is None:
-            value = lists[key] = children_get(self, obj, owner)
-        return value
+        def __enter__(self):
+            return None
 
-    xmlmodel.Children.__get__ = get
-    apply_defaults, load_tree = defaults.apply_defaults, load.load_tree
+        def __exit__(self, *exc):
+            return None
 
-    def apply_defaults_(domain):
-        lists.clear()
-        try:
-            return apply_defaults(domain)
-        finally:
-            lists.clear()
-
-    def load_tree_(tree, filename):
-        lists.clear()
-        return load_tree(tree, filename)
-
-    defaults.apply_defaults, load.load_tree = apply_defaults_, load_tree_
+    if not hasattr(load, "freeze"):
+        return False
+    load.freeze = lambda obj: obj
+    load.frozen = _Nothing
+    return True
 
 
-def _install_plain_read():
-    """Experiment: size-check with fstat and read the file whole instead of read(1 MiB + 1)."""
-    import os
+def _install_no_control_char_rule():
+    from virtnet.conf import checks
 
-    from virtnet.conf import xmlparse
-
-    read_source = xmlparse.read_source
-
-    def read_source_(path):
-        if path == "-":
-            return read_source(path)
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size > xmlparse.MAX_BYTES:
-                return read_source(path)
-            return path, f.read()
-
-    xmlparse.read_source = read_source_
+    rules = [r for r in checks.RULES if r.__name__ != "no_control_characters"]
+    if len(rules) == len(checks.RULES):
+        return False
+    checks.RULES[:] = rules
+    return True
 
 
 def _child_inproc(folder, variant):
-    if "child-index" in variant:
-        _install_child_index()
-    if "lists" in variant:
-        _install_list_cache()
-    if "plain-read" in variant:
-        _install_plain_read()
+    applied = True
+    if variant == "no-freeze":
+        applied = _install_no_freeze()
+    elif variant == "no-control-char-rule":
+        applied = _install_no_control_char_rule()
     from virtnet.cli import main
 
     quiet = _quiet()
@@ -431,7 +484,7 @@ def _child_inproc(folder, variant):
         main(["xml2argv", folder])
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "sha256": hashlib.sha256(quiet.text.encode()).hexdigest(),
-                      "vmhwm_kib": benchlib.own_peak_rss_kib()}))
+                      "vmhwm_kib": benchlib.own_peak_rss_kib(), "applied": applied}))
 
 
 if __name__ == "__main__":
@@ -444,6 +497,8 @@ if __name__ == "__main__":
         _child_modules(rest[0])
     elif mode == "phases-batch":
         _child_phases_batch(rest[0])
+    elif mode == "reads":
+        _child_reads(rest[0])
     elif mode == "inproc":
         _child_inproc(rest[0], rest[1])
     else:

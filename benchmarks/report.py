@@ -9,8 +9,8 @@ import statistics
 from benchlib import fmt_mib, fmt_ms, fmt_ratio, table
 
 TARGETS = {
-    "single": "≤ 2× the `import lxml.etree` floor",
-    "batch": "≥ 2000 domains/s on one core",
+    "single": "≤ 1.5× the `import lxml.etree` floor (with bytecode as installed)",
+    "batch": "≥ 3000 domains/s on one core and ≤ 3.3× the parse + validate floor",
     "setup": "≤ 1 ms per tap",
     "teardown": "≤ 1 ms per tap for N ≥ 16",
     "start": "faster than libvirt (≈ 0.5 s)",
@@ -82,23 +82,24 @@ def _summary(s):
     rows = []
     single = s.get("single")
     if _ok(single):
-        cached = single["series"]["bytecode cached"]
-        v = cached["virtnet xml2argv"]
-        lx = cached["python -c 'import lxml.etree'"]
-        py = cached["python -c pass"]
-        comp = (f"`import lxml.etree` {fmt_ms(lx['median'])} ms; `python -c pass` {fmt_ms(py['median'])} ms; "
-                + ("virsh: skipped (no daemon)" if "virsh_skipped" in single else
-                   f"virsh {fmt_ms(cached['virsh domxml-to-native qemu-argv']['median'])} ms"))
-        ratio = (f"{fmt_ratio(v['median'], lx['median'])} / {fmt_ratio(v['median'], py['median'])}"
-                 + ("" if "virsh_skipped" in single else
-                    f" / {fmt_ratio(v['median'], cached['virsh domxml-to-native qemu-argv']['median'])}"))
-        rows.append(["1", "`virtnet xml2argv` seed file, whole process", span(v) + " ms", comp, ratio,
-                     TARGETS["single"], verdict(v["median"] <= 2 * lx["median"]), fmt_mib(v["peak_rss_mib"])])
-        nocache = single["series"]["no bytecode cache"]
-        v2, lx2 = nocache["virtnet xml2argv"], nocache["python -c 'import lxml.etree'"]
-        rows.append(["1", "… same, without a bytecode cache (how this checkout runs)", span(v2) + " ms",
-                     f"`import lxml.etree` {fmt_ms(lx2['median'])} ms", fmt_ratio(v2["median"], lx2["median"]),
-                     TARGETS["single"], verdict(v2["median"] <= 2 * lx2["median"]), fmt_mib(v2["peak_rss_mib"])])
+        target = single.get("target", 1.5)
+        for i, (env_name, series) in enumerate(single["series"].items()):
+            v = series["virtnet xml2argv"]
+            lx = series["python -c 'import lxml.etree'"]
+            py = series["python -c pass"]
+            comp = f"`import lxml.etree` {fmt_ms(lx['median'])} ms; `python -c pass` {fmt_ms(py['median'])} ms"
+            ratio = f"{fmt_ratio(v['median'], lx['median'])} / {fmt_ratio(v['median'], py['median'])}"
+            if i == 0:
+                virsh = series.get("virsh domxml-to-native qemu-argv")
+                comp += "; virsh: skipped (no daemon)" if virsh is None else f"; virsh {fmt_ms(virsh['median'])} ms"
+                if virsh is not None:
+                    ratio += f" / {fmt_ratio(v['median'], virsh['median'])}"
+            label = "`virtnet xml2argv` seed file, whole process" if i == 0 else "… same"
+            counted = env_name != "nothing cached"  # the target is about bytecode as installed
+            rows.append(["1", f"{label} ({env_name})", span(v) + " ms", comp, ratio,
+                         TARGETS["single"] if counted else "(reported: compiles virtnet at every start)",
+                         verdict(v["median"] <= target * lx["median"]) if counted else "—",
+                         fmt_mib(v["peak_rss_mib"])])
         checks_ok = not single["importtime"]["forbidden"] and not single["modules"]["forbidden"]
         once = single["schema_once"]
         rows.append(["1", "checks: no pyroute2/jinja2 import; schema compiled once",
@@ -112,11 +113,18 @@ def _summary(s):
         wall = batch["wall"]
         n = batch["domains"]
         rate = n / wall["median"]
+        fl = batch["floor_process"]
+        loop = batch["floor_loop"]
+        ratio = wall["median"] / fl["median"]
+        ok = rate >= batch["target_rate"] and ratio <= batch["target_ratio"]
         rows.append(["2", f"`virtnet xml2argv DIR`, {n} domains × 4 NICs, one process on one core",
                      f"{rate:.0f} domains/s ({n / wall['max']:.0f}–{n / wall['min']:.0f}); "
-                     f"{fmt_ms(wall['median'])} ms", "target 2000 domains/s",
-                     f"{rate / 2000:.2f}× target", TARGETS["batch"], verdict(rate >= 2000),
-                     fmt_mib(wall["peak_rss_mib"])])
+                     f"{fmt_ms(wall['median'])} ms",
+                     f"parse + validate floor {n / fl['median']:.0f}/s whole process ({fmt_ms(fl['median'])} ms), "
+                     f"{n / loop['median']:.0f}/s in its loop; target {batch['target_rate']}/s",
+                     f"{ratio:.2f}× floor (process), {wall['median'] / loop['median']:.2f}× (loop); "
+                     f"{rate / batch['target_rate']:.2f}× target",
+                     TARGETS["batch"], verdict(ok), fmt_mib(wall["peak_rss_mib"])])
     else:
         rows.append(["2", "batch conversion", _short_failure(batch), "", "", TARGETS["batch"], "—", ""])
     taps = s.get("taps")
@@ -242,10 +250,15 @@ def _single(d):
     if failed:
         return head + failed
     out = [head, f"`virtnet xml2argv {d['seed']}` against interpreter floors, {d['reps']} interleaved "
-           "repetitions each after 3 warm-up runs, the same venv interpreter for all. *Bytecode cached*: "
-           "`PYTHONPYCACHEPREFIX` points at a temporary folder, as an installed package has .pyc files. "
-           "*No bytecode cache*: this environment sets `PYTHONDONTWRITEBYTECODE=1`, so virtnet (an "
-           "editable install) is compiled at every start.\n"]
+           "repetitions each after 3 warm-up runs, the same venv interpreter for all, in three bytecode "
+           "situations:\n"]
+    out.append("\n".join(f"- *{name}*: {text}." for name, text in d.get("envs", {}).items()) + "\n")
+    stale = d.get("stale_bytecode_before")
+    if stale is not None:
+        out.append(f"Before the run, {len(stale)} module(s) of the checkout had missing or out-of-date bytecode"
+                   + (f" ({', '.join(stale[:6])}{', …' if len(stale) > 6 else ''})" if stale else "")
+                   + "; the run compiled them as `make` does, leaving "
+                   f"{len(d.get('stale_bytecode_after', []))}.\n")
     if "virsh_skipped" in d:
         out.append(f"virsh domxml-to-native: **skipped** — {d['virsh_skipped']}.\n")
     for env_name, series in d["series"].items():
@@ -291,10 +304,17 @@ def _batch(d):
            f"{', '.join(d['kinds'])} (virtio/e1000e/rtl8139/e1000 models, MTUs on some): `virtnet xml2argv DIR` "
            f"in one process pinned to CPU {d['cpu']}, {w['n']} repetitions; every run checked to print {n} "
            "command lines.\n"]
-    fl = d["floor"]
+    fl, fp, loop = d["floor"], d["floor_process"], d["floor_loop"]
     out.append(table(["", "median", "min", "max", "peak RSS MiB"], [
         ["wall, ms", fmt_ms(w["median"]), fmt_ms(w["min"]), fmt_ms(w["max"]), fmt_mib(w["peak_rss_mib"])],
         ["domains/s (whole process)", f"{n / w['median']:.0f}", f"{n / w['max']:.0f}", f"{n / w['min']:.0f}", ""],
+        ["floor: lxml parse + RelaxNG validate of the same files, whole process, ms", fmt_ms(fp["median"]),
+         fmt_ms(fp["min"]), fmt_ms(fp["max"]), fmt_mib(fp["peak_rss_mib"])],
+        ["floor, its loop only (read + parse + validate), ms", fmt_ms(loop["median"]), fmt_ms(loop["min"]),
+         fmt_ms(loop["max"]), ""],
+        ["floor, domains/s (whole process / loop)", f"{n / fp['median']:.0f} / {n / loop['median']:.0f}", "", "", ""],
+        ["virtnet ÷ floor (whole process / loop)", f"{w['median'] / fp['median']:.2f}× / "
+         f"{w['median'] / loop['median']:.2f}×", "", "", ""],
         ["`python -c 'import lxml.etree'`, ms", fmt_ms(fl["median"]), fmt_ms(fl["min"]), fmt_ms(fl["max"]),
          fmt_mib(fl["peak_rss_mib"])],
     ]))
@@ -304,17 +324,24 @@ def _batch(d):
                f"3 runs): {total:.0f} µs per domain, {1e6 / total:.0f} domains/s without process startup.\n\n" +
                table(["stage", "µs per domain", "share"],
                      [[k, f"{v:.0f}", f"{v / total * 100:.0f}%"] for k, v in st.items()]))
+    reads = d.get("reads")
+    if reads:
+        out.append("How the model is read, per domain (counted in-process; the model is frozen for the checks, "
+                   "thawed for defaults and identities, frozen again for the argv builder):\n\n"
+                   + table(["reads", "per domain"], [[k, f"{v:.1f}"] for k, v in reads.items()]))
     ex = d["experiments"]
     import bench_conversion
 
     base = ex["baseline"]["seconds"]
     rows = []
     for key, text in bench_conversion.EXPERIMENTS.items():
-        e = ex[key]
+        e = ex.get(key)
+        if e is None:
+            continue
         same = "yes" if e["sha256"] == ex["baseline"]["sha256"] else "**NO**"
-        rows.append([f"`{key}`", text, fmt_ms(e["seconds"]), f"{n / e['seconds']:.0f}",
-                     fmt_ratio(e["seconds"], base), same])
-    out.append("Experiments: what would move it (the same batch in-process; virtnet's code monkeypatched in the "
+        rows.append([f"`{key}`", text + ("" if e.get("applied", True) else " (not applicable: left as is)"),
+                     fmt_ms(e["seconds"]), f"{n / e['seconds']:.0f}", fmt_ratio(e["seconds"], base), same])
+    out.append("Experiments: what moves it (the same batch in-process; virtnet's code monkeypatched in the "
                "child process only; variants interleaved, median of "
                f"{len(ex['baseline'].get('all', [])) or 'several'} runs each):\n\n" + table(
                    ["variant", "change", "ms", "domains/s", "÷ baseline", "output identical"], rows))

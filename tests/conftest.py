@@ -60,3 +60,68 @@ def netlink(netns):
 from hostcases import dirs, inside, ns, unprivileged_user  # noqa: E402
 
 __all__ = ["dirs", "inside", "ns", "unprivileged_user"]
+
+
+# --- the passt binaries -----------------------------------------------------------------------
+# Debian 12's passt (0.0~git20230309, /usr/bin/passt) and a current one: Debian 13's, which
+# tools/build-passt.sh (run by `make test-deps`) builds into VIRTNET_TEST_CACHE. virtnet runs the
+# `passt` it finds in PATH, so a test selects one by putting its directory first in PATH.
+
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+PASST_CACHE = Path(os.environ.get("VIRTNET_TEST_CACHE", "/var/cache/virtnet-test"))
+PASSTS = ("debian12", "current")
+
+
+@dataclass(frozen=True)
+class PasstBinary:
+    kind: str  # one of PASSTS
+    path: str
+    version: str
+    vhost_user: bool  # has --vhost-user
+
+    @property
+    def bindir(self):
+        return os.path.dirname(self.path)
+
+
+def passt_binary(kind):
+    """The PasstBinary of KIND. When it is not there the test skips, except for the current passt
+    as root (as CI runs): then it fails with the reason the build gave, so CI never skips it."""
+    if kind == "debian12":
+        path = "/usr/bin/passt"
+        if not os.access(path, os.X_OK):
+            pytest.skip("needs passt (Debian package passt)")
+        query = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "passt"], capture_output=True, text=True)
+        version = query.stdout.strip() or "unknown"
+    else:
+        directory = PASST_CACHE / "passt-current"
+        path = str(directory / "passt")
+        if not os.access(path, os.X_OK):
+            failed = PASST_CACHE / "passt-build.failed"
+            why = failed.read_text().strip() if failed.exists() else "tools/build-passt.sh has not run"
+            reason = (f"needs the current passt at {path}, which `make test-deps` builds as root "
+                      f"(tools/build-passt.sh); it is not there: {why}")
+            if os.geteuid() == 0:
+                pytest.fail(reason, pytrace=False)
+            pytest.skip(reason)
+        version = (directory / "VERSION").read_text().strip()
+        path = os.path.realpath(path)  # passt-VERSION/passt, as /proc/PID/exe shows it
+    # --version is lost in a pipe (the current passt exits without flushing stdout); --help is not.
+    helptext = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=30)
+    return PasstBinary(kind, path, version, "--vhost-user" in helptext.stdout + helptext.stderr)
+
+
+@pytest.fixture(params=PASSTS)
+def passt_bin(request, monkeypatch):
+    """Each passt in turn (test ids [debian12] and [current]), first in PATH for the test."""
+    binary = passt_binary(request.param)
+    monkeypatch.setenv("PATH", binary.bindir + os.pathsep + os.environ.get("PATH", os.defpath))
+    return binary
+
+
+# The tiny test guest (tests/guest.py): its image, built once per run, and the guests of a test.
+from guest import lab, tiny_guest  # noqa: E402
+
+__all__ += ["lab", "tiny_guest"]

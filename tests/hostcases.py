@@ -5,11 +5,15 @@ The oracles here deliberately avoid virtnet's own host code: devices are read wi
 QEMU's tap fds are identified from /proc/PID/fdinfo ("iff:" names the tap a tun fd is attached to).
 """
 
+import atexit
+import compileall
+import configparser
 import json
 import os
+import re
 import shutil
 import signal
-import site
+import stat
 import subprocess
 import sys
 import tempfile
@@ -419,32 +423,223 @@ def unprivileged_user():
     assert subprocess.run(["id", name], capture_output=True).returncode != 0, f"user {name} is still there"
 
 
+# What a non-root user's virtnet needs, where that user can read it. Neither the checkout nor the
+# venv may be: a CI job clones into a 0700 directory (under /root, say), and a venv's interpreter
+# is often a symlink into root's home (pyenv). So each test process copies, once, the virtnet
+# package with its schemas (virtnet/conf/schema.py looks in ../../schemas of itself) and the
+# installed distributions it needs at run time (setup.cfg's install_requires and theirs) into a
+# world-readable temporary folder, byte-compiled, and runs them with an interpreter of this
+# Python version that the user can run: this one, its base, the system's, or else a copy of the
+# base interpreter in that folder.
+
+_user_tree = None  # that folder, made on first use and removed when the process exits
+_user_exe = None  # the interpreter that last worked for a user, tried first for the next one
+
+# Imported by the probe: what `virtnet` imports at start, and its schemas must be found.
+_PROBE = ("import sys, jinja2, lxml.etree, pyroute2, virtnet.cli; from virtnet.conf.schema import schema_dir; "
+          "tree = sys.argv[1]; assert virtnet.__file__.startswith(tree + '/'), virtnet.__file__; "
+          "assert str(schema_dir()).startswith(tree + '/'), schema_dir()")
+
+
+def _make_world_readable(root):
+    """Directories 0755, files 0644 (0755 when executable): a clone or venv made under umask 077
+    has 0600 files, and copies keep that."""
+    for dirpath, _dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o755 if os.stat(path).st_mode & 0o100 else 0o644)
+
+
+def _requirement_names(requirements):
+    """The distribution names in REQUIREMENTS (PEP 508 strings), leaving out extras' ones."""
+    names = []
+    for requirement in requirements or ():
+        spec, _, marker = requirement.partition(";")
+        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", spec)
+        if match and "extra" not in marker:
+            names.append(match.group(1))
+    return names
+
+
+def _runtime_distributions():
+    """The installed distributions virtnet imports: setup.cfg's install_requires, recursively.
+    One that is not installed (a Windows-only one) is left out; the probe names what is missing."""
+    from importlib import metadata
+
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    todo = _requirement_names(config.get("options", "install_requires").split("\n"))
+    found = {}
+    while todo:
+        name = todo.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in found:
+            continue
+        try:
+            found[key] = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        todo += _requirement_names(found[key].requires)
+    return list(found.values())
+
+
+def _copy_distribution(dist, site_dir):
+    """DIST's files (its RECORD, else its top-level names) from its site-packages into SITE_DIR."""
+    base = Path(dist.locate_file("")).resolve()
+    if dist.files is not None:
+        sources = [Path(dist.locate_file(f)).resolve() for f in dist.files if "__pycache__" not in f.parts]
+    else:
+        sources = [p for name in (dist.read_text("top_level.txt") or "").split() for p in base.glob(f"{name}*")]
+    for source in sources:
+        try:
+            relative = source.relative_to(base)
+        except ValueError:
+            continue  # a console script in the venv's bin/
+        target = site_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        elif source.is_file():
+            shutil.copy2(source, target)
+
+
+def user_python_tree():
+    """The world-readable folder (made once per process): virtnet/ and schemas/ as in the checkout,
+    site/ with virtnet's run-time dependencies. PYTHONPATH=TREE:TREE/site imports them."""
+    global _user_tree
+    if _user_tree is None:
+        tree = Path(tempfile.mkdtemp(prefix="vnt-py-", dir="/tmp"))
+        atexit.register(shutil.rmtree, tree, ignore_errors=True)
+        no_caches = shutil.ignore_patterns("__pycache__", "*.pyc")
+        shutil.copytree(REPO / "virtnet", tree / "virtnet", ignore=no_caches)
+        shutil.copytree(REPO / "schemas", tree / "schemas", ignore=no_caches)
+        for dist in _runtime_distributions():
+            _copy_distribution(dist, tree / "site")
+        # Compiled here, so the user's processes (which cannot write the folder) need not compile
+        # every module they import each time; the byte code is the same for every 3.N.x.
+        compileall.compile_dir(str(tree), quiet=2, workers=1)
+        _make_world_readable(tree)
+        _user_tree = tree
+    return _user_tree
+
+
+def _copied_interpreter(tree):
+    """This Python's base interpreter copied into TREE/python: the executable, its libpython when
+    it has one (--enable-shared) and the standard library without tests, site-packages and build
+    files. For when the user can run no interpreter of this version where it is installed (a
+    pyenv Python lives in root's home)."""
+    home = tree / "python"
+    if not home.exists():
+        version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        base = Path(sys.base_prefix)
+        (home / "bin").mkdir(parents=True)
+        shutil.copy2(os.path.realpath(getattr(sys, "_base_executable", sys.executable)), home / "bin" / version)
+        (home / "lib").mkdir()
+        for library in base.glob("lib/libpython*.so*"):
+            shutil.copy2(library, home / "lib" / library.name)
+
+        def unneeded(directory, names):
+            top = {"site-packages", "dist-packages", "test", "idlelib", "tkinter", "turtledemo", "ensurepip"}
+            return {n for n in names if Path(directory) == base / "lib" / version and
+                    (n in top or n.startswith("config-"))}
+
+        shutil.copytree(base / "lib" / version, home / "lib" / version, ignore=unneeded, symlinks=True)
+        _make_world_readable(home)
+    exe = home / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    return str(exe), (f"PYTHONHOME={home}", f"LD_LIBRARY_PATH={home / 'lib'}")
+
+
+def _interpreters():
+    """Interpreters of this Python version, most direct first."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [_user_exe, sys.executable, getattr(sys, "_base_executable", None),
+                  os.path.join(sys.base_prefix, "bin", version), f"/usr/bin/{version}", f"/usr/local/bin/{version}",
+                  shutil.which(version)]
+    seen = []
+    for exe in candidates:
+        if exe and exe not in seen and os.path.isfile(exe):
+            seen.append(exe)
+    return seen
+
+
+@dataclass(frozen=True)
+class UserPython:
+    """An interpreter a user can run and the variables under which it imports virtnet."""
+
+    exe: str
+    env: tuple  # "NAME=value" items for env(1)
+
+    def argv(self, *args):
+        return ["env", *self.env, self.exe, *map(str, args)]
+
+
+def user_env():
+    """The environment for commands run as another user: this one without virtnet's and Python's
+    variables (those a test needs are set explicitly)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("VIRTNET_", "PYTHON", "LD_"))}
+
+
 def python_for(user):
-    """An interpreter USER may run, and the PYTHONPATH under which it imports virtnet and its
-    dependencies: this one (when USER can reach it), else the system's of the same version with
-    our site-packages (a venv's interpreter often lives under root's 0700 home)."""
-    path = [str(REPO)]
-    candidates = [(sys.executable, path),
-                  (f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}", path + site.getsitepackages())]
-    for exe, pythonpath in candidates:
-        probe = subprocess.run(["runuser", "-u", user, "--", "env", f"PYTHONPATH={':'.join(pythonpath)}", exe, "-c",
-                                "import lxml.etree, pyroute2, virtnet.cli"], capture_output=True, cwd="/")
-        if probe.returncode == 0:
-            return exe, ":".join(pythonpath)
-    pytest.skip(f"no Python interpreter that user {user} can run imports virtnet and its dependencies")
+    """A UserPython with which USER imports virtnet and its dependencies, from user_python_tree()
+    whatever the permissions of the checkout and the venv. Fails (not skips) when there is none:
+    as root, the non-root tests must run."""
+    global _user_exe
+    tree = user_python_tree()
+    pythonpath = f"PYTHONPATH={tree}:{tree / 'site'}"
+    tried = []
+
+    def works(python):
+        probe = subprocess.run(["runuser", "-u", user, "--", *python.argv("-c", _PROBE, tree)], capture_output=True,
+                               text=True, cwd="/", env=user_env())
+        last = probe.stderr.strip().splitlines()[-1:]
+        tried.append(f"{python.exe}: {last[0] if last else f'exit status {probe.returncode}'}")
+        return probe.returncode == 0
+
+    for exe in _interpreters():
+        python = UserPython(exe, (pythonpath,))
+        if works(python):
+            _user_exe = exe
+            return python
+    exe, env = _copied_interpreter(tree)
+    python = UserPython(exe, (pythonpath, *env))
+    if works(python):
+        return python
+    pytest.fail(f"no Python interpreter that user {user} can run imports virtnet from {tree}: " + "; ".join(tried))
+
+
+# When /dev/net/tun is not open to everyone (mode 0600 in some containers and CI hosts), the user's
+# commands run in a private mount namespace (unshare --mount, private propagation) where a 0666
+# node of the same device is bound over /dev/net/tun: it is made in a tmpfs mounted (in that
+# namespace only) on an empty directory, so no device node is ever created on the host's disks
+# and nothing of it is visible outside. The namespace ends with its last process (QEMU's).
+_PRIVATE_TUN = """\
+set -e
+mount -t tmpfs -o mode=0700,size=64k vnt-tun "$1"
+mknod -m 0666 "$1/tun" c "$2" "$3"
+mount --bind "$1/tun" /dev/net/tun
+shift 3
+exec "$@"
+"""
+
+
+def tun_open_to_all():
+    return stat.S_IMODE(os.stat("/dev/net/tun").st_mode) & 0o006 == 0o006
 
 
 @dataclass
 class UserWorkspace:
     """Where a test runs virtnet as a non-root USER: a world-searchable temp dir with state/ and
-    run/ owned by that user, in namespace NS."""
+    run/ owned by that user, in namespace NS; with TUN_DIR, in a private mount namespace whose
+    /dev/net/tun the user can open (_PRIVATE_TUN, mounted on TUN_DIR)."""
 
     user: str
     uid: int
     ns: str
     work: Path
-    exe: str
-    pythonpath: str
+    python: UserPython
+    tun_dir: Path | None = None
 
     @property
     def state(self):
@@ -454,18 +649,31 @@ class UserWorkspace:
     def runtime(self):
         return self.work / "run"
 
+    @property
+    def private_tun(self):
+        return self.tun_dir is not None
+
+    def run(self, *argv, timeout=60):
+        """ARGV as USER in NS (and in the private mount namespace, when there is one)."""
+        command = ["runuser", "-u", self.user, "--", *map(str, argv)]
+        if self.tun_dir is not None:
+            rdev = os.stat("/dev/net/tun").st_rdev
+            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _PRIVATE_TUN, "sh",
+                       str(self.tun_dir), str(os.major(rdev)), str(os.minor(rdev)), *command]
+        return subprocess.run(["ip", "netns", "exec", self.ns, *command], capture_output=True, text=True,
+                              timeout=timeout, cwd=str(self.work), env=user_env())
+
     def virtnet(self, *args):
-        argv = ["ip", "netns", "exec", self.ns, "runuser", "-u", self.user, "--", "env",
-                f"PYTHONPATH={self.pythonpath}", self.exe, "-m", "virtnet", "--state-dir", str(self.state),
-                "--runtime-dir", str(self.runtime), *map(str, args)]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=str(self.work))
+        return self.run(*self.python.argv("-m", "virtnet", "--state-dir", self.state, "--runtime-dir", self.runtime,
+                                          *args))
 
 
 @contextmanager
-def user_workspace(user, ns, prefix):
+def user_workspace(user, ns, prefix, *, tun=False):
     """A UserWorkspace; afterwards every process still mentioning it (QEMU, passt) is killed and
-    the directory removed, whatever the test did."""
-    exe, pythonpath = python_for(user)
+    the directory removed, whatever the test did. TUN: the user's commands open taps themselves,
+    so where /dev/net/tun is not open to everyone they get a private node (UserWorkspace)."""
+    python = python_for(user)
     uid = int(subprocess.run(["id", "-u", user], capture_output=True, text=True, check=True).stdout)
     work = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     try:
@@ -473,9 +681,12 @@ def user_workspace(user, ns, prefix):
         for directory in (work / "state", work / "run"):
             directory.mkdir()
             os.chown(directory, uid, -1)
-        yield UserWorkspace(user, uid, ns, work, exe, pythonpath)
+        tun_dir = None
+        if tun and not tun_open_to_all():
+            tun_dir = work / "tun"
+            tun_dir.mkdir(mode=0o700)
+        yield UserWorkspace(user, uid, ns, work, python, tun_dir)
     finally:
         for pid in live_pids(str(work)):
             kill(pid)
         shutil.rmtree(work, ignore_errors=True)
-

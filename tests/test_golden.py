@@ -173,14 +173,15 @@ def _instances(domain):
 
     found = {cls: [] for cls in model.MODEL_CLASSES}
     found[model.Domain].append(domain)
+    # Every device's <address> (PCI, drive, virtio-serial): one model class serves them all.
+    devices = domain.node.find("devices")
+    found[model.Address] += [model.Address(a) for a in (devices.iterfind("*/address") if devices is not None else ())]
     for iface in domain.interfaces:
         found[model.Interface].append(iface)
         if iface.source is not None:
             found[model.Source].append(iface.source)
             found[model.IPAddress] += iface.source.host_ips
             found[model.Route] += iface.source.host_routes
-        if iface.address is not None:
-            found[model.PCIAddress].append(iface.address)
         found[model.Offloads] += [o for o in (iface.host_offloads, iface.guest_offloads) if o is not None]
         found[model.IPAddress] += iface.guest_ips
         found[model.Route] += iface.guest_routes

@@ -233,7 +233,7 @@ def test_a_versioned_machine_name_is_accepted(tmp_path):
     path = variant(tmp_path, "machine='pc'", "machine='pc-i440fx-7.2'")
     result = virtnet("xml2argv", str(path))
     assert result.returncode == 0, result.stderr
-    assert "-machine pc-i440fx-7.2 " in result.stdout
+    assert "-machine pc-i440fx-7.2," in result.stdout
 
 
 # --- 9. no tracebacks: what validate accepts, every verb handles ----------------------------------

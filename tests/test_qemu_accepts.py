@@ -10,10 +10,17 @@ the test itself, never by the host's own devices:
   socket types   the addresses on lo, a multicast route, and a listener for `connect=`
   bridge helper  a bridge in the namespace, and an ACL allowing it on a private /etc overlay
                  (in the mount namespace the test thread has to itself)
+  disks          an image of the disk's format (raw: a sparse file; qcow2: qemu-img create) in
+                 the case's work directory in place of the golden's path; for <disk
+                 type='block'> a loop device over such an image (QEMU's host_device driver
+                 takes block devices only)
 The argv is built with virtnet.qemu.argv.build_argv, as `virtnet start` does: the golden's options
 with real fds and the test's runtime directory (QMP, passt socket). QEMU is then asked over QMP
 whether every NIC exists with the id, model, MAC and netdev the argv gave it, and every netdev
-with the expected backend type. An argv QEMU refuses fails with QEMU's message.
+with the expected backend type; whether every disk is there with libvirt's id, its format node,
+format and read-only flag (query-block); and whether every PCI device sits on the bus and slot
+its XML address gives (query-pci: on q35, behind its pcie-root-port). An argv QEMU refuses fails
+with QEMU's message.
 """
 
 import array
@@ -32,6 +39,7 @@ from pathlib import Path
 
 import pytest
 
+import guestfiles
 import hostops
 from conftest import require_host_privileges
 from virtnet.golden import case_options
@@ -241,6 +249,35 @@ def overlay_etc_with_bridge_acl(workdir, bridges):
         raise OSError(ctypes.get_errno(), "mount overlay on /etc: " + os.strerror(ctypes.get_errno()))
 
 
+# -- disk images --------------------------------------------------------------------------------------
+
+QEMU_IMG = "/usr/bin/qemu-img"
+IMAGE_SIZE = 1 << 20
+
+
+def make_image(path, fmt):
+    """A 1 MiB image at PATH: sparse raw, or qcow2 made by qemu-img (Debian: qemu-utils)."""
+    if fmt == "raw":
+        with open(path, "wb") as image:
+            image.truncate(IMAGE_SIZE)
+        return path
+    if not os.access(QEMU_IMG, os.X_OK):
+        pytest.skip(f"needs {QEMU_IMG} for a {fmt} image (Debian: qemu-utils)")
+    subprocess.run([QEMU_IMG, "create", "-q", "-f", fmt, str(path), str(IMAGE_SIZE)], check=True,
+                   capture_output=True, text=True)
+    return path
+
+
+def attach_loop(image):
+    """A loop device over IMAGE (detach_loop removes it)."""
+    return subprocess.run(["losetup", "--find", "--show", str(image)], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def detach_loop(device):
+    subprocess.run(["losetup", "--detach", device], capture_output=True)
+
+
 # -- one case ----------------------------------------------------------------------------------------
 
 class CaseHost:
@@ -255,6 +292,7 @@ class CaseHost:
         self.has_vhost_user = False
         self.client_listeners = []  # QEMU's connect= must reach these
         try:
+            self._disks()
             self._socket_needs()
             for index, iface in enumerate(domain.interfaces):
                 if iface.type == "vhostuser":
@@ -271,6 +309,21 @@ class CaseHost:
         except BaseException:
             self.close()
             raise
+
+    def _disks(self):
+        """An image (and for type='block' a loop device) for every disk the argv opens."""
+        from virtnet.qemu.storage import rendered_disks
+
+        for disk in rendered_disks(self.domain):
+            if disk.path is None:
+                continue  # an empty CD-ROM
+            image = make_image(self.workdir / f"{disk.ids.alias}.{disk.format or 'raw'}", disk.format or "raw")
+            if disk.type == "block":
+                loop = attach_loop(image)
+                self.closers.append(lambda loop=loop: detach_loop(loop))
+                disk.source_dev = loop
+            else:
+                disk.source_file = str(image)
 
     def _socket_needs(self):
         socket_ifaces = [i for i in self.domain.interfaces if i.type in ("server", "client", "mcast", "udp")]
@@ -387,13 +440,73 @@ def info_network(qmp):
     return found
 
 
+def expected_disks(domain):
+    """{disk id: (format node, format, read-only), or None for an empty CD-ROM} as the argv gives them."""
+    from virtnet.qemu.storage import rendered_disks
+
+    return {disk.ids.alias: (disk.ids.format_node, disk.format or "raw", disk.readonly) if disk.path else None
+            for disk in rendered_disks(domain)}
+
+
+def block_devices(qmp):
+    """{device id: what query-block says is inserted (None: no medium)}. A device's qdev is its id,
+    or for virtio-blk the path of its backend (/machine/peripheral/ID/virtio-backend)."""
+    found = {}
+    for entry in qmp.execute("query-block"):
+        qdev = entry.get("qdev", "").removesuffix("/virtio-backend")
+        found[qdev.rsplit("/", 1)[-1]] = entry.get("inserted")
+    return found
+
+
+def check_disks(qmp, domain):
+    """Every rendered disk is a block device of QEMU's with libvirt's id, format node, format and
+    read-only flag; an empty CD-ROM has no medium."""
+    expected, found = expected_disks(domain), block_devices(qmp)
+    assert set(expected) <= set(found), f"disks QEMU has: {sorted(found)}"
+    for ident, want in expected.items():
+        inserted = found[ident]
+        if want is None:
+            assert inserted is None, f"{ident}: an empty CD-ROM, but QEMU has {inserted}"
+        else:
+            got = (inserted["node-name"], inserted["drv"], inserted["ro"])
+            assert got == want, f"{ident}: query-block says {got}"
+
+
+def pci_place(qmp, ident):
+    """(bus name, slot, function) of PCI device IDENT as QOM has it: the name of its parent bus
+    ('pci.0', 'pcie.0', or 'pci.N' provided by the controller of that id) and its devfn. (query-pci
+    lists devices behind bridges by bus number, which the firmware assigns: a paused guest has none.)"""
+    path = f"/machine/peripheral/{ident}"
+    bus = qmp.execute("qom-get", {"path": path, "property": "parent_bus"}).rsplit("/", 1)[-1]
+    devfn = qmp.execute("qom-get", {"path": path, "property": "addr"})
+    return bus, devfn >> 3, devfn & 7
+
+
+def check_pci_layout(qmp, domain):
+    """NICs, disks and the controllers virtnet renders sit where their XML address says: on the
+    root bus, or on bus 'pci.N' of the controller with index N (on q35, each behind its root port)."""
+    from virtnet.conf.pci import bus_name
+    from virtnet.qemu import storage
+
+    devices = [(iface.ids.alias, iface.address) for iface in domain.interfaces]
+    devices += [(disk.ids.alias, disk.pci) for disk in storage.rendered_disks(domain)]
+    devices += [(c.alias, c.pci) for c in domain.controllers if storage.controller_props(domain, c) is not None]
+    for ident, address in devices:
+        if address is None or address.type != "pci":
+            continue
+        want = (bus_name(domain, address.bus or 0), address.slot, address.function or 0)
+        assert pci_place(qmp, ident) == want, f"{ident}: QOM has it at {pci_place(qmp, ident)}, its XML says {want}"
+
+
 @pytest.mark.parametrize("case", golden_cases(), ids=lambda p: p.stem)
 def test_qemu_accepts_the_argv_and_has_the_nics(case, netns):
     require_qemu_host()
     domain = load_file(str(case)).domain
     workdir = tempfile.mkdtemp(prefix="vnt-qa-")  # short: unix socket paths must fit 108 bytes
-    host = launched = None
+    host = launched = guest = None
     try:
+        guestfiles.skip_unless_runnable(domain)
+        guest = guestfiles.GuestFiles(domain, workdir)  # the kernels, firmware and sockets it names
         host = CaseHost(netns, workdir, domain, standalone="--standalone" in case_options(case.stem))
         argv = qemu_argv(case.stem, domain, host)
         try:
@@ -425,6 +538,8 @@ def test_qemu_accepts_the_argv_and_has_the_nics(case, netns):
             # vhost-user backends map guest RAM: QEMU must have it in a shareable memory backend.
             memdevs = qmp.execute("query-memdev")
             assert memdevs and all(m["share"] for m in memdevs), f"guest RAM not shared: {memdevs}"
+        check_disks(qmp, domain)
+        check_pci_layout(qmp, domain)
     finally:
         try:
             if launched is not None:
@@ -433,6 +548,8 @@ def test_qemu_accepts_the_argv_and_has_the_nics(case, netns):
         finally:
             if host is not None:
                 host.close()
+            if guest is not None:
+                guest.close()
             shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -320,7 +320,7 @@ ACCEPTED = [
             "      <address type='pci' domain='0' bus='0x00' slot='3' function='0x0'/>\n"
             "    </interface>")),
     ("passed-through-devices-and-elements",
-     domain("\n    <disk type='file' device='disk'><anything goes='here'><deep/></anything></disk>\n"
+     domain("\n    <hostdev mode='subsystem' type='pci'><anything goes='here'><deep/></anything></hostdev>\n"
             "    <graphics type='vnc'/>",
             top="\n  <cpu mode='host-passthrough'><feature policy='require' name='x'/></cpu>\n"
                 "  <clock offset='utc' adjustment='reset'><timer name='rtc'/></clock>\n"

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import stat
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from virtnet.errors import StoreError, XMLInputError
-from virtnet.store import Store, default_runtime_dir, default_state_dir
+from virtnet.store import INDEX_VERSION, Store, default_runtime_dir, default_state_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -219,7 +220,7 @@ def test_index_is_rebuilt_from_the_definitions_when_deleted(store):
     assert Store(store.state_dir, summarize=summarize).summaries() == expected
     rows = index_rows(store, "SELECT name, summary FROM domains ORDER BY name")
     assert [(name, json.loads(text)) for name, text in rows] == sorted(expected.items())
-    assert index_rows(store, "PRAGMA user_version") == [(1,)]
+    assert index_rows(store, "PRAGMA user_version") == [(INDEX_VERSION,)]
     assert index_rows(store, "PRAGMA journal_mode") == [("wal",)]
     assert stat.S_IMODE(store.index_path.stat().st_mode) == 0o600
 
@@ -289,17 +290,188 @@ def test_index_cannot_be_rebuilt_without_summarize(store):
     assert not store.index_path.exists()
 
 
-def test_rebuild_names_the_file_it_cannot_summarize(store):
-    define(store, "a")
-    (store.state_dir / "domains" / "a.xml").write_text("<domain><version>oops")
+# Definitions the index cannot take as they are: one bad file must not stop the others.
+
+
+def checked_summarize(xml_text):
+    """What a real summarize does with a bad file: a VirtnetError with the line. The summary has
+    the <name> inside, which the store compares with the file's name."""
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError as e:
+        raise XMLInputError(f"malformed XML: {e}", line=e.position[0]) from None
+    if root.findtext("version") is None:
+        raise XMLInputError("the element <version> is missing", line=1)
+    return {"name": root.findtext("name"), "version": int(root.findtext("version")), "size": len(xml_text)}
+
+
+@pytest.fixture
+def checked(tmp_path):
+    return Store(tmp_path / "state", tmp_path / "run", summarize=checked_summarize)
+
+
+def definition_path(store, name):
+    return store.state_dir / "domains" / f"{name}.xml"
+
+
+def rebuilt(store):
+    """The same store as the next command sees it after the index was lost."""
     store.index_path.unlink()
+    return Store(store.state_dir, store.runtime_dir, summarize=store.summarize)
 
-    def strict_summarize(xml_text):
-        raise XMLInputError("the XML is not well-formed")
 
-    with pytest.raises(XMLInputError) as error:
-        Store(store.state_dir, summarize=strict_summarize).summaries()
-    assert str(error.value).startswith(str(store.state_dir / "domains" / "a.xml") + ": ")
+BAD_DEFINITIONS = {
+    "not-xml": (b"<domain><version>oops", r":1: malformed XML: "),
+    "refused": (b"<domain><name>db</name></domain>", r":1: the element <version> is missing"),
+    "not-utf8": (b"<domain><name>db\xff</name></domain>", r":1: not UTF-8 \(byte 0xff\)"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_DEFINITIONS))
+def test_an_unusable_definition_is_skipped_with_a_warning_and_can_be_removed(checked, bad):
+    define(checked, "web")
+    define(checked, "db")
+    data, reason = BAD_DEFINITIONS[bad]
+    definition_path(checked, "db").write_bytes(data)
+    store = rebuilt(checked)
+
+    assert store.names() == ["web"]
+    assert store.summaries() == {"web": summarize(domain_xml("web"))}
+    [(name, warning, skipped)] = store.problems()
+    assert (name, skipped) == ("db", True)
+    path = str(definition_path(store, "db"))
+    assert re.fullmatch(re.escape(path) + reason + r".*; skipped — fix it, or `virtnet undefine db` removes it",
+                        warning), warning
+    assert "\n" not in warning
+    # The others can still be defined and removed; then the bad one goes too, with its row.
+    define(store, "new")
+    with store.lock():
+        store.remove_domain("web")
+        store.remove_domain("db")
+    assert store.names() == ["new"]
+    assert store.problems() == []
+    assert not definition_path(store, "db").exists()
+    assert index_rows(store, "SELECT count(*) FROM problems") == [(0,)]
+
+
+def test_what_is_not_a_file_is_skipped(checked):
+    define(checked, "web")
+    definition_path(checked, "dir").mkdir()  # a directory named like a definition
+    os.mkfifo(definition_path(checked, "fifo"))  # opening it for reading must not wait for a writer
+    definition_path(checked, "loop").symlink_to("loop.xml")
+    store = rebuilt(checked)
+    assert store.names() == ["web"]
+    assert [(name, warning.split("; skipped")[0], skipped) for name, warning, skipped in store.problems()] == [
+        ("dir", f"{definition_path(store, 'dir')}: not a regular file", True),
+        ("fifo", f"{definition_path(store, 'fifo')}: not a regular file", True),
+        ("loop", f"{definition_path(store, 'loop')}: cannot read it: Too many levels of symbolic links", True),
+    ]
+    with store.lock():
+        for name in ("dir", "fifo", "loop"):
+            if name == "dir":
+                definition_path(store, name).rmdir()  # remove_domain removes files only
+            else:
+                store.remove_domain(name)
+    assert store.listing() == ({"web": summarize(domain_xml("web"))}, [])
+
+
+def test_a_definition_that_breaks_while_pending_is_skipped(checked):
+    """A writer that crashed leaves its name pending; if that file no longer parses, the repair
+    skips it instead of failing every access."""
+    define(checked, "web")
+    define(checked, "db")
+    definition_path(checked, "db").write_text("garbage")
+    with contextlib.closing(sqlite3.connect(checked.index_path)) as db:
+        db.execute("INSERT INTO pending (name) VALUES ('db')")
+        db.commit()
+
+    assert checked.summaries() == {"web": summarize(domain_xml("web"))}
+    assert [(name, skipped) for name, _, skipped in checked.problems()] == [("db", True)]
+    assert pending(checked) == []
+    define(checked, "other")
+    assert checked.names() == ["other", "web"]
+
+
+def test_a_skipped_definition_fixed_or_deleted_by_hand_is_looked_at_again(checked):
+    define(checked, "web")
+    definition_path(checked, "db").write_text("garbage")
+    definition_path(checked, "gone").write_text("garbage")
+    store = rebuilt(checked)
+    assert [name for name, _, _ in store.problems()] == ["db", "gone"]
+
+    fixed = domain_xml("db", version=7)
+    definition_path(store, "db").write_text(fixed)
+    definition_path(store, "gone").unlink()
+    # A reader notices the changed files and repairs the index under the lock.
+    assert store.summaries() == {"db": summarize(fixed), "web": summarize(domain_xml("web"))}
+    assert store.problems() == []
+    assert index_rows(store, "SELECT name FROM problems") == []
+
+
+def test_a_definition_whose_name_differs_is_indexed_under_its_file_name(checked):
+    """The file name is the key: the definition is listed (with a warning) and its keys stay in
+    the index under the file's name."""
+    define(checked, "web")
+    other = domain_xml("db", version=5)
+    definition_path(checked, "other").write_text(other)
+    store = rebuilt(checked)
+
+    assert store.summaries() == {"other": summarize(other), "web": summarize(domain_xml("web"))}
+    assert store.summary_of("other") == summarize(other)  # the <name> is checked, not kept
+    [(name, warning, skipped)] = store.problems()
+    assert (name, skipped) == ("other", False)
+    assert warning == (f"{definition_path(store, 'other')}: its <name> is 'db', not 'other'; listed as "
+                       "'other', the name of its file — fix it, or `virtnet undefine other` removes it")
+    assert store.listing() == (store.summaries(), store.problems())  # what `list` reads, at once
+    # Redefining it under the file's name makes the file and its name agree again.
+    define(store, "other", version=6)
+    assert store.problems() == []
+
+
+def test_a_name_fixed_by_hand_is_noticed(checked):
+    define(checked, "web")
+    definition_path(checked, "other").write_text(domain_xml("db", version=5))
+    store = rebuilt(checked)
+    assert [(name, skipped) for name, _, skipped in store.problems()] == [("other", False)]
+
+    fixed = domain_xml("other", version=8)
+    definition_path(store, "other").write_text(fixed)
+    assert store.listing() == ({"other": summarize(fixed), "web": summarize(domain_xml("web"))}, [])
+
+
+def test_a_strange_name_inside_a_definition_stays_on_one_line(checked):
+    define(checked, "web")
+    definition_path(checked, "x").write_text("<domain><name>a\nb\u202e</name><version>1</version></domain>")
+    [(_, warning, _)] = rebuilt(checked).problems()
+    assert warning.isprintable(), warning
+    assert "its <name> is 'a\\nb\\u202e', not 'x'" in warning
+
+
+def test_files_whose_name_no_domain_can_have_are_not_definitions(checked):
+    define(checked, "web")
+    for leaf in (".hidden.xml", "bell\a.xml"):
+        definition_path(checked, "web").with_name(leaf).write_text(domain_xml("x"))
+    (checked.state_dir / "domains").joinpath(os.fsdecode(b"bad\xff.xml")).write_text(domain_xml("x"))
+    assert rebuilt(checked).names() == ["web"]
+
+
+def test_a_domain_whose_file_was_deleted_can_be_removed(checked):
+    define(checked, "web")
+    define(checked, "db")
+    definition_path(checked, "db").unlink()
+    assert checked.names() == ["db", "web"]  # the index does not look at every file
+    with checked.lock():
+        checked.remove_domain("db")
+        with pytest.raises(StoreError, match="no domain named 'db'"):
+            checked.remove_domain("db")
+    assert checked.names() == ["web"]
+
+
+def test_reading_a_definition_that_is_not_utf8_is_an_error(checked):
+    define(checked, "web")
+    definition_path(checked, "web").write_bytes(b"\xff")
+    with pytest.raises(StoreError, match=r"the definition of 'web' \(.*/web.xml\) is not UTF-8; fix it"):
+        checked.read_domain("web")
 
 
 CRASHING_WRITER = """

@@ -7,6 +7,7 @@ network namespace.
 """
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -344,3 +345,175 @@ def test_list_after_a_killed_qemu_whose_namespace_name_was_removed(ns, dirs, tmp
     assert "domain 'orphan'" in result.stderr and "no longer running" in result.stderr
     assert d.record("orphan") is None and d.runtime_entries() == []
     assert table_rows(ok(virtnet(d, "list", "--all"))) == [["orphan", "shut off", "2: ethernet, ethernet"]]
+
+
+# --- a damaged file does not stop the others -------------------------------------------------------
+
+
+def warnings_of(result):
+    """The stderr lines of a command that succeeded: each one a one-line warning."""
+    lines = result.stderr.splitlines()
+    assert all(line.startswith("virtnet: warning: ") for line in lines), result.stderr
+    return lines
+
+
+def define_three(d, tmp_path):
+    for name, uuid_, target in (("web", UUID_A, "webtap0"), ("db", UUID_B, "dbtap0"),
+                                ("app", "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", "apptap0")):
+        ok(define(d, tmp_path, two_nics(name, uuid_=uuid_, target=target), f"{name}.xml")[1])
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (b"this is not XML", ":1: malformed XML: Start tag expected"),
+    (b"<domain type='kvm'><name>db</name></domain>", ":1: <domain>: the element <"),
+    (b"<domain type='kvm'><name>d\xffb</name></domain>", ":1: not UTF-8 (byte 0xff)"),
+], ids=["not-xml", "refused-by-the-schema", "not-utf8"])
+def test_an_unusable_stored_definition_is_skipped_by_list_define_and_undefine(dirs, tmp_path, damage, reason):
+    """The index is rebuilt from the files (here: it was lost) and one of them no longer loads."""
+    d = dirs
+    define_three(d, tmp_path)
+    bad = d.state / "domains" / "db.xml"
+    bad.write_bytes(damage)
+    (d.state / "index.sqlite").unlink()
+    expected = (f"virtnet: warning: {bad}{reason}")
+    advice = "; skipped — fix it, or `virtnet undefine db` removes it"
+
+    result = virtnet(d, "list", "--all")
+    assert table_rows(ok(result)) == [["app", "shut off", "2: ethernet, user"],
+                                      ["web", "shut off", "2: ethernet, user"]]
+    [warning] = warnings_of(result)
+    assert warning.startswith(expected) and warning.endswith(advice), warning
+    [warning] = warnings_of(virtnet(d, "list"))  # and every time, until it is dealt with
+    assert warning.startswith(expected)
+
+    # define: its conflict checks cannot see the skipped file's keys, so it says so too.
+    path, result = define(d, tmp_path, two_nics("new", uuid_=None, target="newtap0"), "new.xml")
+    assert ok(result) == f"Domain 'new' defined from {path}\n"
+    assert [w.startswith(expected) for w in warnings_of(result)] == [True]
+    result = virtnet(d, "undefine", "app")
+    assert ok(result) == "Domain 'app' has been undefined\n"
+
+    # undefine removes the broken definition, its file and what the index knew of it.
+    result = virtnet(d, "undefine", "db")
+    assert ok(result) == "Domain 'db' has been undefined\n"
+    assert not bad.exists()
+    result = virtnet(d, "list", "--all")
+    assert [r[0] for r in table_rows(ok(result))] == ["new", "web"]
+    assert result.stderr == ""
+    with contextlib.closing(sqlite3.connect(d.state / "index.sqlite")) as index:
+        for table in ("domains", "macs", "targets", "problems"):
+            assert index.execute(f"SELECT count(*) FROM {table} WHERE name = 'db'").fetchone() == (0,)
+
+
+def test_a_definition_broken_and_fixed_by_hand_is_listed_again(dirs, tmp_path):
+    d = dirs
+    define_three(d, tmp_path)
+    good = (d.state / "domains" / "db.xml").read_text()
+    (d.state / "domains" / "db.xml").write_text("<domain")
+    (d.state / "index.sqlite").unlink()
+    assert len(warnings_of(virtnet(d, "list", "--all"))) == 1
+
+    (d.state / "domains" / "db.xml").write_text(good)
+    result = virtnet(d, "list", "--all")
+    assert [r[0] for r in table_rows(ok(result))] == ["app", "db", "web"]
+    assert result.stderr == ""
+
+
+def damaged_records(d):
+    """Runtime records that cannot be used, each as (file content, what the warning says)."""
+    valid = {"version": 2, "pid": 1, "qmp": str(d.runtime / "db" / "qmp.sock"), "runtime_dir": str(d.runtime / "db")}
+    return {
+        "not-json": ('{"pid": ', "not JSON"),
+        "not-an-object": ("[1, 2]", "not a JSON object"),
+        "no-qmp": ('{"pid": 1}', "no pid and QMP socket"),
+        "no-runtime-dir": (json.dumps({k: v for k, v in valid.items() if k != "runtime_dir"}), "runtime_dir"),
+        "other-version": (json.dumps({**valid, "version": 1}), "record version 1, expected 2"),
+        "bad-teardown": (json.dumps({**valid, "teardown": [{"action": "no-such-action"}]}), "no-such-action"),
+    }
+
+
+@pytest.mark.parametrize("damage", ["not-json", "not-an-object", "no-qmp", "no-runtime-dir", "other-version",
+                                    "bad-teardown"])
+def test_a_damaged_runtime_record_is_skipped_by_list_define_and_undefine(dirs, tmp_path, damage):
+    d = dirs
+    define_three(d, tmp_path)
+    record = d.state / "running" / "db.json"
+    record.parent.mkdir(exist_ok=True)
+    content, reason = damaged_records(d)[damage]
+    record.write_text(content)
+    prefix = f"virtnet: warning: {record}: damaged runtime record ("
+    advice = "); skipped — remove it if 'db' is not running"
+
+    result = virtnet(d, "list", "--all")
+    # Skipped: the domain is shown from its definition alone, as libvirt does with a status file
+    # it cannot read.
+    assert table_rows(ok(result)) == [["app", "shut off", "2: ethernet, user"],
+                                      ["db", "shut off", "2: ethernet, user"],
+                                      ["web", "shut off", "2: ethernet, user"]]
+    [warning] = warnings_of(result)
+    assert warning.startswith(prefix) and warning.endswith(advice) and reason in warning, warning
+    assert table_rows(ok(virtnet(d, "list"))) == []
+
+    result = virtnet(d, "undefine", "app")
+    assert ok(result) == "Domain 'app' has been undefined\n"
+    assert [w.startswith(prefix) for w in warnings_of(result)] == [True]
+    path, result = define(d, tmp_path, two_nics("new", uuid_=None, target="newtap0"), "new.xml")
+    assert ok(result) == f"Domain 'new' defined from {path}\n"
+    # The domain itself is not taken for stopped: virtnet cannot tell, so the user decides.
+    error = fails(virtnet(d, "undefine", "db"))
+    assert str(record) in error and "remove it if 'db' is not running" in error
+    assert record.read_text() == content
+
+    record.unlink()
+    ok(virtnet(d, "undefine", "db"))
+    result = virtnet(d, "list", "--all")
+    assert [r[0] for r in table_rows(ok(result))] == ["new", "web"]
+    assert result.stderr == ""
+
+
+def test_a_domain_whose_definition_was_deleted_by_hand_can_be_undefined(dirs, tmp_path):
+    d = dirs
+    ok(define(d, tmp_path, two_nics("web", mac="52:54:00:1a:22:33", target="shared0"))[1])
+    ok(define(d, tmp_path, two_nics("db", uuid_=UUID_B, target="dbtap0"), "db.xml")[1])
+    (d.state / "domains" / "web.xml").unlink()
+
+    assert ok(virtnet(d, "undefine", "web")) == "Domain 'web' has been undefined\n"
+    assert [r[0] for r in table_rows(ok(virtnet(d, "list", "--all")))] == ["db"]
+    assert "no domain named 'web'" in fails(virtnet(d, "undefine", "web"))
+    # Its keys went with its index rows: another domain may now use them.
+    ok(define(d, tmp_path, two_nics("new", uuid_=UUID_A, mac="52:54:00:1a:22:33", target="shared0"),
+              "new.xml")[1])
+
+
+def test_a_definition_whose_name_differs_from_its_file_is_listed_under_the_file_name(dirs, tmp_path):
+    """The file name is the key, as for every domain virtnet defines: the file is listed under it
+    with a warning, and its uuid, MACs and target devs keep counting for define's conflict rules."""
+    d = dirs
+    define_three(d, tmp_path)
+    moved = d.state / "domains" / "web.xml"
+    (d.state / "domains" / "renamed.xml").write_text(moved.read_text())
+    moved.unlink()
+    (d.state / "index.sqlite").unlink()
+    warning = (f"virtnet: warning: {d.state}/domains/renamed.xml: its <name> is 'web', not 'renamed'; "
+               "listed as 'renamed', the name of its file — fix it, or `virtnet undefine renamed` removes it")
+
+    result = virtnet(d, "list", "--all")
+    assert [r[0] for r in table_rows(ok(result))] == ["app", "db", "renamed"]
+    assert warnings_of(result) == [warning]
+    stored = ok(virtnet(d, "dumpxml", "renamed"))
+    assert parse(stored).findtext("name") == "web"
+
+    # Its keys are still taken: a domain named after its <name> is refused for its uuid, MAC and dev.
+    path = write(tmp_path / "web-again.xml", stored)
+    assert f"uuid {UUID_A} is already used by domain 'renamed'" in fails(virtnet(d, "define", path))
+    mac = parse(stored).find("devices/interface/mac").get("address")
+    _, result = define(d, tmp_path, two_nics("web", uuid_=None, mac=mac, target="other0"), "web2.xml")
+    assert f"MAC address {mac} is already used by domain 'renamed'" in fails(result)
+
+    # Defining it under the file's name (same uuid) is an update, and file and <name> agree again.
+    path = write(tmp_path / "renamed.xml", stored.replace("<name>web</name>", "<name>renamed</name>"))
+    result = virtnet(d, "define", path)
+    assert ok(result) == f"Domain 'renamed' updated from {path}\n"
+    result = virtnet(d, "list", "--all")
+    assert [r[0] for r in table_rows(ok(result))] == ["app", "db", "renamed"]
+    assert result.stderr == ""

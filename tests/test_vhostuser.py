@@ -6,18 +6,25 @@ No vhost-user network backend ships with Debian 12 (its passt predates --vhost-u
 backend is a thread speaking the vhost-user protocol's setup part: it answers the feature and
 queue-count queries QEMU makes while the guest is paused and accepts (and closes) the eventfds QEMU
 sends. That is everything QEMU needs to bring the netdev up; no packets flow, and no host network
-state is touched, so these tests need no root and no namespace.
+state is touched, so these tests need no root and no namespace. One test uses a real backend
+instead: a current passt (Debian 13's, built by tools/build-passt.sh) with --vhost-user, started
+by the test itself.
 """
 
 import array
 import os
+import signal
 import socket
 import struct
+import subprocess
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from conftest import passt_binary
 from hostcases import (
     alive,
     domain_xml,
@@ -274,3 +281,49 @@ def test_multiqueue_vhostuser_gets_a_queue_pair_per_queue(dirs, tmp_path, backen
                                                                   ("hostnet0", "vhost-user", "1")]
     assert (mq, vectors) == (True, 6)
     destroy_and_check(d, "vq", state)
+
+
+def test_a_real_passt_with_vhost_user_is_the_backend_qemu_connects_to(dirs, tmp_path):
+    """<interface type='vhostuser'> (no passt backend: the domain names a socket) served by a passt
+    --vhost-user the test starts, in this network namespace (in passt mode it forwards no host
+    port unless told to). The guest stays paused and never boots: QEMU 7.2 under TCG crashes when
+    a guest's driver probes a vhost-user NIC."""
+    require_qemu()
+    current = passt_binary("current")  # Debian 12's has no --vhost-user
+    assert current.vhost_user, current
+    d = dirs
+    work = Path(tempfile.mkdtemp(prefix="vnt-be-", dir="/tmp"))  # a unix socket path stays short
+    if os.geteuid() == 0:  # passt then writes as nobody and as root without CAP_DAC_OVERRIDE
+        os.chown(work, 65534, 0)
+        work.chmod(0o770)
+    sock, pidfile, log = work / "be.sock", work / "be.pid", tmp_path / "passt.log"
+    pid = None
+    try:
+        started = subprocess.run([current.path, "--vhost-user", "--one-off", "--socket", str(sock), "--pid",
+                                  str(pidfile), "--log-file", str(log)], capture_output=True, text=True, timeout=30)
+        assert started.returncode == 0, started.stderr  # it daemonises once the socket listens
+        pid = int(pidfile.read_text())
+        state = start(d, tmp_path, vhostuser_xml("vp", sock), "vp")
+
+        with qmp(state.qmp) as client:
+            [peer] = info_network(client)["net0"]["backends"]
+            chardevs = {c["label"]: c["filename"] for c in client.execute("query-chardev")}
+            status = client.execute("query-status")
+        assert (peer["name"], peer["type"]) == ("hostnet0", "vhost-user")
+        assert chardevs["charnet0"] == "unix:"  # connected ("disconnected:unix:PATH" otherwise)
+        assert status["status"] == "prelaunch"
+        assert log.read_text().count("accepted connection from PID") == 1
+        assert alive(pid)
+
+        destroy_and_check(d, "vp", state)
+        deadline = time.monotonic() + 10  # --one-off: passt exits once QEMU has closed the connection
+        while alive(pid):
+            assert time.monotonic() < deadline, f"passt {pid} still runs after QEMU went away"
+            time.sleep(0.05)
+        pid = None
+    finally:
+        if pid is not None and alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        for path in (sock, pidfile, work / "be.sock.repair"):  # passt leaves them (.repair: for passt-repair)
+            path.unlink(missing_ok=True)
+        work.rmdir()

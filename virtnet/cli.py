@@ -3,7 +3,6 @@
 Imports are lazy: each verb imports only what it uses, so `xml2argv` never loads pyroute2 or jinja2.
 """
 
-import argparse
 import os
 import sys
 
@@ -30,19 +29,54 @@ exit status: 0 ok, 1 rejected input or failed operation, 2 usage error.
 """
 
 
+class _LazyArgparse:
+    """argparse, imported at its first use: the conversion verbs' usual command lines are parsed
+    by _quick_args without it (importing and building it is a tenth of the start-up floor)."""
+
+    def __getattr__(self, name):
+        import argparse as module
+
+        globals()["argparse"] = module
+        return getattr(module, name)
+
+
+argparse = _LazyArgparse()
+
+# Options every verb takes, before or after the verb: (flag, add_argument keywords); the default
+# is the top parser's (sub-parsers leave the attribute alone unless the option is given).
+COMMON_OPTIONS = (
+    ("--debug", {"action": "store_true", "default": False, "help": "show Python tracebacks on errors"}),
+    ("--state-dir", {"metavar": "DIR", "default": None,
+                     "help": "where definitions and runtime records live (default: $VIRTNET_STATE_DIR, "
+                     "/var/lib/virtnet for root, $XDG_DATA_HOME/virtnet otherwise)"}),
+    ("--runtime-dir", {"metavar": "DIR", "default": None,
+                       "help": "QMP and passt sockets, QEMU logs (default: $VIRTNET_RUNTIME_DIR, "
+                       "/run/virtnet for root, $XDG_RUNTIME_DIR/virtnet otherwise)"}),
+    ("--netns", {"metavar": "NAME", "default": None,
+                 "help": "work inside network namespace NAME (as `ip netns exec NAME` would)"}),
+)
+
+# xml2argv's own options, from which both its sub-parser and _quick_args are made.
+XML2ARGV_OPTIONS = (
+    ("--network-only", {"action": "store_true", "help": "print only the -netdev/-device/-chardev options"}),
+    ("--standalone", {"action": "store_true",
+                      "help": "let QEMU open taps by name (ifname=...,script=no,downscript=no) and use "
+                      "-netdev bridge with qemu-bridge-helper for bridges, so the line runs without virtnet"}),
+    ("--syntax", {"choices": ("json", "keyval"), "default": "json",
+                  "help": "JSON objects (default; what QEMU 7.x takes) or legacy keyval for -netdev/-device"}),
+    ("--host-caps", {"default": "auto", "metavar": "CAPS",
+                     "help": "host capabilities to assume: 'auto' (probe this host, default), 'none', or a "
+                     "comma list of: vhost-net. Pin it for golden tests."}),
+    ("--bridge-helper", {"metavar": "PATH",
+                         "help": "with --standalone: the qemu-bridge-helper QEMU runs for bridges (default: the "
+                         "first found in /usr/lib/qemu, /usr/libexec/qemu, /usr/libexec, /usr/local/libexec)"}),
+)
+
+
 def _common(parser, top=False):
     """Options every verb takes, before or after the verb (defaults live on the top parser only)."""
-    default = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
-    parser.add_argument("--debug", action="store_true", default=default(False),
-                        help="show Python tracebacks on errors")
-    parser.add_argument("--state-dir", metavar="DIR", default=default(None),
-                        help="where definitions and runtime records live (default: $VIRTNET_STATE_DIR, "
-                        "/var/lib/virtnet for root, $XDG_DATA_HOME/virtnet otherwise)")
-    parser.add_argument("--runtime-dir", metavar="DIR", default=default(None),
-                        help="QMP and passt sockets, QEMU logs (default: $VIRTNET_RUNTIME_DIR, "
-                        "/run/virtnet for root, $XDG_RUNTIME_DIR/virtnet otherwise)")
-    parser.add_argument("--netns", metavar="NAME", default=default(None),
-                        help="work inside network namespace NAME (as `ip netns exec NAME` would)")
+    for flag, keywords in COMMON_OPTIONS:
+        parser.add_argument(flag, **(keywords if top else {**keywords, "default": argparse.SUPPRESS}))
 
 
 def _add_file(parser, nargs=None):
@@ -52,13 +86,14 @@ def _add_file(parser, nargs=None):
 def build_parser(verb=None):
     """The whole command line; with VERB (see _verb_of), only that verb's sub-parser is built, which
     parses that verb's command lines exactly as the whole parser does, at a fraction of the cost."""
-    parser = _Parser(
+    parser_class = _parser_class()
+    parser = parser_class(
         prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     _common(parser, top=True)
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     # prog given: argparse would otherwise format a usage line to work it out.
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB", prog=PROG, parser_class=_Parser)
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", prog=PROG, parser_class=parser_class)
     verbs.required = True
     if verb is not None:
         verbs = _OneVerb(verbs, verb)
@@ -84,20 +119,11 @@ def build_parser(verb=None):
         "a `# FILE` line.",
     )
     _add_file(p, nargs="+")
-    p.add_argument("--network-only", action="store_true", help="print only the -netdev/-device/-chardev options")
-    p.add_argument("--standalone", action="store_true",
-                   help="let QEMU open taps by name (ifname=...,script=no,downscript=no) and use "
-                   "-netdev bridge with qemu-bridge-helper for bridges, so the line runs without virtnet")
-    p.add_argument("--syntax", choices=("json", "keyval"), default="json",
-                   help="JSON objects (default; what QEMU 7.x takes) or legacy keyval for -netdev/-device")
-    p.add_argument("--host-caps", default="auto", metavar="CAPS",
-                   help="host capabilities to assume: 'auto' (probe this host, default), 'none', or a "
-                   "comma list of: vhost-net. Pin it for golden tests.")
-    p.add_argument("--bridge-helper", metavar="PATH",
-                   help="with --standalone: the qemu-bridge-helper QEMU runs for bridges (default: the "
-                   "first found in /usr/lib/qemu, /usr/libexec/qemu, /usr/libexec, /usr/local/libexec)")
+    for flag, keywords in XML2ARGV_OPTIONS:
+        p.add_argument(flag, **keywords)
     _common(p)
     _host_verbs(verbs)
+    _lifecycle_verbs(verbs)
     _check_verbs(verbs)
     return parser
 
@@ -165,8 +191,91 @@ def _host_verbs(verbs):
     p.add_argument("--bridge-helper", metavar="PATH",
                    help="the qemu-bridge-helper to run (default: the first found in /usr/lib/qemu, "
                    "/usr/libexec/qemu, /usr/libexec, /usr/local/libexec)")
+    p.add_argument("--allow-dropped", action="store_true",
+                   help="start even when elements holding the guest's data (disks, filesystems, host "
+                   "devices) are not rendered on QEMU's command line; the guest runs without them")
     p = verb("destroy", "stop a running domain and remove what start created")
     p.add_argument("name", metavar="NAME")
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds between 0 and 86400")
+    return value
+
+
+SHUTDOWN_TIMEOUT = 60.0  # seconds; runner.DEFAULT_SHUTDOWN_TIMEOUT (not imported: every verb builds this)
+
+
+def _lifecycle_verbs(verbs):
+    """create, shutdown, reboot, reset and console: virsh's lifecycle verbs."""
+    def verb(name, help, description, example):
+        p = verbs.add_parser(name, help=help, description=description, epilog=f"example:\n  {example}",
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        _common(p)
+        return p
+
+    p = verb("create", "start a domain from a file without defining it (a transient domain)",
+             "Start the domain in FILE as `start` would, without keeping its definition (like `virsh\n"
+             "create`): it is listed, and its name, uuid, MACs and target devs are taken, while it\n"
+             "runs; once it stops (destroy, shutdown, the guest powering off) it is forgotten. A domain\n"
+             "of that name that is already defined is refused; `define` while it runs keeps it.",
+             "virtnet create web.xml --paused")
+    _add_file(p)
+    p.add_argument("--paused", action="store_true", help="leave the vCPUs stopped (QEMU -S)")
+    p.add_argument("--unprivileged", action="store_true",
+                   help="create bridge taps through qemu-bridge-helper, as a user without CAP_NET_ADMIN "
+                   "must (the default then)")
+    p.add_argument("--bridge-helper", metavar="PATH", help="the qemu-bridge-helper to run (as for start)")
+    p.add_argument("--allow-dropped", action="store_true",
+                   help="start even when elements holding the guest's data are not rendered (as for start)")
+
+    timeout_help = ("how long to wait for the guest (default: %(default)g); a guest that has not powered "
+                    "off by then is left running")
+    p = verb("shutdown", "ask the guest to power off (ACPI), wait, then clean up as destroy does",
+             "Press the guest's ACPI power button (QMP system_powerdown) and wait for it to power off;\n"
+             "then remove what start created, as destroy does (a domain started by `create` is\n"
+             "forgotten). The guest needs ACPI (<features><acpi/></features>) and an operating\n"
+             "system that acts on the button; one that does not is left running, with an error\n"
+             "saying so: `virtnet destroy NAME` stops it at once.",
+             "virtnet shutdown web --timeout 120")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=SHUTDOWN_TIMEOUT,
+                   help=timeout_help)
+
+    p = verb("reboot", "reboot the guest cleanly: ACPI power-down, then reset and run again",
+             "Reboot as `virsh reboot` does by default: press the guest's ACPI power button, wait for\n"
+             "the guest to shut down cleanly, then reset the machine and run it again (QEMU is kept\n"
+             "from exiting meanwhile). A guest that ignores the button keeps running as it was, with\n"
+             "an error: `virtnet reset NAME` resets it without asking. A domain whose <on_reboot> is\n"
+             "destroy is shut down instead, as libvirt does.",
+             "virtnet reboot web")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=SHUTDOWN_TIMEOUT,
+                   help=timeout_help)
+
+    p = verb("reset", "reset the machine at once, without asking the guest (like pressing reset)",
+             "Reset the machine (QMP system_reset), as `virsh reset` does: the guest reboots without\n"
+             "shutting down. A domain whose <on_reboot> is destroy stops instead, as its guest's own\n"
+             "reboot would stop it, and is cleaned up as destroy does.",
+             "virtnet reset web")
+    p.add_argument("name", metavar="NAME")
+
+    p = verb("console", "attach the terminal to the guest's serial console (Ctrl+] leaves)",
+             "Connect to the guest's console, as `virsh console` does: the first serial port\n"
+             "(<serial type='pty'>, or type='unix' with mode='bind'), else the first virtio console.\n"
+             "Type Ctrl+] to leave. On a terminal, the terminal is in raw mode meanwhile, so Ctrl+C\n"
+             "and the like reach the guest; from a pipe, the bytes are relayed as they are and the end\n"
+             "of the input also ends the session. One session at a time.",
+             "virtnet console web")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--devname", metavar="ALIAS",
+                   help="the character device to attach to, by alias: serial0, serial1, console0, channel0, "
+                   "a ua- alias (default: the first console)")
 
 
 def _version():
@@ -290,7 +399,9 @@ def cmd_undefine(args):
 
     store = _store(args)
     with store.lock():
-        runner.reap_dead(store)  # a domain whose QEMU died is not running any more
+        # A domain whose QEMU died is not running any more; a damaged record of another domain is
+        # skipped with a warning.
+        runner.reap_dead(store)
         domains.undefine(store, args.name)
     print(f"Domain '{args.name}' has been undefined")
     return 0
@@ -301,12 +412,17 @@ def cmd_list(args):
 
     store = _store(args)
     running = set(store.running_names())
-    if running:
+    if running or store.has_runtime_temporaries():
         with store.lock():
-            runner.reap_dead(store)
-        running = set(store.running_names())
+            # It warns about each damaged record and skips it: that domain is shown from its
+            # definition alone (shut off), as libvirt shows one whose status file it cannot read.
+            damaged = runner.reap_dead(store)
+        running = set(store.running_names()) - set(damaged)
+    summaries, problems = store.listing()
+    for _, warning, _ in problems:  # definitions skipped, or listed under their file's name
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     rows = []
-    for name, summary in sorted(store.summaries().items()):
+    for name, summary in sorted(summaries.items()):
         state = "running" if name in running else "shut off"
         if state == "running" or args.all:
             types = summary.get("interfaces", [])
@@ -389,7 +505,8 @@ def cmd_start(args):
     from virtnet import runner
 
     state = runner.start(_store(args), args.name, paused=args.paused, netns_name=_netns_name(args),
-                         unprivileged=args.unprivileged, bridge_helper=args.bridge_helper)
+                         unprivileged=args.unprivileged, bridge_helper=args.bridge_helper,
+                         allow_dropped=args.allow_dropped)
     taps = ", ".join(state.taps.values()) or "no taps"
     print(f"Domain '{args.name}' started{' (paused)' if args.paused else ''}: QEMU pid {state.pid}, {taps}")
     return 0
@@ -401,6 +518,55 @@ def cmd_destroy(args):
     runner.destroy(_store(args), args.name)
     print(f"Domain '{args.name}' destroyed")
     return 0
+
+
+def cmd_create(args):
+    from virtnet import runner
+    from virtnet.conf.load import load_file
+
+    loaded = load_file(args.file)
+    _print_warnings(loaded)
+    state = runner.create(_store(args), loaded, paused=args.paused, netns_name=_netns_name(args),
+                          unprivileged=args.unprivileged, bridge_helper=args.bridge_helper,
+                          allow_dropped=args.allow_dropped)
+    taps = ", ".join(state.taps.values()) or "no taps"
+    print(f"Domain '{loaded.domain.name}' created from {loaded.filename}{' (paused)' if args.paused else ''}: "
+          f"QEMU pid {state.pid}, {taps}")
+    return 0
+
+
+def cmd_shutdown(args):
+    from virtnet import runner
+
+    runner.shutdown(_store(args), args.name, timeout=args.timeout)
+    print(f"Domain '{args.name}' has been shut down")
+    return 0
+
+
+def cmd_reboot(args):
+    from virtnet import runner
+
+    if runner.reboot(_store(args), args.name, timeout=args.timeout) == "shut down":
+        print(f"Domain '{args.name}' has been shut down: its <on_reboot> is destroy")
+    else:
+        print(f"Domain '{args.name}' is being rebooted")
+    return 0
+
+
+def cmd_reset(args):
+    from virtnet import runner
+
+    if runner.reset(_store(args), args.name) == "shut down":
+        print(f"Domain '{args.name}' has been shut down: its <on_reboot> is destroy")
+    else:
+        print(f"Domain '{args.name}' was reset")
+    return 0
+
+
+def cmd_console(args):
+    from virtnet import console
+
+    return console.attach(_store(args), args.name, args.devname)
 
 
 def cmd_golden(args):
@@ -422,15 +588,23 @@ def _netns_name(args):
 COMMANDS = {"validate": cmd_validate, "xml2xml": cmd_xml2xml, "xml2argv": cmd_xml2argv,
             "define": cmd_define, "undefine": cmd_undefine, "list": cmd_list, "dumpxml": cmd_dumpxml,
             "domiflist": cmd_domiflist, "plan": cmd_plan, "start": cmd_start, "destroy": cmd_destroy,
-            "golden": cmd_golden}
+            "golden": cmd_golden, "create": cmd_create, "shutdown": cmd_shutdown, "reboot": cmd_reboot,
+            "reset": cmd_reset, "console": cmd_console}
 
 
-class _Parser(argparse.ArgumentParser):
+_PARSER_CLASS = []
+
+
+def _parser_class():
     """argparse makes a help formatter at every add_argument, and each asks shutil (a 2 ms import
-    of bz2, lzma and zlib) for the terminal width; this one works the width out as shutil does."""
+    of bz2, lzma and zlib) for the terminal width; this parser works the width out as shutil does."""
+    if not _PARSER_CLASS:
+        class Parser(argparse.ArgumentParser):
+            def _get_formatter(self):
+                return self.formatter_class(prog=self.prog, width=_terminal_columns() - 2)  # as argparse does
 
-    def _get_formatter(self):
-        return self.formatter_class(prog=self.prog, width=_terminal_columns() - 2)  # as argparse does
+        _PARSER_CLASS.append(Parser)
+    return _PARSER_CLASS[0]
 
 
 def _terminal_columns():
@@ -479,12 +653,62 @@ def _verb_of(argv):
     return None
 
 
+def _dest(flag):
+    return flag[2:].replace("-", "_")
+
+
+# The verbs _quick_args parses: (their own options, whether FILE takes several).
+_QUICK_VERBS = {"validate": ((), False), "xml2xml": ((), False), "xml2argv": (XML2ARGV_OPTIONS, True)}
+
+
+def _quick_args(argv):
+    """The namespace argparse makes of a plain command line of validate, xml2xml or xml2argv,
+    without argparse: options spelled out in full with their value as the next word, files in one
+    run. Anything else (help, --version, abbreviations, --opt=value, '--', a mistake) gives None,
+    and argparse parses it, with its messages."""
+    from types import SimpleNamespace
+
+    values = {_dest(flag): keywords["default"] for flag, keywords in COMMON_OPTIONS}
+    options = dict(COMMON_OPTIONS)
+    verb, files, several, files_ended = None, [], False, False
+    tokens = iter(argv)
+    for token in tokens:
+        if verb is None and token in _QUICK_VERBS:
+            verb = token
+            own, several = _QUICK_VERBS[verb]
+            options.update(own)
+            for flag, keywords in own:
+                values[_dest(flag)] = keywords.get("default", False if keywords.get("action") == "store_true" else None)
+        elif verb is not None and (token == "-" or not token.startswith("-")):
+            if files_ended:
+                return None  # argparse refuses files on both sides of an option
+            files.append(token)
+        elif token in options:
+            files_ended = bool(files)
+            keywords = options[token]
+            if keywords.get("action") == "store_true":
+                values[_dest(token)] = True
+                continue
+            value = next(tokens, None)
+            if value is None or value.startswith("-") or value not in keywords.get("choices", (value,)):
+                return None
+            values[_dest(token)] = value
+        else:
+            return None
+    if verb is None or not files or (len(files) > 1 and not several):
+        return None
+    return SimpleNamespace(**values, verb=verb, file=files if several else files[0])
+
+
 def main(argv=None):
-    parser = build_parser(_verb_of(sys.argv[1:] if argv is None else argv))
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:
-        return e.code
+    argv = sys.argv[1:] if argv is None else argv
+    args = _quick_args(argv)
+    if args is None:
+        parser = build_parser(_verb_of(argv))
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:
+            return e.code
     try:
         if args.netns:
             from virtnet.host import netns

@@ -10,6 +10,7 @@ Imports stay lazy, as in the CLI: xml2xml and xml2argv load neither pyroute2 nor
 (only plan's sh and networkd formats use jinja2).
 """
 
+import shlex
 from dataclasses import dataclass, field
 
 PLAN_FORMATS = ("text", "json", "sh", "networkd")
@@ -57,31 +58,32 @@ def xml2xml(loaded):
 
 
 def xml2argv(loaded, *, runtime_dir, host_caps=frozenset(), syntax="json", standalone=False,
-             network_only=False, bridge_helper=None):
+             network_only=False, bridge_helper=None, state_dir=None):
     """The QEMU command line of one domain, as `virtnet xml2argv` prints it for one file.
 
     With STANDALONE the `# run first: …` passt lines come first. BRIDGE_HELPER is the helper path
     a standalone line names for bridges; the caller finds it (virtnet.host.bridgehelper.find_helper),
-    since this function does not look at the host.
+    since this function does not look at the host. STATE_DIR is where a UEFI guest's NVRAM lives
+    (default: /var/lib/virtnet, root's). QEMU's environment (<qemu:env>, a clock's TZ) comes first,
+    as NAME=VALUE lines the shell takes as the command's environment.
     """
     from virtnet.errors import VirtnetError
-    from virtnet.qemu.argv import ArgvOptions, build_argv, unrendered_devices
+    from virtnet.qemu.argv import DEFAULT_STATE_DIR, ArgvOptions, build_command, warnings as argv_warnings
     from virtnet.qemu.render import shell_lines
     from virtnet.runpaths import DomainPaths
 
     domain, filename = loaded.domain, loaded.filename
     paths = DomainPaths(runtime_dir, domain.name)
     options = ArgvOptions(syntax=syntax, standalone=standalone, network_only=network_only,
-                          host_caps=frozenset(host_caps), bridge_helper=bridge_helper)
+                          host_caps=frozenset(host_caps), bridge_helper=bridge_helper,
+                          state_dir=str(state_dir or DEFAULT_STATE_DIR))
     try:
-        argv = build_argv(domain, paths, options)
+        command = build_command(domain, paths, options)
     except VirtnetError as e:
         raise e.located(filename) from None
     warnings = []
-    skipped = unrendered_devices(domain)
-    if skipped and not network_only:
-        warnings.append(Diagnostic(filename, None, "not rendered (virtnet builds only the machine skeleton and "
-                                   f"networking): {', '.join(skipped)}"))
+    if not network_only:
+        warnings += [Diagnostic(filename, line, message) for line, message in argv_warnings(domain)]
     lines = []
     if standalone:  # passt must be listening before QEMU connects
         from virtnet.host.passt import standalone_lines
@@ -92,7 +94,14 @@ def xml2argv(loaded, *, runtime_dir, host_caps=frozenset(), syntax="json", stand
                                        "start`; a standalone line starts with the link up (use the monitor's "
                                        "`set_link NETDEV off`)"))
         lines += standalone_lines(domain, paths)
-    lines.append(shell_lines(argv))
+        from virtnet.qemu.chardevs import needs_channel_dir
+
+        if needs_channel_dir(domain):
+            warnings.append(Diagnostic(filename, None, f"create {paths.dir}/channel before running this line: "
+                                       "QEMU listens there for the unix channels that name no path"))
+    env = "".join(f"{name}={shlex.quote(value)} \\\n" for name, value in command.env.items())
+    if command.argv:  # --network-only for a domain without interfaces prints nothing
+        lines.append(env + shell_lines(command.argv))
     return Result("".join(lines), warnings)
 
 
@@ -116,10 +125,19 @@ def plan(loaded, fmt="text", *, runtime_dir, names_in_use=frozenset(), host_caps
     if owner is None and fmt in ("sh", "networkd"):
         raise UsageError(f"the {fmt} format needs the owner of the pre-created taps")
     domain, filename = loaded.domain, loaded.filename
+    from virtnet.qemu.argv import ArgvOptions, build_command, check_dropped, warnings as argv_warnings
+
     try:
+        # What start would refuse while building QEMU's command line, plan refuses too (pure).
+        build_command(domain, DomainPaths(runtime_dir, domain.name), ArgvOptions(host_caps=frozenset(host_caps)))
         built = build_plan(domain, names_in_use=frozenset(names_in_use), host_caps=frozenset(host_caps),
                            paused=paused, bridge_helper=bridge_helper, paths=DomainPaths(runtime_dir, domain.name))
     except VirtnetError as e:
         raise e.located(filename) from None
-    warnings = [Diagnostic(filename, None, message) for message in built.warnings]
+    warnings = [Diagnostic(filename, line, message) for line, message in argv_warnings(domain)]
+    try:
+        check_dropped(domain)
+    except VirtnetError as e:
+        warnings.append(Diagnostic(filename, e.line, e.message))  # start refuses it without --allow-dropped
+    warnings += [Diagnostic(filename, None, message) for message in built.warnings]
     return Result(render_plan(fmt, domain, built, owner), warnings)

@@ -1,4 +1,17 @@
-"""Defined domains: define/undefine with libvirt's conflict rules, and what list/domiflist show."""
+"""Defined domains: define/undefine with libvirt's conflict rules, and what list/domiflist show.
+
+A domain's name is the name of its file, domains/NAME.xml: define stores a domain under its <name>,
+and every verb finds it by that file name. A file whose <name> says otherwise (copied or renamed by
+hand) is listed under its file name with a warning, not skipped: skipping it would drop its uuid,
+MACs and target devs from the index, and define would then accept another domain that reuses them
+(and one under the <name> inside). Defining it again under the file's name (same uuid) is an update
+that makes the two agree; `virtnet undefine FILENAME` removes it.
+
+A stored definition that no longer loads is skipped, with a warning, by the verbs that go through
+all of them (list, and define's conflict checks); undefine removes it like any other.
+"""
+
+import sys
 
 from virtnet.errors import StoreError
 
@@ -7,6 +20,7 @@ def summarize(domain):
     """What the store's index keeps per domain, so list and conflict checks need no XML parsing:
     uuid, macs and targets are its keys, looked up by define's checks; the rest is what list shows."""
     return {
+        "name": domain.name,  # compared with the file's name when the index is rebuilt; not kept
         "uuid": domain.uuid,
         "macs": [i.mac for i in domain.interfaces if i.mac],
         # Only fixed names conflict; '%d' templates and generated names are allocated at start.
@@ -61,6 +75,9 @@ def define(store, loaded):
     summary = summarize(domain)
     text = format_domain(domain)
     with store.lock():
+        for name, warning, skipped in store.problems():
+            if skipped and name != domain.name:  # the conflict checks cannot see its keys
+                print(f"virtnet: warning: {warning}", file=sys.stderr)
         try:
             existing = _conflicts(store, domain.name, summary)
         except StoreError as e:
@@ -71,12 +88,14 @@ def define(store, loaded):
 
 def undefine(store, name):
     """Forget a stopped domain. The caller reaps dead domains first (runner.reap_dead), so that one
-    whose QEMU died counts as stopped."""
+    whose QEMU died counts as stopped. Its file or its index entry is enough: a definition that no
+    longer loads, or an index entry whose file was deleted by hand, is removed too."""
+    from virtnet import livestate
+
     with store.lock():
-        if store.read_runtime(name) is not None:
+        if livestate.load(store, name) is not None:  # a damaged record: that error, in doubt
             raise StoreError(f"domain '{name}' is running; `virtnet destroy {name}` first")
-        store.read_domain(name)  # a clear error when there is no such domain
-        store.remove_domain(name)
+        store.remove_domain(name)  # "no domain named …" when there is neither
 
 
 def load_defined(store, name):

@@ -22,10 +22,12 @@ class VirtnetError(Exception):
         return self
 
     def __str__(self):
+        from virtnet.conf.text import visible  # values quoted in a message may hold anything
+
         where = ""
         if self.file is not None:
             where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
-        return where + self.message
+        return visible(where + self.message)
 
 
 class UsageError(VirtnetError):

@@ -100,3 +100,123 @@ def live_xml(store, name):
 def forget(store, name):
     """Remove the record and the live XML (needs the store's lock)."""
     store.clear_runtime(name)
+
+
+def load_or_skip(store, name):
+    """(LiveState or None, None) as load() gives it; or (None, warning) when the record of NAME is
+    damaged (unreadable, not JSON, keys missing or wrong): the warning is one line that names the
+    file. Commands that go through every record (reaping, list) skip a damaged one with it instead
+    of failing for every domain; the domain itself stays in doubt, so undefine and start still
+    refuse it until the record is removed."""
+    path = store.running_dir / f"{name}.json"
+    try:
+        data = store.read_runtime(name)
+    except StoreError:
+        reason = _unusable(path)
+    else:
+        if data is None:
+            return None, None
+        try:
+            return LiveState.from_dict(data), None
+        except KeyError as e:
+            reason = f"missing or unknown key {e}"
+        except (AttributeError, TypeError, ValueError) as e:
+            reason = str(e)
+    reason = reason if reason.isprintable() else repr(reason)[1:-1]
+    return None, f"{path}: damaged runtime record ({reason}); skipped — remove it if '{name}' is not running"
+
+
+def _unusable(path):
+    """Why read_runtime refused the record at path."""
+    import json
+
+    try:
+        data = json.loads(path.read_bytes())
+    except OSError as e:
+        return e.strerror or str(e)
+    except ValueError:
+        return "not JSON"
+    return "no pid and QMP socket" if isinstance(data, dict) else "not a JSON object"
+
+
+# --- transient domains (`virtnet create`) ----------------------------------------------------------
+#
+# A domain started with `create` is defined for as long as it runs, so that list, dumpxml, domiflist
+# and define's conflict rules see it like any other, and forgotten when it stops. Its marker,
+# running/NAME.transient, names the definition file create wrote (inode, size, times) and the
+# process creating it. Whoever tears the domain down removes the definition only while it is still
+# that file: a `define` of the same name meanwhile (a new file) makes the domain persistent, as in
+# libvirt. A marker without a runtime record whose creator is gone (a create killed before its
+# start recorded anything) is swept by the next command that reaps dead domains.
+
+TRANSIENT_SUFFIX = ".transient"
+
+
+def _definition_signature(store, name):
+    import os
+
+    try:
+        st = os.stat(store.domains_dir / f"{name}.xml")
+    except FileNotFoundError:
+        return None
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def mark_transient(store, name):
+    """Record that the definition of NAME, just written by create, goes when the domain stops
+    (needs the store's lock)."""
+    import json
+    import os
+
+    marker = {"definition": _definition_signature(store, name), "creator": process_identity(os.getpid())}
+    store.write_runtime_file(name, TRANSIENT_SUFFIX, json.dumps(marker).encode())
+
+
+def _marker(store, name):
+    import json
+
+    try:
+        text = store.read_runtime_file(name, TRANSIENT_SUFFIX)
+    except StoreError:
+        return {}  # unreadable: still a marker, but it matches no definition
+    if text is None:
+        return None
+    try:
+        marker = json.loads(text)
+    except ValueError:
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def is_transient(store, name):
+    """True when NAME was started by create and its definition is still the one create wrote."""
+    marker = _marker(store, name)
+    return bool(marker) and marker.get("definition") is not None and \
+        marker.get("definition") == _definition_signature(store, name)
+
+
+def creator_alive(store, name):
+    """True while the create that wrote NAME's marker still runs."""
+    marker = _marker(store, name) or {}
+    creator = marker.get("creator")
+    try:
+        return creator is not None and process_identity(int(creator[0])) == [int(creator[0]), int(creator[1])]
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
+def unmark_transient(store, name):
+    """Remove NAME's marker (needs the store's lock); no error when there is none."""
+    store.remove_runtime_file(name, TRANSIENT_SUFFIX)
+
+
+def transient_names(store):
+    """Names with a transient marker, sorted."""
+    import os
+
+    try:
+        entries = os.listdir(store.running_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(e[:-len(TRANSIENT_SUFFIX)] for e in entries
+                  if e.endswith(TRANSIENT_SUFFIX) and not e.startswith("."))

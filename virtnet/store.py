@@ -17,6 +17,8 @@ The index (its schema version is SQLite's user_version):
     macs(mac, name)                one row per MAC address of a domain
     targets(dev, name)             one row per fixed target dev of a domain
     pending(name)                  definitions being changed (see below)
+    problems(name, line, problem, skipped, signature)
+                                   definitions the index could not take as they are (see below)
 
 A summary (what summarize(xml) returns) is split: its keys "uuid", "macs" and "targets" go into
 the columns above, the rest is kept as JSON in domains.summary. So define's conflict checks look
@@ -35,6 +37,18 @@ into `pending`, then replaces the XML, then commits the new rows together with t
 from `pending`. Whoever next finds a name in `pending` while holding the lock summarises that one
 domain again from its XML. A missing or unreadable index is rebuilt from all the XML files.
 
+One bad file does not stop the others. A definition that cannot be summarised (unreadable, not
+UTF-8, not XML, refused by the schema or a rule) gets no row in domains, only one in problems
+(skipped), and every `list` warns about it until it is fixed or undefined: remove_domain takes it
+away like any other, and write_domain replaces it. A definition whose <name> differs from its file
+name is indexed under the file name, which is the key everything else uses (read_domain, the
+conflict checks, runtime records), with a problems row too: so its uuid, MACs and target devs keep
+counting for define's conflict rules, and neither <name> can be defined as a second domain that
+reuses them. A problems row keeps its file's signature (inode, size, times), so a file fixed or
+deleted by hand is summarised again by the next access that can take the lock. (Other definitions
+edited by hand are not noticed: the index is a cache of what virtnet wrote.) Files whose names no
+domain can have (check_name) are not definitions.
+
 Standard library only, and sqlite3 is imported when the index is first used: the fast verbs (list,
 dumpxml) import this module.
 """
@@ -45,9 +59,10 @@ import json
 import os
 from pathlib import Path
 
+from virtnet.conf.text import has_control
 from virtnet.errors import StoreError, VirtnetError
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 # Seconds SQLite waits for one of its own locks. The flock serialises writers and WAL readers take
 # no lock a writer waits for, so only rare steps wait (recovering a WAL after a crash, a checkpoint).
 INDEX_TIMEOUT = 10.0
@@ -62,8 +77,10 @@ _SCHEMA = (
     "CREATE TABLE targets (dev TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (dev, name)) WITHOUT ROWID",
     "CREATE INDEX targets_name ON targets (name)",
     "CREATE TABLE pending (name TEXT PRIMARY KEY)",
+    "CREATE TABLE problems (name TEXT PRIMARY KEY, line INTEGER, problem TEXT NOT NULL, "
+    "skipped INTEGER NOT NULL, signature TEXT NOT NULL)",
 )
-_TABLES = frozenset(("domains", "macs", "targets", "pending"))
+_TABLES = frozenset(("domains", "macs", "targets", "pending", "problems"))
 _KEYS = ("uuid", "macs", "targets")  # the entries of a summary kept in columns, not in its JSON
 # What a damaged index raises (primary result codes): SQLITE_CORRUPT, SQLITE_NOTADB.
 _DAMAGED = (11, 26)
@@ -112,8 +129,7 @@ def check_name(name, what="domain name"):
     if name.startswith("."):
         # Hidden names are the store's own (its temporary files start with _TMP_PREFIX).
         raise StoreError(f"the {what} {name!r} starts with '.', which a name may not")
-    bidi = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-    if any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or c in bidi for c in name):  # they spoof `list`
+    if has_control(name):  # they spoof `list`
         raise StoreError(f"the {what} {name!r} contains a control character; accepted: printable "
                          "characters only")
     try:
@@ -122,6 +138,14 @@ def check_name(name, what="domain name"):
         raise StoreError(f"the {what} {name!r} is not valid UTF-8") from None
     if size > MAX_NAME_BYTES:
         raise StoreError(f"the {what} is {size} bytes long; at most {MAX_NAME_BYTES} are accepted")
+
+
+def _is_name(name):
+    try:
+        check_name(name)
+    except StoreError:
+        return False
+    return True
 
 
 def _fsync_dir(path):
@@ -171,7 +195,8 @@ def _encode(summary):
     summary that is not JSON or whose keys are not strings, before anything is written."""
     if not isinstance(summary, dict):
         return json.dumps(summary, separators=(",", ":")), None, [], []
-    rest = {key: value for key, value in summary.items() if key not in _KEYS}
+    # "name" (the <name> inside) is compared with the file's name, not kept (see _summarize_file).
+    rest = {key: value for key, value in summary.items() if key not in _KEYS and key != "name"}
     uuid = summary.get("uuid")
     if uuid is not None and not isinstance(uuid, str):
         raise TypeError(f"the uuid of a summary must be a string, not {uuid!r}")
@@ -188,14 +213,43 @@ def _strings(summary, key):
 
 def _put(db, name, text, uuid, macs, targets):
     _drop(db, name)
+    _insert(db, name, text, uuid, macs, targets)
+
+
+def _insert(db, name, text, uuid, macs, targets):
     db.execute("INSERT INTO domains (name, uuid, summary) VALUES (?, ?, ?)", (name, uuid, text))
     db.executemany("INSERT INTO macs (mac, name) VALUES (?, ?)", [(mac, name) for mac in macs])
     db.executemany("INSERT INTO targets (dev, name) VALUES (?, ?)", [(dev, name) for dev in targets])
 
 
 def _drop(db, name):
-    for table in ("domains", "macs", "targets"):
+    for table in ("domains", "macs", "targets", "problems"):
         db.execute(f"DELETE FROM {table} WHERE name = ?", (name,))
+
+
+def _enter(db, name, entry, fresh=False):
+    """Index one definition as _summarize_file found it (None: there is no file). fresh: the
+    tables are new, so there is nothing of it to drop first."""
+    if not fresh:
+        _drop(db, name)
+    if entry is None:
+        return
+    row, problem = entry
+    if row is not None:
+        _insert(db, name, *row)
+    if problem is not None:
+        db.execute("INSERT INTO problems (name, line, problem, skipped, signature) VALUES (?, ?, ?, ?, ?)",
+                   (name, *problem))
+
+
+def _signature(st):
+    """What tells that a file was changed or replaced: inode, size, modification and change times."""
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def _one_line(text):
+    """text with line breaks and other unprintable characters escaped: a warning stays one line."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _all_summaries(db):
@@ -205,6 +259,10 @@ def _all_summaries(db):
         return {}
     values = json.loads("[" + ",".join([row[1] for row in rows]) + "]")
     return dict(zip([row[0] for row in rows], values))
+
+
+def _problem_rows(db):
+    return db.execute("SELECT name, line, problem, skipped FROM problems ORDER BY name").fetchall()
 
 
 def _one_summary(db, name):
@@ -266,10 +324,11 @@ class Store:
     """The definitions and runtime records in one state dir. Not shared between threads.
 
     summarize(xml_text) -> dict rebuilds an index entry from a definition; it is needed only when
-    the index is lost or a writer crashed, and may raise a VirtnetError for a bad file. A function
-    that imports the XML code only when called keeps the fast verbs fast. A summary's "uuid" (a
-    string) and "macs" and "targets" (lists of strings), all optional, are its keys: looked up by
-    owners_of_*, returned by summary_of() and left out of summaries().
+    the index is lost or a writer crashed, and may raise a VirtnetError for a bad file (which is then
+    skipped: see problems()). A function that imports the XML code only when called keeps the fast
+    verbs fast. A summary's "uuid" (a string) and "macs" and "targets" (lists of strings), all
+    optional, are its keys: looked up by owners_of_*, returned by summary_of() and left out of
+    summaries(). Its optional "name" (the <name> inside) is compared with the file's name, not kept.
     """
 
     def __init__(self, state_dir: Path, runtime_dir: Path | None = None, summarize=None):
@@ -326,6 +385,27 @@ class Store:
         the keys (uuid, macs, targets): what `list` shows, decoded in one go. Needs no lock."""
         return self._query(_all_summaries, {})
 
+    def problems(self) -> list[tuple[str, str, bool]]:
+        """(name, warning, skipped) for each definition the index could not take as it is, sorted
+        by name: warning is one line that starts with the file (and line) and says what to do;
+        skipped tells a definition left out of the index (it cannot be summarised) from one
+        indexed under its file's name although its <name> differs (see the module docstring)."""
+        return self._warnings(self._query(_problem_rows, []))
+
+    def listing(self) -> tuple[dict[str, dict], list[tuple[str, str, bool]]]:
+        """(summaries(), problems()) from one committed state of the index: what `list` shows."""
+        summaries, rows = self._query(lambda db: (_all_summaries(db), _problem_rows(db)), ({}, []))
+        return summaries, self._warnings(rows)
+
+    def _warnings(self, rows):
+        problems = []
+        for name, line, problem, skipped in rows:
+            where = f"{self.domains_dir / (name + '.xml')}" + (f":{line}" if line else "")
+            outcome = "skipped" if skipped else f"listed as '{name}', the name of its file"
+            problems.append((name, _one_line(f"{where}: {problem}; {outcome} — fix it, or "
+                                             f"`virtnet undefine {name}` removes it"), bool(skipped)))
+        return problems
+
     def names(self) -> list[str]:
         """The defined domain names, sorted."""
         return sorted(self._query(lambda db: [row[0] for row in db.execute("SELECT name FROM domains")], []))
@@ -361,6 +441,9 @@ class Store:
             raise _no_domain(name) from None
         except OSError as e:
             raise StoreError(f"cannot read the definition of '{name}': {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise StoreError(f"the definition of '{name}' ({self.domains_dir / (name + '.xml')}) is not "
+                             f"UTF-8; fix it, or `virtnet undefine {name}` removes it") from None
 
     def write_domain(self, name, xml_text, summary):
         """Define or redefine a domain: its XML and its index entry. Needs the lock."""
@@ -372,11 +455,13 @@ class Store:
         self._change(name, lambda: _write_atomically(path, data), lambda db: _put(db, name, *row))
 
     def remove_domain(self, name):
-        """Undefine a domain: remove its XML and its index entry. Needs the lock."""
+        """Undefine a domain: remove its XML and its index entry. Needs the lock. Either is enough:
+        an index entry whose file was deleted by hand, or a file the index skipped (see
+        problems()), is removed too."""
         self._require_lock("remove_domain")
         check_name(name)
         path = self.domains_dir / f"{name}.xml"
-        if self.summary_of(name) is None and not path.exists():
+        if self.summary_of(name) is None and not os.path.lexists(path):
             raise _no_domain(name)
         self._change(name, lambda: _unlink(path), lambda db: _drop(db, name))
 
@@ -434,9 +519,11 @@ class Store:
                     db.execute("BEGIN")  # the checks and the read see one state of the index
                     if self._valid(db):
                         if (not repaired and self.summarize is not None
-                                and db.execute("SELECT 1 FROM pending LIMIT 1").fetchone()):
+                                and (db.execute("SELECT 1 FROM pending LIMIT 1").fetchone()
+                                     or self._stale_problems(db))):
                             # Left by a crashed writer, unless one is at work right now (then it is
-                            # its own, and the index it will change is still consistent).
+                            # its own, and the index it will change is still consistent); or a
+                            # definition with a problem was changed by hand.
                             _close(db)
                             db = None
                             repaired = True
@@ -532,27 +619,40 @@ class Store:
         return tables >= _TABLES
 
     def _repair_pending(self, db):
-        """Summarise again the domains a crashed (or failed) writer left in `pending`."""
+        """Summarise again the domains a crashed (or failed) writer left in `pending`, and the
+        definitions with a problem whose file changed since."""
         names = [row[0] for row in db.execute("SELECT name FROM pending")]
+        if self.summarize is not None:
+            names += self._stale_problems(db)
         if not names:
             return
         entries = {}
-        for name in names:
+        for name in dict.fromkeys(names):
             try:
                 check_name(name)
             except StoreError:
                 entries[name] = None  # never written by a writer: no XML can have that name
             else:
-                summary = self._summarize_file(name)
-                entries[name] = None if summary is None else _encode(summary)
+                entries[name] = self._summarize_file(name)
         with _transaction(db):
-            for name, row in entries.items():
-                if row is None:
-                    _drop(db, name)
-                else:
-                    _put(db, name, *row)
+            for name, entry in entries.items():
+                _enter(db, name, entry)
             db.execute("DELETE FROM pending")
         self._remove_leftover_temporaries()
+
+    def _stale_problems(self, db):
+        """The names in `problems` whose file is not the one summarised (changed, or deleted)."""
+        stale = []
+        for name, signature in db.execute("SELECT name, signature FROM problems").fetchall():
+            try:
+                current = _signature(os.stat(self.domains_dir / f"{name}.xml"))
+            except FileNotFoundError:
+                current = None
+            except OSError:
+                continue  # cannot tell: as it was
+            if current != signature:
+                stale.append(name)
+        return stale
 
     def _repair_if_lock_free(self):
         """Repair what a crashed writer left, unless a writer is at work right now."""
@@ -580,28 +680,29 @@ class Store:
         damaged, so a new one replaces it (otherwise its content is replaced in one transaction)."""
         import sqlite3
 
-        rows = []
+        entries = []
         for file in self._domain_files():
             name = file.removesuffix(".xml")
-            summary = self._summarize_file(name)
-            if summary is not None:
-                rows.append((name, *_encode(summary)))
+            entry = self._summarize_file(name)
+            if entry is not None:
+                entries.append((name, entry))
         try:
-            db = self._fill(None if fresh else self._connect(), rows)
+            db = self._fill(None if fresh else self._connect(), entries)
         except (OSError, sqlite3.Error) as e:
             reason = (e.strerror or e) if isinstance(e, OSError) else e
             raise StoreError(f"cannot rebuild the index {self.index_path}: {reason}") from None
         self._remove_leftover_temporaries()
         return db
 
-    def _fill(self, db, rows):
+    def _fill(self, db, entries):
         """Replace the content of db (in one transaction, so that readers see the old index or the
-        new one) with rows; when db is None or not an intact database, of a new file instead."""
+        new one) with entries, (name, what _summarize_file found); when db is None or not an intact
+        database, of a new file instead."""
         import sqlite3
 
         if db is not None:
             try:
-                self._fill_in(db, rows)
+                self._fill_in(db, entries)
                 return db
             except sqlite3.DatabaseError as e:
                 _close(db)
@@ -618,7 +719,7 @@ class Store:
         os.close(os.open(self.index_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         db = self._connect()
         try:
-            self._fill_in(db, rows)
+            self._fill_in(db, entries)
         except BaseException:
             _close(db)
             raise
@@ -626,7 +727,7 @@ class Store:
         return db
 
     @staticmethod
-    def _fill_in(db, rows):
+    def _fill_in(db, entries):
         db.execute("PRAGMA journal_mode = WAL").fetchone()
         db.execute("PRAGMA synchronous = FULL")
         with _transaction(db):
@@ -637,33 +738,65 @@ class Store:
                 db.execute(f"DROP TABLE {_quote_sql(table)}")
             for statement in _SCHEMA:
                 db.execute(statement)
-            for row in rows:
-                _put(db, *row)
+            for name, entry in entries:
+                _enter(db, name, entry, fresh=True)
             db.execute(f"PRAGMA user_version = {INDEX_VERSION}")
 
     def _domain_files(self):
+        """The definitions' file names, sorted: NAME.xml for each NAME that check_name accepts
+        (not the temporary files, nor names no domain can have)."""
         try:
-            return sorted(f for f in os.listdir(self.domains_dir)
-                          if f.endswith(".xml") and not f.startswith(_TMP_PREFIX))
+            entries = os.listdir(self.domains_dir)
         except FileNotFoundError:
             return []
+        return sorted(f for f in entries if f.endswith(".xml") and not f.startswith(_TMP_PREFIX)
+                      and _is_name(f[:-len(".xml")]))
 
     def _summarize_file(self, name):
-        """The summary of one stored definition, or None when it does not exist."""
+        """How one stored definition enters the index: None when its file does not exist; else
+        (row, problem). row is the encoded summary, or None when the file cannot be summarised (it
+        is skipped); problem is None, or the problems row (line, text, skipped, signature)."""
+        import stat
+
         path = self.domains_dir / f"{name}.xml"
+        signature = "unknown"  # looked at again once it can be stat'ed, or is gone
         try:
-            xml_text = path.read_text(encoding="utf-8")
+            # O_NONBLOCK: a FIFO put there must not hang every command (a regular file ignores it).
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise StoreError(f"cannot read {path}: {e.strerror}") from None
+            with contextlib.suppress(OSError):
+                signature = _signature(os.stat(path))
+            return None, (None, f"cannot read it: {e.strerror}", 1, signature)
+        try:
+            st = os.fstat(fd)
+            signature = _signature(st)
+            if not stat.S_ISREG(st.st_mode):
+                return None, (None, "not a regular file", 1, signature)
+            with open(fd, "rb", closefd=False) as f:
+                data = f.read()
+        except OSError as e:
+            return None, (None, f"cannot read it: {e.strerror}", 1, signature)
+        finally:
+            os.close(fd)
         if self.summarize is None:
             raise StoreError(f"the index {self.index_path} is missing or out of date, and this "
                              "command cannot rebuild it because it does not parse definitions")
         try:
-            return self.summarize(xml_text)
+            xml_text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            return None, (line, f"not UTF-8 (byte 0x{data[e.start]:02x})", 1, signature)
+        try:
+            summary = self.summarize(xml_text)
         except VirtnetError as e:
-            raise e.located(file=str(path))
+            return None, (e.line, e.message, 1, signature)
+        row = _encode(summary)
+        stated = summary.get("name") if isinstance(summary, dict) else None
+        if isinstance(stated, str) and stated != name:
+            return row, (None, f"its <name> is {stated!r}, not '{name}'", 0, signature)
+        return row, None
 
     def _remove_leftover_temporaries(self):
         for directory in (self.state_dir, self.domains_dir):
@@ -702,6 +835,24 @@ class Store:
                              f"'{name}' is not running")
         return record
 
+    def has_runtime_temporaries(self):
+        try:
+            return any(e.startswith(_TMP_PREFIX) for e in os.listdir(self.running_dir))
+        except FileNotFoundError:
+            return False
+
+    def remove_runtime_temporaries(self):
+        """Remove temporary files a killed writer left in running/ (needs the lock: then no write is
+        under way)."""
+        self._require_lock("remove_runtime_temporaries")
+        try:
+            entries = os.listdir(self.running_dir)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if entry.startswith(_TMP_PREFIX):
+                _unlink(self.running_dir / entry)
+
     def clear_runtime(self, name):
         """Forget the runtime record and live XML of a domain (no error when there are none). Needs the lock."""
         self._require_lock("clear_runtime")
@@ -727,6 +878,12 @@ class Store:
             return None
         except OSError as e:
             raise StoreError(f"cannot read {path}: {e.strerror}") from None
+
+    def remove_runtime_file(self, name, suffix):
+        """Remove running/NAME+SUFFIX (no error when there is none). Needs the lock."""
+        self._require_lock("remove_runtime_file")
+        check_name(name)
+        _unlink(self.running_dir / f"{name}{suffix}")
 
     def running_names(self) -> list[str]:
         """Names of the domains with a runtime record, sorted."""

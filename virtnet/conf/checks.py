@@ -9,8 +9,11 @@ import re
 
 from lxml import etree
 
-from virtnet.conf import ifname, iftypes, mac
+from virtnet.conf import disk as diskconf
+from virtnet.conf import ifname, iftypes, mac, pci
+from virtnet.conf.address import pci_number
 from virtnet.conf.domain import VIRTIO_MODELS
+from virtnet.conf.text import CONTROL_RE, visible
 from virtnet.errors import XMLInputError
 
 RULES = []
@@ -29,10 +32,6 @@ def _where(iface):
     return f"<interface type='{iface.type}'>"
 
 
-# Characters no value may hold: C0 and C1 controls, DEL, and the Unicode bidirectional controls
-# (which make `list` output or a script read differently from what runs). A value reaches shell
-# scripts, unit files, comments and QEMU's argv; a newline there starts a new command or line.
-CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 FREE_TEXT = ("description",)  # prose: may span lines (tabs and newlines only)
 FREE_TEXT_ALLOWED = "\t\n\r"
 MACHINE_RE = re.compile(r"[A-Za-z0-9._-]+")
@@ -40,20 +39,31 @@ INTEGER_RE = re.compile(r"[+-]?[0-9]+")
 # Multiqueue limits: the kernel's MAX_TAP_QUEUES, and QEMU's virtio-net (VIRTIO_QUEUE_MAX 1024
 # virtqueues: one pair per queue plus the control queue).
 MAX_TAP_QUEUES = 256
+MAX_IMPLIED_CONTROLLER = 31  # a disk name implying a higher SATA/SCSI controller index is a typo
 MAX_VIRTIO_QUEUES = 511
-
-
-def visible(value):
-    """VALUE on one line for a message: control characters shown as \\n, \\t or \\uXXXX."""
-    def escape(match):
-        char = match.group()
-        return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(char, f"\\u{ord(char):04x}")
-
-    return CONTROL_RE.sub(escape, value)
 
 
 def _element_name(node):
     return etree.QName(node).localname
+
+
+def _string_text_tags():
+    """Elements whose text virtnet reads as written (a name, a path, a kernel command line): a line
+    break there reaches argv even when the rest is blank or a number."""
+    from virtnet.conf.xmlmodel import XMLObject
+
+    if _STRING_TEXT_TAGS:
+        return _STRING_TEXT_TAGS
+    pending = [XMLObject]
+    while pending:
+        cls = pending.pop()
+        pending += cls.__subclasses__()
+        _STRING_TEXT_TAGS.update(p.elements[-1] for p in cls.declared_props().values()
+                                 if p.attr is None and p.elements and p.kind is str)
+    return _STRING_TEXT_TAGS
+
+
+_STRING_TEXT_TAGS = set()
 
 
 @rule
@@ -74,7 +84,8 @@ def no_control_characters(domain):
                     "bidirectional-override characters)"
                 )
         text = node.text if len(node) == 0 else None
-        if not text or not text.strip() or INTEGER_RE.fullmatch(text.strip()):
+        laid_out = not text.strip() or INTEGER_RE.fullmatch(text.strip()) if text else True
+        if not text or (laid_out and tag not in _string_text_tags()):
             continue  # blank (an empty element laid out on lines), or a number (read stripped)
         allowed = FREE_TEXT_ALLOWED if tag in FREE_TEXT else ""
         bad = next((m for m in CONTROL_RE.finditer(text) if m.group() not in allowed), None)
@@ -83,6 +94,21 @@ def no_control_characters(domain):
                 f"<{tag}>{visible(text)}</{tag}> contains the control character U+{ord(bad.group()):04X}; "
                 "accepted: printable characters only (no control or bidirectional-override characters)"
             )
+
+
+@rule
+def no_padded_attributes(domain):
+    """An attribute value does not begin or end with blanks: the schema reads enumerations as tokens
+    (' virtio ' passes as 'virtio'), while virtnet, QEMU and libvirt use the value as written."""
+    for node in domain.node.iter(tag=etree.Element):
+        if _element_name(node) == "metadata" or any(_element_name(a) == "metadata" for a in node.iterancestors()):
+            continue
+        for attr, value in node.attrib.items():
+            if value != value.strip():
+                yield node.sourceline, (
+                    f"<{_element_name(node)} {etree.QName(attr).localname}='{value}'>: the value begins or ends "
+                    "with blanks; write it without them"
+                )
 
 
 @rule
@@ -116,6 +142,26 @@ def managed_is_yes_or_no(domain):
         if iface.managed not in (None, "yes", "no"):
             yield iface.line_of("target"), (
                 f"{_where(iface)}: <target managed='{iface.managed}'> is not valid; accepted: 'yes' or 'no'"
+            )
+
+
+@rule
+def udp_chardev_has_a_peer(domain):
+    for chardev in domain.serials + domain.consoles + domain.channels:
+        if chardev.type == "udp" and chardev.udp_sources[0] is None:
+            yield chardev.line, (
+                f"<{chardev.kind} type='udp'> needs <source mode='connect' host=... service=.../>: the peer "
+                "it sends to (a mode='bind' source alone is only the local end)"
+            )
+
+
+@rule
+def unmanaged_target_is_a_fixed_name(domain):
+    for iface in domain.interfaces:
+        if iface.unmanaged and iface.target_dev and "%" in iface.target_dev:
+            yield iface.line_of("target"), (
+                f"{_where(iface)}: <target dev='{iface.target_dev}' managed='no'> names a template; a "
+                "managed='no' target is an existing tap, so give its exact name"
             )
 
 
@@ -399,12 +445,19 @@ def host_addresses_and_routes(domain):
                 "route", route.address, route.prefix, "gateway", route.gateway))
 
 
+def _aliased(domain):
+    """The interfaces, disks and controllers: the devices whose aliases virtnet reads."""
+    return list(domain.interfaces) + list(domain.disks) + list(domain.controllers)
+
+
 @rule
 def alias_is_user_alias(domain):
-    for iface in domain.interfaces:
-        alias = iface.alias
+    """A device alias given in a definition is a user alias (libvirt's inactive XML keeps no other:
+    virtnet would drop it from the canonical XML and the device's ids would change)."""
+    for node in domain.node.iterfind("devices/*/alias"):
+        alias = node.get("name")
         if alias is not None and not USER_ALIAS_RE.fullmatch(alias):
-            yield iface.line_of("alias"), (
+            yield node.sourceline, (
                 f"<alias name='{alias}'> is not a user alias; it must start with 'ua-' and use only "
                 "letters, digits, '_' and '-'"
             )
@@ -455,48 +508,360 @@ def unique_target_devs(domain):
     yield from _duplicates(domain, kept_name, lambda v: f"target dev '{v}'")
 
 
+def _two(first, second):
+    """'interfaces' when both devices are interfaces (or both disks, ...), else 'devices'."""
+    return {"interface": "interfaces", "disk": "disks", "controller": "controllers"}.get(first, "devices") \
+        if first == second else "devices"
+
+
 @rule
 def unique_aliases(domain):
-    yield from _duplicates(domain, lambda i: i.alias, lambda v: f"alias '{v}'")
+    seen = {}
+    for device in _aliased(domain):
+        alias = device.alias
+        if alias is None:
+            continue
+        if alias in seen:
+            kinds = _two(seen[alias][0], device.node.tag)
+            yield device.line, f"alias '{alias}' is used by two {kinds} (lines {seen[alias][1]} and {device.line})"
+        else:
+            seen[alias] = (device.node.tag, device.line)
 
 
 @rule
 def unique_pci_addresses(domain):
-    def key(iface):
-        addr = iface.address
-        return addr.key() if addr is not None and addr.type == "pci" else None
-
-    yield from _duplicates(domain, key, lambda v: "PCI address %04x:%02x:%02x.%x" % v)
+    """No two devices at one PCI address, whichever devices they are (libvirt refuses it too)."""
+    seen = {}
+    for tag, addr in domain.pci_addresses:
+        try:
+            key = tuple(pci_number(addr.get(a, "0")) for a in ("domain", "bus", "slot", "function"))
+        except ValueError:
+            continue  # not a number: the schema or conf.pci says so, at that element
+        line = addr.getparent().sourceline
+        if key in seen:
+            kinds = _two(seen[key][0], tag)
+            yield line, "PCI address %04x:%02x:%02x.%x" % key + f" is used by two {kinds} (lines {seen[key][1]} and {line})"
+        else:
+            seen[key] = (tag, line)
 
 
 @rule
 def boot_orders(domain):
-    orders = [(i, i.boot_order) for i in domain.interfaces if i.has("boot")]
-    if orders and domain.os_boot_devs:
-        iface = orders[0][0]
-        yield iface.line_of("boot"), (
+    """Per-device <boot order> (NICs, disks, any device) or <os><boot dev>, not both; each order once."""
+    boots = domain.node.findall("devices/*/boot")
+    if boots and domain.os_boot_devs:
+        yield boots[0].sourceline, (
             "per-device <boot order=...> cannot be combined with <os><boot dev=...>; use one or the other"
         )
     seen = {}
-    for iface, order in orders:
+    for boot in boots:
+        text = boot.get("order")
+        order = int(text) if text is not None and INTEGER_RE.fullmatch(text.strip()) else None
+        if order is None:
+            continue  # the schema's
         if order < 1:
-            yield iface.line_of("boot"), f"<boot order='{order}'> must be a positive number"
+            yield boot.sourceline, f"<boot order='{order}'> must be a positive number"
         elif order in seen:
-            yield iface.line_of("boot"), f"<boot order='{order}'> is used twice (lines {seen[order]} and {iface.line_of('boot')})"
-        seen.setdefault(order, iface.line_of("boot"))
+            yield boot.sourceline, f"<boot order='{order}'> is used twice (lines {seen[order]} and {boot.sourceline})"
+        seen.setdefault(order, boot.sourceline)
+
+
+def _reserved_slots(domain):
+    """Slots of bus 0 the chipset keeps: the host bridge, and the PIIX3 (pc) or ICH9 (q35) functions."""
+    if domain.is_q35:
+        return {0: "the host bridge", 0x1F: "the ICH9 LPC/SATA/SMBus functions"}
+    return {0: "the host bridge", 1: "the chipset (PIIX3)"}
+
+
+def _free_slots(domain):
+    return "0x01 to 0x1e" if domain.is_q35 else "0x02 to 0x1f"
 
 
 @rule
 def pci_slot_not_reserved(domain):
-    reserved = {0: "the host bridge", 1: "the chipset (PIIX3/ICH9)"}
-    if domain.is_q35:
-        reserved[0x1F] = "the ICH9 LPC/SATA/SMBus functions"
+    reserved = _reserved_slots(domain)
     for iface in domain.interfaces:
         addr = iface.address
         if addr is not None and addr.type == "pci" and (addr.bus or 0) == 0 and addr.slot in reserved:
             yield addr.line, (
                 f"{_where(iface)}: PCI slot 0x{addr.slot:02x} on bus 0 belongs to {reserved[addr.slot]}; "
-                "use a slot from 0x02 to 0x1f, or leave <address> out to have one assigned"
+                f"use a slot from {_free_slots(domain)}, or leave <address> out to have one assigned"
+            )
+    rendered = [c for c in domain.controllers if c.type in ("pci", "scsi", "sata")]  # the chipset's USB is at 01.2
+    for device in list(domain.disks) + rendered:
+        addr = device.address
+        if addr is None or addr.type != "pci" or (addr.bus or 0) != 0 or addr.slot not in reserved:
+            continue
+        builtin = pci.BUILTIN.get((device.node.get("type"), device.index or 0, domain.is_q35)) \
+            if device.node.tag == "controller" else None
+        if builtin is not None and builtin[0] == addr.slot:
+            continue  # the chipset's own IDE or SATA controller, where it is
+        yield addr.line, (
+            f"<{device.node.tag} type='{device.node.get('type')}'>: PCI slot 0x{addr.slot:02x} on bus 0 belongs to "
+            f"{reserved[addr.slot]}; use a slot from {_free_slots(domain)}, or leave <address> out to have one assigned"
+        )
+
+
+# ---------------------------------------------------------------- disks and controllers
+
+
+def _disk_where(disk):
+    dev = disk.target_dev
+    return f"<disk type='{disk.type}' device='{disk.device}'>" + (f" (target {dev})" if dev else "")
+
+
+@rule
+def disk_target_is_a_disk_name(domain):
+    """libvirt names disks by their target (hda, sdb, vdc): the name gives the disk's index, its
+    default bus and drive address, and its alias."""
+    for disk in domain.disks:
+        dev = disk.target_dev
+        if dev is not None and diskconf.disk_index(dev) is None:
+            yield disk.line_of("target"), (
+                f"<target dev='{visible(dev)}'> is not a disk name; accepted: hd, sd, vd, fd or xvd followed by "
+                "lowercase letters, e.g. vda, sdb, hdc"
+            )
+        elif disk.bus is None:
+            yield disk.line_of("target"), (
+                f"{_disk_where(disk)}: no bus given and none implied by the name; add <target bus=...>"
+            )
+
+
+@rule
+def unique_disk_targets(domain):
+    seen = {}
+    for disk in domain.disks:
+        dev = disk.target_dev
+        if dev is None:
+            continue
+        if dev in seen:
+            yield disk.line_of("target"), (
+                f"<target dev='{dev}'> is used by two disks (lines {seen[dev]} and {disk.line_of('target')})"
+            )
+        else:
+            seen[dev] = disk.line_of("target")
+
+
+@rule
+def disk_bus_fits_device(domain):
+    """What QEMU cannot do: a CD-ROM needs removable media (not virtio-blk), the q35 chipset has no
+    IDE, a floppy needs the floppy controller."""
+    for disk in domain.disks:
+        bus, device = disk.bus, disk.device
+        where = disk.line_of("target")
+        if device == "cdrom" and bus == "virtio":
+            yield where, (
+                f"{_disk_where(disk)}: a CD-ROM cannot use bus='virtio' (virtio-blk has no removable media); "
+                f"use bus='{'sata' if domain.is_q35 else 'ide'}' or bus='scsi'"
+            )
+        elif device == "floppy" and bus not in (None, "fdc"):
+            yield where, f"{_disk_where(disk)}: a floppy disk needs bus='fdc'"
+        elif device == "lun" and bus not in (None, "virtio", "scsi"):
+            yield where, f"{_disk_where(disk)}: a LUN needs bus='scsi' or bus='virtio'"
+        elif bus == "ide" and domain.is_q35:
+            yield where, (
+                f"{_disk_where(disk)}: the q35 machine has no IDE controller; use bus='sata' (same devices, "
+                "on the chipset's AHCI controller) or another bus"
+            )
+
+
+@rule
+def readonly_disks_on_ide_and_sata(domain):
+    """QEMU's ide-hd cannot use a read-only drive (libvirt: readonly ide/sata disks are not supported);
+    virtio and SCSI disks and every CD-ROM can."""
+    for disk in domain.disks:
+        if disk.readonly and disk.device == "disk" and disk.bus in ("ide", "sata"):
+            yield disk.line_of("readonly"), (
+                f"{_disk_where(disk)}: readonly {disk.bus} disks are not supported (QEMU's IDE/SATA hard disks "
+                "cannot be read-only); use bus='virtio' or bus='scsi', or device='cdrom'"
+            )
+
+
+@rule
+def disk_source_path_is_absolute(domain):
+    for disk in domain.disks:
+        for attr, value in (("file", disk.source_file), ("dev", disk.source_dev)):
+            if value is not None and not value.startswith("/"):
+                yield disk.line_of("source"), (
+                    f"{_disk_where(disk)}: <source {attr}='{visible(value)}'> is not an absolute path; libvirt and "
+                    "virtnet need one (QEMU would look for it in its own working directory)"
+                )
+
+
+@rule
+def disk_has_a_source(domain):
+    """Only a CD-ROM (or floppy) may be empty: a hard disk without a source has no medium to show."""
+    for disk in domain.disks:
+        if disk.type in ("file", "block") and disk.device in ("disk", "lun") and disk.path is None:
+            attr = "file" if disk.type == "file" else "dev"
+            yield disk.line, (
+                f"{_disk_where(disk)} needs <source {attr}='...'>; only a CD-ROM or floppy may be empty"
+            )
+
+
+@rule
+def disk_driver_settings(domain):
+    for disk in domain.disks:
+        where = disk.line_of("driver")
+        if disk.io == "native" and disk.cache not in ("none", "directsync"):
+            yield where, (
+                f"{_disk_where(disk)}: <driver io='native'> needs cache='none' or cache='directsync' (QEMU's "
+                "native AIO bypasses the host page cache)"
+            )
+        for attr in ("queues", "queue_size"):
+            if getattr(disk, attr) is not None and disk.bus != "virtio":
+                yield where, f"{_disk_where(disk)}: <driver {attr}> is only supported for virtio disks"
+        if disk.queue_size is not None and disk.queue_size & (disk.queue_size - 1):
+            yield where, f"{_disk_where(disk)}: <driver queue_size='{disk.queue_size}'> must be a power of two"
+
+
+@rule
+def disk_address_fits_bus(domain):
+    """A virtio disk sits on PCI; an IDE, SATA or SCSI disk at a drive address on its controller."""
+    limits = {"ide": (0, 1, 0, 1), "sata": (None, 0, 0, diskconf.SATA_UNITS - 1)}
+    for disk in domain.disks:
+        addr, bus = disk.address, disk.bus
+        if addr is None or bus not in ("virtio",) + diskconf.DRIVE_BUSES:
+            continue
+        wanted = "pci" if bus == "virtio" else "drive"
+        if addr.type != wanted:
+            yield addr.line, (
+                f"{_disk_where(disk)}: a {bus} disk needs <address type='{wanted}' ...>, not type='{addr.type}'"
+            )
+            continue
+        limit = limits.get(bus)
+        if limit is None or wanted != "drive":
+            continue
+        for name, value, top in zip(("controller", "bus", "target", "unit"), addr.drive_key(), limit):
+            if top is not None and value > top:
+                yield addr.line, (
+                    f"{_disk_where(disk)}: <address type='drive' {name}='{value}'> is out of range for {bus} "
+                    f"(0..{top})" + (": the PIIX3 has one IDE controller with two buses of two units"
+                                     if bus == "ide" else "")
+                )
+
+
+@rule
+def disk_name_fits_its_controller(domain):
+    """The drive address a target name implies ('hde' is IDE controller 1) must exist, as an explicit
+    one must: a name past the controller's units is refused, not written into the canonical XML."""
+    tops = {"ide": (0, "hda..hdd: the PIIX3 has one IDE controller with two buses of two units"),
+            "sata": (None, None)}
+    for disk in domain.disks:
+        if disk.address is not None or disk.bus not in diskconf.DRIVE_BUSES or disk.index is None:
+            continue
+        controller = diskconf.effective_drive(disk)[0]
+        top, why = tops.get(disk.bus, (None, None))
+        if (top is not None and controller > top) or controller > MAX_IMPLIED_CONTROLLER:
+            yield disk.line_of("target"), (
+                f"{_disk_where(disk)}: <target dev='{disk.target_dev}'> implies {disk.bus} controller {controller}, "
+                f"which does not exist; accepted: {why or f'names of controllers 0..{MAX_IMPLIED_CONTROLLER}'}"
+            )
+
+
+@rule
+def unique_drive_addresses(domain):
+    seen = {}
+    for disk in domain.disks:
+        drive = diskconf.effective_drive(disk)
+        if drive is None:
+            continue
+        key = (disk.bus,) + drive
+        if key in seen:
+            yield disk.line, (
+                f"{_disk_where(disk)}: drive address controller='{drive[0]}' bus='{drive[1]}' target='{drive[2]}' "
+                f"unit='{drive[3]}' on the {disk.bus} bus is already used by the disk on line {seen[key]}"
+            )
+        else:
+            seen[key] = disk.line
+
+
+LSI_TARGETS = 7  # the LSI 53C895A addresses targets 0..6 (7 is the controller itself), one LUN each
+
+
+@rule
+def lsi_scsi_targets(domain):
+    """libvirt numbers SCSI units as on a wide bus (0..15); QEMU's LSI controller has 7 targets."""
+    models = {c.index or 0: c.model for c in domain.controllers if c.type == "scsi"}
+    for disk in domain.disks:
+        drive = diskconf.effective_drive(disk) if disk.bus == "scsi" else None
+        if drive is None or models.get(drive[0], diskconf.DEFAULT_SCSI_MODEL) != "lsilogic":
+            continue
+        if drive[3] >= LSI_TARGETS or drive[1] or drive[2]:
+            yield disk.line_of("target"), (
+                f"{_disk_where(disk)}: unit {drive[3]} of SCSI controller {drive[0]} does not exist on its LSI "
+                f"controller (model 'lsilogic', libvirt's default), which has units 0..{LSI_TARGETS - 1}; use "
+                "<controller type='scsi' model='virtio-scsi'/> for more disks"
+            )
+
+
+# libvirt's controller models (virDomainControllerModel*), by type.
+CONTROLLER_MODELS = {
+    "pci": ("pci-root", "pcie-root", "pci-bridge", "dmi-to-pci-bridge", "pcie-root-port",
+            "pcie-switch-upstream-port", "pcie-switch-downstream-port", "pci-expander-bus", "pcie-expander-bus",
+            "pcie-to-pci-bridge"),
+    "scsi": ("auto", "buslogic", "lsilogic", "lsisas1068", "vmpvscsi", "ibmvscsi", "virtio-scsi", "lsisas1078",
+             "virtio-transitional", "virtio-non-transitional", "ncr53c90", "am53c974", "dc390"),
+}
+PCIE_ONLY_MODELS = ("pcie-root", "pcie-root-port", "pcie-switch-upstream-port", "pcie-switch-downstream-port",
+                    "pcie-expander-bus", "pcie-to-pci-bridge", "dmi-to-pci-bridge")
+
+
+@rule
+def controller_models(domain):
+    for controller in domain.controllers:
+        ctype, model = controller.type, controller.model
+        known = CONTROLLER_MODELS.get(ctype)
+        where = f"<controller type='{ctype}'"
+        if ctype == "pci" and model is None:
+            yield controller.line, f"{where}> needs a model, e.g. model='pcie-root-port'"
+        elif known is not None and model is not None and model not in known:
+            yield controller.line, f"{where} model='{model}'> is not a {ctype} controller model; accepted: {', '.join(known)}"
+        elif ctype == "pci" and model in PCIE_ONLY_MODELS and not domain.is_q35:
+            yield controller.line, (
+                f"{where} model='{model}'> needs a PCI Express machine (q35); on pc use model='pci-bridge'"
+            )
+        elif ctype == "pci" and model == "pci-root" and domain.is_q35:
+            yield controller.line, f"{where} model='pci-root'> is pc's root bus; q35's is model='pcie-root'"
+        elif ctype == "pci" and model in pci.ROOT_MODELS and controller.index not in (None, 0):
+            yield controller.line, f"{where} model='{model}'> is the root bus: its index is 0"
+        elif ctype == "pci" and controller.index == 0 and model not in pci.ROOT_MODELS:
+            yield controller.line, (
+                f"{where} index='0'> is the root bus: model='{pci.root_model(domain)}' (model='{model}' needs "
+                "an index above 0)"
+            )
+        elif ctype == "ide" and domain.is_q35:
+            yield controller.line, "<controller type='ide'>: the q35 machine has no IDE controller; use type='sata'"
+
+
+@rule
+def unique_controllers(domain):
+    seen = {}
+    for controller in domain.controllers:
+        if controller.index is None:
+            continue
+        key = (controller.type, controller.index)
+        if key in seen:
+            yield controller.line, (
+                f"<controller type='{key[0]}' index='{key[1]}'> appears twice (lines {seen[key]} and {controller.line})"
+            )
+        else:
+            seen[key] = controller.line
+
+
+@rule
+def devices_on_a_root_port_use_slot_0(domain):
+    """A pcie-root-port has a single slot: whatever sits behind it is at slot 0."""
+    ports = {c.index for c in domain.controllers if c.type == "pci" and c.model == "pcie-root-port"}
+    for tag, addr in domain.pci_addresses:
+        try:
+            bus, slot = pci_number(addr.get("bus", "0")), pci_number(addr.get("slot", "0"))
+        except ValueError:
+            continue
+        if bus in ports and slot != 0:
+            yield addr.sourceline, (
+                f"<{tag}>: <address bus='0x{bus:02x}' slot='0x{slot:02x}'>: bus 0x{bus:02x} is a pcie-root-port, "
+                "which has a single slot: use slot='0x00'"
             )
 
 

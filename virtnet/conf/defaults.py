@@ -8,7 +8,7 @@ import uuid as uuidlib
 
 from lxml import etree
 
-from virtnet.conf import ifname, mac, pci
+from virtnet.conf import disk, guest, ifname, mac, pci
 
 DEFAULT_MODEL = "rtl8139"  # libvirt's choice for x86 guests when <model> is absent
 # <driver> attributes that only mean something to virtio-net.
@@ -101,8 +101,10 @@ def apply_defaults(domain):
         elif iface.model != iface.model_raw:
             iface.model_raw = iface.model  # 'ViRtIo' → 'virtio'
         _tidy_driver(iface, warnings)
-        if iface.address is not None:
-            pci.normalize(iface.address)
     _fill_macs(domain)
-    pci.assign_addresses(domain)
+    guest.add_default_memballoon(domain)
+    guest.add_virtio_serial_controllers(domain)
+    disk.apply_defaults(domain)
+    pci.assign_addresses(domain)  # every PCI device, normalised or given a slot
+    guest.assign_virtio_serial_ports(domain)
     return warnings

@@ -1,6 +1,8 @@
 """The domain model: one small class per XML concept, each property declared once."""
 
-from virtnet.conf import iftypes
+from virtnet.conf import guest, iftypes
+from virtnet.conf.address import Address
+from virtnet.conf.disk import Controller, Disk
 from virtnet.conf.xmlmodel import Child, Children, Prop, XMLObject
 
 # Models that want IFF_VNET_HDR on their tap (libvirt's "vnet-header compatible" list).
@@ -15,24 +17,6 @@ KNOWN_MODELS = VIRTIO_MODELS + (
 
 def _yes(value):
     return value == "yes"
-
-
-def pci_number(value):
-    """A PCI address part as libvirt reads it: hexadecimal with 0x, decimal otherwise ('09' is 9)."""
-    text = value.strip().lower()
-    return int(text, 16) if text.startswith("0x") else int(text, 10)
-
-
-class PCIAddress(XMLObject):
-    type = Prop("@type")
-    domain = Prop("@domain", pci_number)
-    bus = Prop("@bus", pci_number)
-    slot = Prop("@slot", pci_number)
-    function = Prop("@function", pci_number)
-    multifunction = Prop("@multifunction")
-
-    def key(self):
-        return (self.domain or 0, self.bus or 0, self.slot or 0, self.function or 0)
 
 
 class IPAddress(XMLObject):
@@ -143,7 +127,7 @@ class Interface(XMLObject):
     rom_enabled = Prop("rom/@enabled")
     alias = Prop("alias/@name")
     sndbuf = Prop("tune/sndbuf", int)
-    address = Child("address", PCIAddress)
+    address = Child("address", Address)
     guest_ips = Children("ip", IPAddress)
     guest_routes = Children("route", Route)
     port_forwards = Children("portForward", PortForward)
@@ -205,6 +189,28 @@ class Domain(XMLObject):
     emulator = Prop("devices/emulator")
     memory_access = Prop("memoryBacking/access/@mode")
     interfaces = Children("devices/interface", Interface, cache=True)
+    disks = Children("devices/disk", Disk, cache=True)
+    controllers = Children("devices/controller", Controller)
+    # The guest's own hardware and boot (conf.guest; rendered by qemu.machine and qemu.chardevs).
+    os = Child("os", guest.Os)
+    cpu = Child("cpu", guest.Cpu)
+    clock = Child("clock", guest.Clock)
+    features = Child("features", guest.Features)
+    pm = Child("pm", guest.Pm)
+    on_poweroff = Prop("on_poweroff")
+    on_reboot = Prop("on_reboot")
+    on_crash = Prop("on_crash")
+    dump_core = Prop("memory/@dumpCore")
+    current_memory = Prop("currentMemory", int)
+    current_memory_unit = Prop("currentMemory/@unit")
+    vcpu_current = Prop("vcpu/@current", int)
+    serials = Children("devices/serial", guest.Chardev)
+    consoles = Children("devices/console", guest.Chardev)
+    channels = Children("devices/channel", guest.Chardev)
+    virtio_serial_controllers = Children("devices/controller[@type='virtio-serial']", guest.VirtioSerialController)
+    rngs = Children("devices/rng", guest.Rng)
+    memballoon = Child("devices/memballoon", guest.Memballoon)
+    qemu_commandline = Child(guest.qemu("commandline"), guest.QemuCommandline)
 
     @property
     def os_boot_devs(self):
@@ -237,4 +243,4 @@ class Domain(XMLObject):
 
 
 # The model classes whose properties the golden tests must all exercise.
-MODEL_CLASSES = (Domain, Interface, Source, Offloads, PCIAddress, IPAddress, Route, PortForward, PortRange)
+MODEL_CLASSES = (Domain, Interface, Source, Offloads, Address, IPAddress, Route, PortForward, PortRange)

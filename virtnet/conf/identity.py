@@ -1,6 +1,12 @@
 """The prepare phase: after the checks and libvirt's defaults, each device is stamped once with its
 identity, which argv, plan, executor, live state and (later) hot-plug all read.
 
+Disks and controllers get libvirt's aliases the same way: 'virtio-disk0' (from the target name),
+'sata0-0-0', 'ide0-1-0', 'scsi0-0-0-0' (from the drive address; 'scsi0-0-0' on an LSI controller),
+'pci.1', 'scsi0', 'sata0', and 'ide' for the chipset's own IDE (pc) or SATA (q35) controller. A
+disk's block nodes are libvirt's too: 'libvirt-N-storage' (the file or block device) and
+'libvirt-N-format' (raw, qcow2), N counting the disks from the last one.
+
 A NIC's alias is its name everywhere: QEMU's ids (hostnet0/net0/charnet0 or a user alias's), the
 plan's actions, the runtime record, QMP. It is written into the XML, so the live XML keeps it for
 the device's lifetime: a device added or removed later renumbers nothing else. Inactive XML leaves
@@ -14,6 +20,10 @@ from virtnet.conf import mac
 from virtnet.conf.ifname import GENERATED_PREFIX
 
 NET_ALIAS = re.compile(r"net(\d+)")
+USER_ALIAS_PREFIX = "ua-"
+# libvirt's disk alias prefix for each bus (qemuAssignDeviceDiskAlias).
+DISK_ALIAS_PREFIX = {"ide": "ide", "sata": "sata", "scsi": "scsi", "virtio": "virtio", "usb": "usb", "fdc": "fdc",
+                     "sd": "sd", "xen": "xen", "uml": "uml"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,66 @@ class NicIds:
     @property
     def chardev(self):
         return "char" + self.alias
+
+
+@dataclass(frozen=True)
+class DiskIds:
+    alias: str  # 'virtio-disk0', 'sata0-0-0', ... or the user's 'ua-…'
+    node: int  # N of libvirt's node names: libvirt-N-storage, libvirt-N-format
+
+    @property
+    def device(self):
+        return self.alias
+
+    @property
+    def storage_node(self):
+        return f"libvirt-{self.node}-storage"
+
+    @property
+    def format_node(self):
+        return f"libvirt-{self.node}-format"
+
+
+def disk_alias(domain, disk):
+    """libvirt's alias of a disk: from its drive address on a controller's bus, else its target name."""
+    prefix = DISK_ALIAS_PREFIX.get(disk.bus, disk.bus)
+    drive = disk.drive
+    if drive is None:
+        return f"{prefix}-disk{disk.index}"
+    parts = [drive.controller or 0, drive.bus or 0, drive.target or 0, drive.unit or 0]
+    if disk.bus != "scsi" or _scsi_model(domain, drive.controller or 0) == "lsilogic":
+        del parts[2]  # target: only non-LSI SCSI controllers have targets in the id
+    return prefix + "-".join(str(part) for part in parts)
+
+
+def _scsi_model(domain, index):
+    for controller in domain.controllers:
+        if controller.type == "scsi" and (controller.index or 0) == index:
+            return controller.model
+    return None
+
+
+def controller_alias(domain, controller):
+    """libvirt's alias of a controller (qemuAssignDeviceControllerAlias)."""
+    ctype, index = controller.type, controller.index or 0
+    if ctype == "pci":
+        return "pcie.0" if controller.model == "pcie-root" else f"pci.{index}"
+    builtin = (ctype == "ide" and not domain.is_q35) or (ctype == "sata" and domain.is_q35)
+    if index == 0 and (builtin or ctype == "usb"):
+        return "ide" if builtin else "usb"
+    return f"{ctype}{index}"
+
+
+def _prepare_storage(domain):
+    """Stamp every disk and controller with its ids (aliases written into the XML when missing)."""
+    disks = domain.disks
+    for position, disk in enumerate(disks):
+        if disk.alias is None and disk.bus is not None and (disk.drive is not None or disk.index is not None):
+            disk.alias = disk_alias(domain, disk)
+        disk.ids = DiskIds(alias=disk.alias, node=len(disks) - position) if disk.alias else None
+    for controller in domain.controllers:  # the alias is the controller's id: read it as .alias
+        if controller.alias is None and controller.type is not None:
+            controller.alias = controller_alias(domain, controller)
 
 
 def _next_net_alias(taken):
@@ -55,8 +125,11 @@ def prepare(domain):
             iface.alias = _next_net_alias(taken)
             taken.add(iface.alias)
         iface.ids = NicIds(alias=iface.alias, host_mac=mac.host_side(iface.mac), tap=_tap_name(iface))
+    _prepare_storage(domain)
     return domain
 
 
 def is_generated_alias(alias):
-    return NET_ALIAS.fullmatch(alias) is not None
+    """An alias virtnet (or libvirt) made: anything but a user alias ('ua-…'). Inactive XML leaves
+    these out, as libvirt does."""
+    return not alias.startswith(USER_ALIAS_PREFIX)

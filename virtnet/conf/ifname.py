@@ -6,6 +6,11 @@ GENERATED_PREFIX = "vnet"  # managed taps without a <target dev> are vnetN
 GENERATED_TARGET_PREFIXES = ("vnet", "macvtap", "macvlan")
 
 
+# Bytes the kernel's isspace() is true for (lib/ctype.c: 0xA0 too, which UTF-8 uses inside characters
+# such as 'à'): dev_valid_name() refuses a name holding any of them.
+KERNEL_SPACE = frozenset(b"\t\n\v\f\r \xa0")
+
+
 def fits(name):
     return len(name.encode()) < IFNAMSIZ
 
@@ -16,7 +21,7 @@ def problem(name):
         return f"is {len(name.encode())} bytes long; Linux interface names have at most {IFNAMSIZ - 1}"
     if name in ("", ".", ".."):
         return "is not a usable interface name"
-    if "/" in name or any(c.isspace() for c in name) or ":" in name:
+    if "/" in name or ":" in name or any(c.isspace() for c in name) or KERNEL_SPACE & set(name.encode()):
         return "contains '/', ':' or whitespace, which interface names cannot"
     if name.count("%") > 1 or ("%" in name and "%d" not in name):
         return "may contain at most one '%d' template and no other '%'"

@@ -1,65 +1,476 @@
-"""Guest PCI addresses for NICs: honour explicit ones, assign the rest like libvirt does."""
+"""The guest's PCI layout: an address for every PCI device virtnet renders, placed as libvirt does.
+
+One allocator for all of them, in libvirt's order of assignment (qemuDomainAssignDevicePCISlots):
+PCI controllers first, then NICs, then the other controllers (SCSI, SATA, virtio-serial), virtio
+disks, the balloon and RNGs (`pci_devices`). Addresses written in the XML are honoured and reserved,
+whatever device holds them (modelled or not), and so are the chipset's slots.
+
+i440fx (`pc`): every device gets the lowest free slot on pci.0 from slot 2 up (slot 1 is the
+PIIX3's; slot 2 is kept for the primary video card when the domain has one, as libvirt keeps it).
+
+q35: libvirt puts each PCI Express endpoint behind a `pcie-root-port` of its own, so that it can
+be unplugged and keeps a stable address of its own. virtnet does the same: it adds the root ports
+the devices need as <controller type='pci' model='pcie-root-port'> (each with its index, chassis,
+port and an address on pcie.0, functions 0-7 of a slot side by side as libvirt aggregates them),
+then one spare root port for hot-plug when no empty one is left, as libvirt does. Conventional PCI
+devices (rtl8139, e1000, the LSI SCSI controllers, virtio-transitional) go on a
+`pcie-to-pci-bridge` behind a root port of its own. Slot 0x1f holds the ICH9 functions (the
+built-in SATA controller at 00:1f.2), slot 1 the primary video card when there is one.
+
+A device on a bus whose controller the XML does not have gets that controller (a root port on
+q35, a pci-bridge on pc), as libvirt adds it.
+"""
+
+from dataclasses import dataclass, field
 
 from lxml import etree
 
-from virtnet.conf.domain import pci_number
+from virtnet.conf.address import pci_number
 from virtnet.errors import XMLInputError
 
 FIRST_FREE_SLOT = 2  # slot 0 is the host bridge, slot 1 the PIIX3/ICH chipset functions
 LAST_SLOT = 31
+FUNCTIONS = 8
 Q35_RESERVED = {0x1F}  # ICH9 LPC/SATA/SMBus on q35
+PRIMARY_VIDEO_SLOT = {False: 2, True: 1}  # libvirt's place for the primary video card: pc, q35
+VIRTIO_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional")
+PCIE_NIC_MODELS = ("e1000e", "igb", "virtio", "virtio-non-transitional")
+CONVENTIONAL_SCSI_MODELS = ("lsilogic", "lsisas1068", "lsisas1078", "vmpvscsi", "virtio-transitional")
+PCI_VIDEO_MODELS = (None, "vga", "cirrus", "vmvga", "qxl", "virtio", "bochs")
+# PCI controller models virtnet lays out and renders, with their <model name> (QEMU's driver).
+CONTROLLER_MODEL_NAMES = {"pcie-root-port": "pcie-root-port", "pci-bridge": "pci-bridge",
+                          "pcie-to-pci-bridge": "pcie-pci-bridge", "dmi-to-pci-bridge": "i82801b11-bridge",
+                          "pcie-switch-upstream-port": "x3130-upstream",
+                          "pcie-switch-downstream-port": "xio3130-downstream"}
+# What each of those plugs into, as a connect kind a bus accepts (libvirt's connect flags).
+CONTROLLER_CONNECT = {"pcie-root-port": "root-port", "pci-bridge": "pci-bridge", "pcie-to-pci-bridge": "pcie-bridge",
+                      "dmi-to-pci-bridge": "dmi-bridge", "pcie-switch-upstream-port": "switch-upstream",
+                      "pcie-switch-downstream-port": "switch-downstream"}
+# Which connect kinds each bus model takes. An endpoint is 'pcie' (PCI Express) or 'pci'
+# (conventional); on pc every device is conventional PCI. A root port or downstream port has one
+# slot; a switch's upstream port and a dmi-to-pci-bridge slots 0-31; bridges slots 1-31.
+ACCEPTS = {
+    "pci-root": ("pci", "pci-bridge"),
+    "pcie-root": ("root-port", "dmi-bridge"),
+    "pcie-root-port": ("pcie", "pcie-bridge", "switch-upstream"),
+    "pcie-switch-downstream-port": ("pcie", "pcie-bridge", "switch-upstream"),
+    "pcie-switch-upstream-port": ("switch-downstream",),
+    "dmi-to-pci-bridge": ("pci-bridge",),
+    "pci-bridge": ("pci", "pci-bridge"),
+    "pcie-to-pci-bridge": ("pci",),
+}
+SINGLE_SLOT = ("pcie-root-port", "pcie-switch-downstream-port")
+FROM_SLOT_0 = ("pcie-switch-upstream-port", "dmi-to-pci-bridge")
+DMI_BRIDGE_SLOT = 0x1E  # libvirt's place for a dmi-to-pci-bridge on q35
+ROOT_MODELS = ("pci-root", "pcie-root")
+# Built-in controllers (no -device) and their fixed addresses: (type, index, q35) -> (slot, function).
+BUILTIN = {("ide", 0, False): (1, 1), ("sata", 0, True): (0x1F, 2)}
 
 
 def root_bus_name(domain):
     return "pcie.0" if domain.is_q35 else "pci.0"
 
 
-def explicit_pci_slots(domain):
-    """Slots on bus 0 taken by any device with an explicit PCI address (modelled or not)."""
-    taken = set()
-    for tag, addr in domain.pci_addresses:
-        try:
-            bus, slot = pci_number(addr.get("bus", "0")), pci_number(addr.get("slot", "0"))
-        except ValueError:
-            # Devices virtnet does not model are not schema-checked: say where the bad value is.
-            raise XMLInputError(
-                f"<{tag}>: <address type='pci' bus='{addr.get('bus')}' slot='{addr.get('slot')}'> "
-                "is not a PCI address; use hexadecimal (0x1f) or decimal numbers", line=addr.sourceline) from None
-        if bus == 0:
-            taken.add(slot)
-    return taken
+def bus_name(domain, index):
+    """QEMU's id of PCI bus INDEX: the root bus, or the controller 'pci.N' that provides it."""
+    return root_bus_name(domain) if index == 0 else f"pci.{index}"
 
 
-def assign_addresses(domain):
-    """Give every interface without an <address> the lowest free slot, in document order."""
-    taken = explicit_pci_slots(domain)
-    if domain.is_q35:
-        taken |= Q35_RESERVED
-    slot = FIRST_FREE_SLOT
-    for iface in domain.interfaces:
-        if iface.address is not None:
-            continue
-        while slot in taken:
-            slot += 1
-        if slot > LAST_SLOT:
-            raise XMLInputError(
-                f"<interface>: no free PCI slot left on bus 0 (slots {FIRST_FREE_SLOT}..{LAST_SLOT} "
-                "are taken); give some devices explicit <address type='pci' bus=...> on another bus",
-                line=iface.line,
-            )
-        taken.add(slot)
-        etree.SubElement(
-            iface.node,
-            "address",
-            {"type": "pci", "domain": "0x0000", "bus": "0x00", "slot": f"0x{slot:02x}", "function": "0x0"},
-        )
+def root_model(domain):
+    return "pcie-root" if domain.is_q35 else "pci-root"
 
 
-def normalize(address):
-    """Write an explicit PCI address the way libvirt formats it (hex, fixed widths)."""
-    if address.type != "pci":
-        return
-    node = address.node
+def _where(node):
+    return f"<{node.tag}" + (f" type='{node.get('type')}'" if node.get("type") else "") + ">"
+
+
+def _parse_address(node):
+    """(bus, slot, function) of an <address type='pci'> element, with a clear error for bad numbers."""
+    try:
+        return tuple(pci_number(node.get(attr, "0")) for attr in ("bus", "slot", "function"))
+    except ValueError:
+        # Devices virtnet does not model are not schema-checked in detail: say where the bad value is.
+        raise XMLInputError(
+            f"{_where(node.getparent())}: <address type='pci' bus='{node.get('bus')}' slot='{node.get('slot')}'> "
+            "is not a PCI address; use hexadecimal (0x1f) or decimal numbers", line=node.sourceline) from None
+
+
+def _explicit(domain):
+    """(element, (bus, slot, function)) of every PCI address written in <devices>."""
+    return [(addr.getparent(), _parse_address(addr)) for _, addr in domain.pci_addresses]
+
+
+def _normalize_node(node):
     for attr, width in (("domain", 4), ("bus", 2), ("slot", 2)):
         node.set(attr, f"0x{pci_number(node.get(attr, '0')):0{width}x}")
     node.set("function", f"0x{pci_number(node.get('function', '0')):x}")
+    multifunction = node.attrib.pop("multifunction", None)  # libvirt's attribute order: it goes last
+    if multifunction is not None:
+        node.set("multifunction", multifunction)
+
+
+# ---------------------------------------------------------------- which devices, in which order
+
+
+def _model(node, default=None):
+    return node.get("model", default)
+
+
+def _virtio_connect(model):
+    return "pci" if model == "virtio-transitional" else "pcie"
+
+
+def controller_connect(domain, node):
+    """How a non-PCI controller sits on the PCI bus: 'pcie', 'pci', or None (built in, or not PCI)."""
+    ctype, index = node.get("type"), _int(node.get("index"), 0)
+    if (ctype, index, domain.is_q35) in BUILTIN:
+        return None
+    if ctype == "scsi":
+        model = _model(node)
+        if model in ("virtio-scsi", "virtio-non-transitional"):
+            return "pcie"
+        return "pci" if model in CONVENTIONAL_SCSI_MODELS else None
+    if ctype == "sata":
+        return "pcie"
+    if ctype == "virtio-serial":
+        return _virtio_connect(_model(node, "virtio"))
+    return None
+
+
+def _nic_connect(node):
+    model = node.find("model")
+    model = model.get("type") if model is not None else None
+    return "pcie" if model in PCIE_NIC_MODELS else "pci"
+
+
+def pci_devices(domain):
+    """(element, connect) of every device virtnet gives a PCI address, in libvirt's order of
+    assignment. connect is 'pcie' for a PCI Express endpoint (a root port of its own on q35) or
+    'pci' for conventional PCI (a pcie-to-pci-bridge on q35). Devices that already have an
+    <address> of another bus (ccw, virtio-mmio, drive) are left out."""
+    devices = domain.node.find("devices")
+    if devices is None:
+        return []
+    found = [(node, _nic_connect(node)) for node in devices.findall("interface")]
+    for node in devices.findall("controller"):
+        if node.get("type") != "pci":
+            connect = controller_connect(domain, node)
+            if connect:
+                found.append((node, connect))
+    for node in devices.findall("disk"):
+        target = node.find("target")
+        if target is not None and target.get("bus") == "virtio":
+            found.append((node, _virtio_connect(node.get("model"))))
+    for tag in ("memballoon", "rng"):
+        for node in devices.findall(tag):
+            if node.get("model") in VIRTIO_MODELS:
+                found.append((node, _virtio_connect(node.get("model"))))
+    if not domain.is_q35:
+        found = [(node, "pci") for node, _ in found]  # i440fx: every device is conventional PCI
+    return [(node, connect) for node, connect in found
+            if node.find("address") is None or node.find("address").get("type") == "pci"]
+
+
+def _int(text, default=None):
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return default
+
+
+# ---------------------------------------------------------------- the buses and their slots
+
+
+@dataclass
+class Bus:
+    index: int
+    model: str
+    used: dict = field(default_factory=dict)  # slot -> set of functions in use
+    aggregate: set = field(default_factory=set)  # slots holding root ports side by side (functions 0-7)
+
+    @property
+    def slots(self):
+        """The slots devices may use on this bus (libvirt's minSlot..maxSlot): a root port has one;
+        on the root bus slot 0 is the host bridge's, on a bridge the bridge's own (SHPC)."""
+        if self.model in SINGLE_SLOT:
+            return range(0, 1)
+        return range(0 if self.model in FROM_SLOT_0 else 1, LAST_SLOT + 1)
+
+    def accepts(self, connect):
+        """Whether a device of kind CONNECT may be placed here automatically."""
+        return connect in ACCEPTS.get(self.model, ())
+
+    def free_slot(self):
+        for slot in self.slots:
+            if not self.used.get(slot):
+                return slot
+        return None
+
+    def take(self, slot, function=0):
+        self.used.setdefault(slot, set()).add(function)
+
+
+class Layout:
+    """The PCI buses of a domain (index → Bus) and what is in use on them."""
+
+    def __init__(self, domain):
+        self.domain = domain
+        self.q35 = domain.is_q35
+        self.buses = {0: Bus(0, root_model(domain))}
+        for controller in domain.controllers:
+            if controller.type == "pci" and controller.index not in (None, 0):
+                self.buses[controller.index] = Bus(controller.index, controller.model)
+        root = self.buses[0]
+        root.take(0)
+        if not self.q35:
+            root.used[1] = set(range(FUNCTIONS))  # PIIX3: ISA, IDE, USB, ACPI
+        else:
+            for slot in Q35_RESERVED:
+                root.used[slot] = set(range(FUNCTIONS))
+        for node, (bus, slot, function) in _explicit(domain):
+            self.bus(bus).take(slot, function)
+            if bus == 0 and node.tag == "controller" and node.get("model") == "pcie-root-port":
+                root.aggregate.add(slot)  # root ports side by side: more may join them
+
+    def bus(self, index):
+        if index not in self.buses:
+            self.buses[index] = Bus(index, None)  # named by an address; its controller comes later
+        return self.buses[index]
+
+    def find(self, connect):
+        """(bus, slot) for a new device, or None when no bus has room."""
+        for index in sorted(self.buses):
+            bus = self.buses[index]
+            if bus.accepts(connect):
+                slot = bus.free_slot()
+                if slot is not None:
+                    return bus, slot
+        return None
+
+    def next_index(self):
+        return max(self.buses) + 1
+
+
+# ---------------------------------------------------------------- assignment
+
+
+def ensure_root(domain):
+    """<controller type='pci' index='0' model='pci-root'|'pcie-root'>, added when missing."""
+    from virtnet.conf.disk import add_controller, find_controller
+
+    if find_controller(domain, "pci", 0) is None:
+        add_controller(domain, "pci", 0, root_model(domain))
+
+
+def _add_pci_controller(domain, layout, model):
+    from virtnet.conf.disk import add_controller
+
+    ensure_root(domain)
+    index = layout.next_index()
+    controller = add_controller(domain, "pci", index, model)
+    layout.buses[index] = Bus(index, model)
+    return controller
+
+
+def _grow(domain, layout, connect, node):
+    """Add the controllers a device of kind CONNECT needs (libvirt's virDomainPCIAddressSetGrow)."""
+    if not layout.q35:
+        raise XMLInputError(
+            f"{_where(node)}: no free PCI slot left on pci.0 (slots {FIRST_FREE_SLOT}..{LAST_SLOT} are taken); give "
+            "some devices explicit <address type='pci' bus=...> on a <controller type='pci' model='pci-bridge'>",
+            line=node.sourceline)
+    if connect == "pci":
+        spot = layout.find("pcie-bridge")
+        if spot is None:
+            _add_pci_controller(domain, layout, "pcie-root-port")
+            spot = layout.find("pcie-bridge")
+        spot[0].take(spot[1])  # the bridge sits in it
+        _add_pci_controller(domain, layout, "pcie-to-pci-bridge")
+    else:
+        _add_pci_controller(domain, layout, "pcie-root-port")
+
+
+def _plan_buses(domain, layout, pending):
+    """First pass: add the controllers the pending devices need, and one spare root port on q35."""
+    grew = False
+    for node, connect in pending:
+        spot = layout.find(connect)
+        if spot is None:
+            _grow(domain, layout, connect, node)
+            grew = True
+            spot = layout.find(connect)
+        bus, slot = spot
+        bus.take(slot)
+    # Root ports added for devices: one more, empty, for hot-plug, unless one is left free (libvirt
+    # adds none to a layout the XML spells out).
+    if layout.q35 and grew and layout.find("pcie") is None:
+        _add_pci_controller(domain, layout, "pcie-root-port")
+
+
+def _write_address(node, bus, slot, function=0):
+    etree.SubElement(node, "address", {"type": "pci", "domain": "0x0000", "bus": f"0x{bus:02x}",
+                                       "slot": f"0x{slot:02x}", "function": f"0x{function:x}"})
+
+
+def _place_root_port(layout, node):
+    """The lowest free function of a slot of root ports on pcie.0, else function 0 of a free slot."""
+    root = layout.buses[0]
+    for slot in root.slots:
+        functions = root.used.get(slot, set())
+        if slot in root.aggregate and len(functions) < FUNCTIONS:
+            function = min(set(range(FUNCTIONS)) - functions)
+            break
+        if not functions:
+            root.aggregate.add(slot)
+            function = 0
+            break
+    else:
+        raise XMLInputError(
+            "a PCI slot is needed to connect a PCI controller model='pcie-root-port', but none is available on "
+            f"pcie.0 (slots 0x01..0x{LAST_SLOT - 1:02x}, 8 root ports each, are taken)", line=node.sourceline)
+    root.take(slot, function)
+    _write_address(node, 0, slot, function)
+
+
+def _place_controllers(domain, layout):
+    """Second pass, first step: an address for every PCI controller without one (index order)."""
+    for controller in sorted(domain.controllers, key=lambda c: c.index or 0):
+        if controller.type != "pci" or controller.model not in CONTROLLER_MODEL_NAMES \
+                or controller.node.find("address") is not None:
+            continue  # the root bus; a model virtnet does not lay out (switch ports, expander buses); placed
+        if controller.model == "pcie-root-port":
+            _place_root_port(layout, controller.node)
+            continue
+        connect = CONTROLLER_CONNECT[controller.model]
+        root = layout.buses[0]
+        if connect == "dmi-bridge" and not root.used.get(DMI_BRIDGE_SLOT):
+            root.take(DMI_BRIDGE_SLOT)
+            _write_address(controller.node, 0, DMI_BRIDGE_SLOT)
+            continue
+        spot = layout.find(connect)
+        if spot is None:
+            raise XMLInputError(f"<controller type='pci' model='{controller.model}'>: no free PCI slot to "
+                                "connect it to", line=controller.line)
+        bus, slot = spot
+        bus.take(slot)
+        _write_address(controller.node, bus.index, slot)
+
+
+def _controller_defaults(domain):
+    """libvirt's <model name> and <target> of each PCI controller, from its index and address."""
+    for controller in domain.controllers:
+        name = CONTROLLER_MODEL_NAMES.get(controller.model)
+        if controller.type != "pci" or name is None:
+            continue
+        node = controller.node
+        if node.find("model") is None:
+            etree.SubElement(node, "model", {"name": name})
+        target = node.find("target")
+        if target is None:
+            target = etree.SubElement(node, "target")
+        address = node.find("address")
+        placed = address is not None and address.get("type") == "pci"
+        if controller.model == "pci-bridge":
+            if target.get("chassisNr") is None:
+                target.set("chassisNr", str(controller.index))
+        elif controller.model in SINGLE_SLOT:
+            if target.get("chassis") is None:
+                target.set("chassis", str(controller.index))
+            if target.get("port") is None and placed:
+                # A root port's port is its slot and function; a downstream port's its slot.
+                slot, function = pci_number(address.get("slot", "0")), pci_number(address.get("function", "0"))
+                port = (slot << 3) + function if controller.model == "pcie-root-port" else slot
+                target.set("port", f"0x{port:x}")
+        ordered = {key: target.attrib[key] for key in ("chassisNr", "chassis", "port", "busNr", "hotplug")
+                   if key in target.attrib}
+        ordered.update((key, value) for key, value in target.attrib.items() if key not in ordered)
+        target.attrib.clear()
+        target.attrib.update(ordered)
+        if not len(target) and not target.attrib:
+            node.remove(target)
+
+
+def _builtin_addresses(domain):
+    """The chipset's own controllers at their fixed addresses (PIIX3 IDE 00:01.1, ICH9 SATA 00:1f.2)."""
+    for controller in domain.controllers:
+        place = BUILTIN.get((controller.type, controller.index or 0, domain.is_q35))
+        if place is not None and controller.node.find("address") is None:
+            _write_address(controller.node, 0, *place)
+
+
+def _primary_video(domain, layout):
+    """libvirt keeps slot 2 (pc) or 1 (q35) for the primary video card: reserved, and written."""
+    video = domain.node.find("devices/video")
+    if video is None or video.find("address") is not None:
+        return
+    model = video.find("model")
+    if (model.get("type") if model is not None else None) not in PCI_VIDEO_MODELS:
+        return
+    slot = PRIMARY_VIDEO_SLOT[layout.q35]
+    if not layout.buses[0].used.get(slot):
+        layout.buses[0].take(slot)
+        _write_address(video, 0, slot)
+
+
+def _missing_buses(domain, layout):
+    """A controller for every bus an explicit address names but the XML lacks."""
+    from virtnet.conf.disk import add_controller
+
+    for index in sorted(layout.buses):
+        if index and layout.buses[index].model is None:
+            model = "pcie-root-port" if layout.q35 else "pci-bridge"
+            if layout.q35:  # a root port has one slot: an address past it needs a controller of the user's
+                for tag, addr in domain.pci_addresses:
+                    bus, slot = pci_number(addr.get("bus", "0")), pci_number(addr.get("slot", "0"))
+                    if bus == index and slot != 0:
+                        raise XMLInputError(
+                            f"<{tag}>: <address bus='0x{bus:02x}' slot='0x{slot:02x}'>: there is no bus 0x{bus:02x}, "
+                            "and the pcie-root-port virtnet would add for it has a single slot; use slot='0x00', "
+                            "or add the <controller type='pci'> with that index that you mean", line=addr.sourceline)
+            ensure_root(domain)
+            add_controller(domain, "pci", index, model)
+            layout.buses[index].model = model
+
+
+def _multifunction(domain):
+    """multifunction='on' on function 0 of a slot whose other functions are in use (libvirt does)."""
+    functions = {}
+    for _, addr in domain.pci_addresses:
+        key = tuple(pci_number(addr.get(a, "0")) for a in ("domain", "bus", "slot"))
+        functions.setdefault(key, []).append(addr)
+    for addrs in functions.values():
+        if len(addrs) > 1:
+            for addr in addrs:
+                if pci_number(addr.get("function", "0")) == 0 and addr.get("multifunction") is None:
+                    addr.set("multifunction", "on")
+
+
+def assign_addresses(domain):
+    """Give every PCI device virtnet renders an address, adding the PCI controllers they need."""
+    for _, addr in domain.pci_addresses:
+        if set(addr.attrib) == {"type"}:  # an empty PCI address asks for one (libvirt's rule)
+            addr.getparent().remove(addr)
+    for _, addr in domain.pci_addresses:
+        _parse_address(addr)  # a bad number is reported with its device before anything changes
+        _normalize_node(addr)
+    layout = Layout(domain)
+    _primary_video(domain, layout)
+    _builtin_addresses(domain)
+    _missing_buses(domain, layout)
+    pending = [(node, connect) for node, connect in pci_devices(domain) if node.find("address") is None]
+    if layout.q35:
+        # First pass on a copy of the layout: which root ports and bridges must be added (libvirt
+        # does the same); then the layout again, with them. (On pc nothing is added: pci.0 only.)
+        _plan_buses(domain, Layout(domain), pending)
+        layout = Layout(domain)
+    _place_controllers(domain, layout)
+    for node, connect in pending:
+        spot = layout.find(connect)
+        if spot is None:
+            _grow(domain, layout, connect, node)  # not reached: the first pass added what is needed
+            spot = layout.find(connect)
+        bus, slot = spot
+        bus.take(slot)
+        _write_address(node, bus.index, slot)
+    _controller_defaults(domain)
+    _multifunction(domain)

@@ -7,10 +7,11 @@ everything virtnet does not model stays where it was, untouched.
 Path syntax: 'child/grandchild/@attr' for an attribute, 'child/grandchild' for element text,
 '@attr' for an attribute of the wrapped element itself.
 
-Reading through the tree costs an lxml find() per path step at every read. Once a document stops
-changing, `freeze(domain)` turns its model objects read-once: each property, sub-object, list and
-derived (`@property`) value is computed at its first read and then served as a plain attribute.
-While frozen:
+Reading through the tree costs an lxml look-up per path step at every read. Once a document stops
+changing, `freeze(domain)` turns its model objects read-once: the first Prop read of an object reads
+its element's modelled subtree in one walk, and each property, sub-object, list and derived
+(`@property`) value is computed at its first read and then served as a plain attribute. While
+frozen:
 
 - the tree must not be edited except through the frozen model objects; writing a modelled
   attribute through any of them thaws the whole document first (every memo is dropped), so a
@@ -118,6 +119,13 @@ class Child:
     def __init__(self, path, cls):
         self.path = path
         self.cls = cls
+        # A path of plain names ('source', 'devices/interface') is walked with iterchildren (C),
+        # in the same order as find/findall (lxml's ElementPath, in Python) but at half the cost;
+        # anything else (predicates, namespaces) goes to ElementPath.
+        steps = path.split("/")
+        plain = all(_PLAIN_NAME.fullmatch(step) for step in steps)
+        self.tag = path if plain and len(steps) == 1 else None
+        self.steps = steps if plain and len(steps) > 1 else None
 
     def __set_name__(self, owner, name):
         self.name = name
@@ -125,8 +133,25 @@ class Child:
     def __get__(self, obj, owner=None):
         if obj is None:
             return self
-        node = obj.node.find(self.path)
+        if self.tag is not None:
+            node = next(obj.node.iterchildren(self.tag), None)
+        elif self.steps is not None:
+            node = next(_descend(obj.node, self.steps), None)
+        else:
+            node = obj.node.find(self.path)
         return None if node is None else self.cls(node)
+
+
+def _descend(node, steps):
+    """The elements at a path of plain names, in document order (as ElementPath's findall)."""
+    if len(steps) == 2:
+        inner = steps[1]
+        for parent in node.iterchildren(steps[0]):
+            yield from parent.iterchildren(inner)
+    else:
+        rest = steps[1:]
+        for parent in node.iterchildren(steps[0]):
+            yield from _descend(parent, rest)
 
 
 class Children(Child):
@@ -142,7 +167,13 @@ class Children(Child):
     def __get__(self, obj, owner=None):
         if obj is None:
             return self
-        found = [self.cls(n) for n in obj.node.findall(self.path)]
+        cls = self.cls
+        if self.tag is not None:
+            found = [cls(n) for n in obj.node.iterchildren(self.tag)]
+        elif self.steps is not None:
+            found = [cls(n) for n in _descend(obj.node, self.steps)]
+        else:
+            found = [cls(n) for n in obj.node.findall(self.path)]
         if self.cache:
             obj.__dict__[self.name] = found  # later reads find it before this descriptor
         return found
@@ -222,17 +253,20 @@ def is_frozen(obj):
 
 
 class frozen:
-    """`with frozen(domain):` freezes for a read-only step and thaws afterwards (if the step did
-    not already thaw it by writing)."""
+    """`with frozen(domain):` freezes for a read-only step and thaws afterwards (unless the step
+    thawed it by writing, or it was frozen before)."""
 
     def __init__(self, obj):
         self.obj = obj
+        self.was_frozen = False
 
     def __enter__(self):
+        self.was_frozen = is_frozen(self.obj)
         return freeze(self.obj)
 
     def __exit__(self, *exc):
-        thaw(self.obj)
+        if not self.was_frozen:
+            thaw(self.obj)
 
 
 class _Group:
@@ -270,25 +304,56 @@ def _freeze_into(obj, group):
 
 def _snapshot(obj):
     """Every value a Prop of OBJ's class can read, by path, from one walk of the element's subtree
-    (as deep as the class's deepest Prop path). Like Prop's own reads, 'a/b' is the first <b> of
-    the first <a>."""
+    that visits only the elements some Prop path names. Like Prop's own reads, 'a/b' is the first
+    <b> of the first <a>."""
+    cls = type(obj)
     snap = {}
-    _walk(obj.node, "", type(obj)._snapshot_depth, snap)
+    node = obj.node
+    wanted = cls._snapshot_attrs
+    if wanted:
+        for name, value in node.items():
+            key = wanted.get(name)
+            if key is not None:
+                snap[key] = value
+    if cls._snapshot_plan:
+        _fill(node, cls._snapshot_plan, snap)
     obj.__dict__["_snap"] = snap
     return snap
 
 
-def _walk(node, prefix, depth, snap):
-    for name, value in node.items():
-        snap[prefix + "@" + name] = value
-    if depth:
-        for child in node:
-            tag = child.tag
-            if tag.__class__ is str:  # not a comment or processing instruction
-                path = prefix + tag
-                if path not in snap:  # the first element of a name only, as find() does
-                    snap[path] = child.text
-                    _walk(child, path + "/", depth - 1, snap)
+def _fill(node, plan, snap):
+    for child in node:
+        step = plan.get(child.tag)  # None for unmodelled elements, comments and PIs
+        if step is None:
+            continue
+        path, wanted, below = step
+        if path in snap:
+            continue  # only the first element of a name, as find() does
+        snap[path] = child.text
+        if wanted:
+            for name, value in child.items():
+                key = wanted.get(name)
+                if key is not None:
+                    snap[key] = value
+        if below:
+            _fill(child, below, snap)
+
+
+def _snapshot_plan(props):
+    """From Prop paths: the wrapped element's attributes to keep ({name: path}), and a tree of
+    {tag: (element path, {attribute: path}, {tag below: ...})} for the elements below it."""
+    attrs, plan = {}, {}
+    for prop in props:
+        level, keep, prefix = plan, attrs, ""
+        for tag in prop.elements:
+            prefix += tag
+            if tag not in level:
+                level[tag] = (prefix, {}, {})
+            _, keep, level = level[tag]
+            prefix += "/"
+        if prop.attr:
+            keep[prop.attr] = prop.path
+    return attrs, plan
 
 
 _FROZEN_CLASSES = {}
@@ -313,18 +378,19 @@ def _make_frozen_class(model):
             elif isinstance(value, Child):
                 namespace[name] = _MemoChild(name, value)
             elif isinstance(value, property):
-                namespace[name] = _MemoProperty(name, value)
+                # a write-only property stays as it is (writing it thaws, as any property does)
+                namespace[name] = _MemoProperty(name, value) if value.fget is not None else value
             else:
                 namespace.pop(name, None)  # redefined as a plain attribute or method
     memo_names = tuple(namespace)
     kept_lists = tuple(name for name, d in namespace.items() if isinstance(d, _MemoChildren) and d.desc.cache)
-    depth = max((len(d.desc.elements) for d in namespace.values() if type(d) is _MemoProp), default=0)
+    snapshot_attrs, snapshot_plan = _snapshot_plan(d.desc for d in namespace.values() if type(d) is _MemoProp)
     namespace.update(
         __module__=model.__module__, __qualname__=model.__qualname__, __doc__=model.__doc__,
         _model=model,
         _dropped_at_thaw=frozenset(set(memo_names) - set(kept_lists)) | {"_group", "_snap", "_has"},
         _kept_lists=kept_lists,
-        _snapshot_depth=depth,
+        _snapshot_attrs=snapshot_attrs, _snapshot_plan=snapshot_plan,
         _tree_names=frozenset(memo_names),  # writing one of these thaws the document
         __setattr__=_frozen_setattr, __delattr__=_frozen_delattr, has=_frozen_has,
     )
@@ -345,6 +411,11 @@ def _frozen_delattr(self, name):
 
 def _frozen_has(self, path):
     memo = self.__dict__
+    if path in self._snapshot_plan:  # a child some Prop reads: the snapshot knows
+        snap = memo.get("_snap")
+        if snap is None:
+            snap = _snapshot(self)
+        return path in snap
     known = memo.get("_has")
     if known is None:
         known = memo["_has"] = {}

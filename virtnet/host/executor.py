@@ -252,6 +252,9 @@ class Executor:
             return
         outcome.fds.setdefault(a.device, HostFds()).vhosts = fds
 
+    def _check_path(self, a, outcome):
+        check_disk_path(a.device, a.path, readonly=a.readonly, disk_type=a.disk_type)
+
     def _start_qemu(self, a, outcome):
         self.launched = outcome.launched = self.start_qemu(outcome)
         inverse = a.inverse()
@@ -294,6 +297,27 @@ class Executor:
 OUTLIVES_THE_PROCESS = ("stop-qemu", "stop-passt", "delete-address", "delete-route", "run-downscript")
 # Teardown kinds that act inside the domain's network namespace (skipped when it is gone).
 NEEDS_NETNS = ("delete-tap", "delete-address", "delete-route", "run-downscript")
+
+
+def check_disk_path(device, path, *, readonly, disk_type):
+    """A disk's source as QEMU will need it: present, of its kind (QEMU's host_device driver takes
+    block devices only, its file driver no directories) and accessible to this process."""
+    import stat
+
+    try:
+        info = os.stat(path)
+    except OSError as e:
+        raise HostError(f"disk {device}: cannot use {path}: {e.strerror}") from None
+    if disk_type == "block" and not stat.S_ISBLK(info.st_mode):
+        raise HostError(f"disk {device}: {path} is not a block device; use <disk type='file'> with "
+                        f"<source file='{path}'> for an image file")
+    if disk_type != "block" and stat.S_ISDIR(info.st_mode):
+        raise HostError(f"disk {device}: {path} is a directory, not a disk image")
+    wanted = os.R_OK if readonly else os.R_OK | os.W_OK
+    if not os.access(path, wanted):
+        need = "read" if readonly else "read and write"
+        raise HostError(f"disk {device}: {path} exists, but this user may not {need} it"
+                        + ("" if readonly else " (add <readonly/> if the guest only reads it)"))
 
 
 def _same_device(name, ifindex):

@@ -8,19 +8,30 @@ QEMU, listening on a unix socket in the domain's runtime dir; QEMU connects to i
     passt [--vhost-user] --one-off --socket SOCK --pid PIDFILE [--mtu N] [--interface IF]
           [--log-file PATH] [--address A [--netmask PREFIXLEN]]... [--tcp-ports|--udp-ports SPEC]...
 
-Facts about Debian 12's passt (0.0~git20230309) that shape this module:
+Facts about passt that shape this module, true of Debian 12's (0.0~git20230309) and of a current
+one (Debian 13's, 0.0~git20250503) unless said otherwise; the tests run both:
 
 - It daemonises itself: the process we start exits 0 once the socket is bound and the pid file
-  written, and its stderr carries the reason when it fails. Outside a terminal it also complains
-  about syslog on every line ("Failed to send N bytes to syslog"); those lines are dropped.
-- Started as root it changes to user nobody *before* it binds the socket and writes the pid
-  file, so both live in a directory of their own (DomainPaths.passt_dir) owned by nobody, and
-  nobody must be able to reach it (every directory above it searchable by others).
-- It refuses to start without an interface that has an address and a default route in its
-  network namespace ("No external routable interface"), unless <source dev> names one.
-- It has no --vhost-user yet (passt added it in 2024); that flavour fails with passt's message.
+  written, and its stderr carries the reason when it fails. Outside a terminal Debian 12's also
+  complains about syslog on every line ("Failed to send N bytes to syslog"); those lines are
+  dropped.
+- Started as root (we never pass --runas) it ends up as user nobody, and it drops every
+  capability but a few (CAP_DAC_OVERRIDE among those dropped) at once. The two differ in what
+  they do before changing user: Debian 12's changes to nobody *before* it binds the socket and
+  writes the pid file; a current one binds and writes them first, as root without
+  CAP_DAC_OVERRIDE, so only the permission bits for uid 0 / gid 0 count. Both open --log-file as
+  that capability-less root. Hence the socket and pid file live in a directory of their own
+  (DomainPaths.passt_dir) that both identities may write (prepare_dir), and every directory
+  above it must be searchable by both (by others, in practice).
+- Debian 12's refuses to start without an interface that has an address and a default route in
+  its network namespace ("No external routable interface"), unless <source dev> names one; a
+  current one only warns.
+- Debian 12's has no --vhost-user (passt added it in 2024); that flavour fails with passt's
+  message there, and works with a current passt.
 - On SIGTERM it leaves its socket and pid file behind; stop() removes them. With --one-off it
   exits by itself when QEMU closes the connection.
+- A current passt with --vhost-user also listens on SOCK.repair (for passt-repair, used in
+  migration), which it leaves behind as well; start() and stop() remove it like the socket.
 
 Standard library only: xml2argv --standalone uses passt_argv() to print the command to run.
 """
@@ -45,6 +56,7 @@ DEBIAN_PACKAGE = "passt"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 3.0
 RUNAS_WHEN_ROOT = "nobody"  # passt's own choice when started as root without --runas
+ROOT_GID = 0
 _SYSLOG_NOISE = re.compile(r"^Failed to send \d+ bytes to syslog$")
 
 
@@ -141,8 +153,9 @@ def runs_as_nobody():
 
 
 def prepare_dir(directory):
-    """Create passt's directory; when passt will run as nobody, hand it to nobody and make sure
-    nobody can reach it. Returns True when it created the directory."""
+    """Create passt's directory; when passt is started by root, make it writable both by user
+    nobody and by root without CAP_DAC_OVERRIDE, and make sure nobody can reach it. Returns True
+    when it created the directory."""
     directory = os.fspath(directory)
     created = not os.path.isdir(directory)
     os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -153,12 +166,21 @@ def prepare_dir(directory):
     except KeyError:
         raise HostError(f"passt started as root changes to user '{RUNAS_WHEN_ROOT}', and this host has "
                         "no such user") from None
-    os.chown(directory, nobody.pw_uid, nobody.pw_gid)
-    os.chmod(directory, 0o700)
+    # Owner nobody, group root, mode 0770. Debian 12's passt binds the socket and writes the pid
+    # file as nobody (the owner bits let it); a current passt does so as uid 0 / gid 0 without
+    # CAP_DAC_OVERRIDE, for which a directory owned by nobody falls to the group bits: group root
+    # with rwx lets it. No other user gets in (other: ---). Checked with both binaries: nobody's
+    # 0700 fails the current passt ("Failed to bind UNIX domain socket: Permission denied"), root's
+    # 0700 fails Debian 12's ("PID file open: Permission denied").
+    os.chown(directory, nobody.pw_uid, ROOT_GID)
+    os.chmod(directory, 0o770)
     # The domain's own directory is 0700; nobody needs to pass through it (not to list it).
     parent = os.path.dirname(directory)
     os.chmod(parent, stat.S_IMODE(os.stat(parent).st_mode) | 0o011)
-    blocked = _unsearchable_ancestor(os.path.dirname(parent))
+    # Only nobody's way down is checked: root without CAP_DAC_READ_SEARCH passes directories root
+    # owns (all that virtnet creates), and in the rare one it cannot pass the current passt's own
+    # "Permission denied" comes with the hint of _explain().
+    blocked = _unsearchable_ancestor(os.path.dirname(parent), nobody.pw_uid, nobody.pw_gid)
     if blocked is not None:
         mode = stat.S_IMODE(os.stat(blocked).st_mode)
         raise HostError(
@@ -168,7 +190,9 @@ def prepare_dir(directory):
     return created
 
 
-def _unsearchable_ancestor(path):
+def _unsearchable_ancestor(path, uid, gid):
+    """The first directory from / down to PATH that a process of UID and GID (and no capabilities)
+    may not search: the owner, group or other bits, whichever apply to it. None when it may."""
     path = os.path.abspath(path)
     chain = []
     while True:
@@ -178,7 +202,9 @@ def _unsearchable_ancestor(path):
             break
         path = parent
     for directory in reversed(chain):  # from / downwards: report the first one that blocks
-        if not os.stat(directory).st_mode & stat.S_IXOTH:
+        st = os.stat(directory)
+        bit = stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid == gid else stat.S_IXOTH
+        if not st.st_mode & bit:
             return directory
     return None
 
@@ -199,8 +225,12 @@ def _explain(stderr_text):
         hint = ("; passt needs a network interface with an address and a default route in this network "
                 "namespace (or one named with <source dev='IF'/>)")
     elif "PID file open" in text or "Permission denied" in text:
-        who = f"user {RUNAS_WHEN_ROOT}" if runs_as_nobody() else "this user"
-        hint = f"; passt runs as {who} and must be able to write its socket, pid file and log file"
+        if runs_as_nobody():
+            hint = ("; started by root, passt opens its log file (a current passt also its socket and pid file) "
+                    "as root without CAP_DAC_OVERRIDE, so only permission bits let it in; Debian 12's passt "
+                    f"writes its socket and pid file as user {RUNAS_WHEN_ROOT}")
+        else:
+            hint = "; passt runs as this user and must be able to write its socket, pid file and log file"
     return detail + hint
 
 
@@ -211,7 +241,7 @@ def start(argv, *, socket_path, pid_path, timeout=START_TIMEOUT):
     stderr when it is not. Raises HostError; no passt is left running when it raises.
     """
     binary = find_passt(argv[0])
-    for path in (socket_path, pid_path):
+    for path in (socket_path, _repair_socket(socket_path), pid_path):
         _unlink(path)
     with tempfile.TemporaryFile() as output:  # a file, not a pipe: the daemon must not hold our pipe
         try:
@@ -225,11 +255,11 @@ def start(argv, *, socket_path, pid_path, timeout=START_TIMEOUT):
         output.seek(0)
         text = output.read(65536).decode(errors="replace")
     if result.returncode != 0:
-        _remove_files(socket_path, pid_path)
+        _remove_files(socket_path, _repair_socket(socket_path), pid_path)
         raise HostError(f"passt failed to start (exit status {result.returncode}): {_explain(text)}")
     pid = _read_pid(pid_path)
     if pid is None or not is_running(pid, socket_path):
-        _remove_files(socket_path, pid_path)
+        _remove_files(socket_path, _repair_socket(socket_path), pid_path)
         raise HostError(f"passt exited right after starting: {_explain(text)}")
     if not stat.S_ISSOCK(_mode(socket_path)):
         stop({"pid": pid, "socket": str(socket_path), "pidfile": str(pid_path)})
@@ -249,12 +279,17 @@ def stop(entry, *, timeout=STOP_TIMEOUT):
         if pid and is_running(pid, socket_path):
             _terminate(pid, timeout)
     finally:
-        _remove_files(socket_path, pid_path)
+        _remove_files(socket_path, _repair_socket(socket_path), pid_path)
         if entry.get("dir"):
             try:
                 os.rmdir(entry["dir"])  # only once the domain's last passt is gone
             except OSError:
                 pass
+
+
+def _repair_socket(socket_path):
+    """Where a current passt in --vhost-user mode listens for passt-repair (its default)."""
+    return f"{socket_path}.repair"
 
 
 def _stop_by_pidfile(pid_path, socket_path):

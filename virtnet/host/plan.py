@@ -210,6 +210,21 @@ class OpenVhost(Action):
 
 
 @dataclass
+class CheckPath(Action):
+    """A disk's image file or block device must exist, be of its kind and be readable (writable
+    too unless read-only) before QEMU starts: libvirt fails early the same way, naming the disk."""
+
+    path: str
+    readonly: bool = False
+    disk_type: str = "file"  # <disk type>: 'file' (an image file) or 'block' (a block device)
+
+    def describe(self):
+        what = "block device" if self.disk_type == "block" else "disk image"
+        access = "readable" if self.readonly else "readable and writable"
+        return f"check {what} {self.path} exists and is {access}"
+
+
+@dataclass
 class StartQemu(Action):
     emulator: str = ""
     qmp: str = ""
@@ -303,6 +318,7 @@ KIND_OF = {
     SetLinkDown: "set-link-down", Resume: "resume", StopQemu: "stop-qemu", RunDownscript: "run-downscript",
     DeleteTap: "delete-tap", RunBridgeHelper: "run-bridge-helper", StartPasst: "start-passt",
     StopPasst: "stop-passt", DeleteAddress: "delete-address", DeleteRoute: "delete-route",
+    CheckPath: "check-path",
 }
 CLASS_OF = {kind: cls for cls, kind in KIND_OF.items()}
 
@@ -491,6 +507,10 @@ def build_plan(domain, *, names_in_use=frozenset(), host_caps=frozenset(), pause
         if explicit or wants_vhost(domain, iface, host_caps):
             actions.append(OpenVhost(iface.ids.alias, queues, required=explicit))
         plan.setup += actions
+    from virtnet.qemu.storage import disk_sources
+
+    # Disk images first, before anything changes on the host: a missing one fails the start at once.
+    plan.setup[0:0] = [CheckPath(alias, path, readonly, disk_type) for alias, path, readonly, disk_type in disk_sources(domain)]
     plan.setup.append(StartQemu("", domain.emulator or DEFAULT_EMULATOR, str(paths.qmp)))
     for iface in domain.interfaces:
         if iface.link_state == "down":

@@ -1,16 +1,16 @@
 """Rendering a plan: text (one action per line), json, and the administrator's pre-creation
 recipes (`sh`: an ip(8) script, `networkd`: systemd-networkd files) from jinja2 templates."""
 
+import functools
 import json
 import pwd
 import re
 import shlex
 
+from virtnet.conf.text import has_control
 from virtnet.errors import UsageError, XMLInputError
 from virtnet.host.plan import AttachTap, CreateTap
 
-# What may never reach a line of a script or unit file: C0/C1 controls, DEL, bidi controls.
-_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 # A systemd-networkd value: one line, no leading/trailing blanks, nothing systemd would expand
 # or read as a quote or comment (validation already restricts names; this is the last guard).
 _UNIT_VALUE_RE = re.compile(r"[A-Za-z0-9._:@+-]+")
@@ -51,7 +51,7 @@ def _taps(domain, plan):
 def _one_line(value):
     """VALUE as one comment line: refused (never rewritten) when it could end the comment."""
     text = str(value)
-    if _CONTROL_RE.search(text):
+    if has_control(text):
         raise XMLInputError(f"{text!r} contains a control character and cannot be written into a script")
     return text
 
@@ -67,7 +67,7 @@ def _unit_value(value):
 
 def check_owner(owner):
     """The owner of pre-created taps must be an existing user (the script and networkd name it)."""
-    if not owner or _CONTROL_RE.search(owner):
+    if not owner or has_control(owner):
         raise UsageError(f"--owner {owner!r} is not a user name")
     try:
         pwd.getpwnam(owner)
@@ -76,7 +76,9 @@ def check_owner(owner):
                          "(see getent passwd)") from None
 
 
-def _render(template, **context):
+@functools.cache
+def _environment():
+    """One jinja2 environment per process: it compiles each template once (a batch renders many)."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("virtnet.host", "templates"),
@@ -85,7 +87,11 @@ def _render(template, **context):
     env.filters["shquote"] = lambda v: shlex.quote(_one_line(v))
     env.filters["comment"] = _one_line
     env.filters["unit"] = _unit_value
-    return env.get_template(template).render(**context)
+    return env
+
+
+def _render(template, **context):
+    return _environment().get_template(template).render(**context)
 
 
 def render_plan(fmt, domain, plan, owner):

@@ -1,20 +1,42 @@
-"""The QEMU command line for a domain: the skeleton plus one -netdev/-device pair per interface."""
+"""The QEMU command line for a domain, composed in libvirt's option order:
 
+    machine (qemu.machine: -machine, -cpu, -smp, -rtc, -boot, -kernel, firmware, ...)
+    virtio-serial controllers (qemu.chardevs)
+    storage (qemu.storage: disks and their controllers)
+    network (qemu.netprops: one -netdev/-device pair per interface)
+    serial ports, channels, consoles, then the balloon and RNGs (qemu.chardevs)
+    <qemu:commandline> arguments, last
+
+build_command() also returns the environment QEMU needs (<qemu:env>, a clock's TZ): xml2argv
+prints it before the emulator, `virtnet start` hands it to the launcher. Everything here is pure.
+
+unrendered() names every element of the document that does not reach the command line, so
+that nothing is dropped silently: xml2argv, plan and start warn about them, and start refuses a
+domain whose dropped elements hold the guest's data unless told --allow-dropped.
+"""
+
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 
-from virtnet.errors import XMLInputError
-from virtnet.qemu import netprops, render
+from lxml import etree
+
+from virtnet.conf.guest import QEMU_NS, VIRTIO_SERIAL
+from virtnet.errors import UnsupportedError
+from virtnet.qemu import chardevs, machine, netprops, render, storage
+# The machine part's names, as this module has always offered them (plan, launch and tests use them).
+from virtnet.qemu.machine import (
+    DEFAULT_EMULATOR, DEFAULT_STATE_DIR, MEMORY_BACKEND_ID, UNIT_TO_KIB, check_shared_memory, memory_backend,
+    memory_kib, qmp_chardev_value, qmp_options, shared_memory, skeleton)
 from virtnet.qemu.netprops import HostFds
 
-DEFAULT_EMULATOR = "/usr/bin/qemu-system-x86_64"
+__all__ = ["ArgvOptions", "Command", "Dropped", "build_argv", "build_command", "check_dropped", "network_options",
+           "placeholder_fds", "prepare_host", "qemu_commandline_args", "qemu_env", "unrendered", "unrendered_devices",
+           "warnings", "DEFAULT_EMULATOR", "DEFAULT_STATE_DIR", "MEMORY_BACKEND_ID", "UNIT_TO_KIB",
+           "check_shared_memory", "memory_backend", "memory_kib", "qmp_chardev_value", "qmp_options",
+           "shared_memory", "skeleton"]
+
 FIRST_FD = 3  # xml2argv numbers descriptors from 3, as if stdin/stdout/stderr were the only ones open
-# Devices virtnet renders itself; everything else under <devices> is reported as not rendered.
-RENDERED_DEVICES = ("emulator", "interface")
-MEMORY_BACKEND_ID = "pc.ram"
-UNIT_TO_KIB = {"b": 1 / 1024, "bytes": 1 / 1024, "KB": 1000 / 1024, "k": 1, "KiB": 1,
-               "MB": 1000**2 / 1024, "M": 1024, "MiB": 1024, "GB": 1000**3 / 1024, "G": 1024**2,
-               "GiB": 1024**2, "TB": 1000**4 / 1024, "T": 1024**3, "TiB": 1024**3}
 
 
 @dataclass
@@ -25,6 +47,13 @@ class ArgvOptions:
     host_caps: frozenset = frozenset()  # e.g. {"vhost-net"}
     fds: dict = field(default_factory=dict)  # interface alias -> HostFds (real ones at start)
     bridge_helper: str = None  # standalone: helper= for bridges (the caller finds the default)
+    state_dir: str = DEFAULT_STATE_DIR  # where a UEFI guest's NVRAM lives (STATE_DIR/nvram/NAME_VARS.fd)
+
+
+@dataclass
+class Command:
+    argv: list
+    env: dict = field(default_factory=dict)  # set in QEMU's environment, on top of virtnet's own
 
 
 def placeholder_fds(domain, host_caps):
@@ -44,74 +73,22 @@ def placeholder_fds(domain, host_caps):
     return fds
 
 
-def memory_kib(domain):
-    """Guest RAM in KiB, rounded up to whole MiB as QEMU wants (libvirt does the same)."""
-    kib = (domain.memory or 0) * UNIT_TO_KIB[domain.memory_unit or "KiB"]
-    return int(-(-kib // 1024) * 1024)
-
-
-def shared_memory(domain):
-    """<memoryBacking><access mode='shared'/>: guest RAM that vhost-user backends can map."""
-    return domain.memory_access == "shared"
-
-
-def check_shared_memory(domain):
-    """vhost-user backends (passt --vhost-user, OVS-DPDK, ...) map the guest's RAM, so QEMU must
-    allocate it shareable; without that the guest's NIC never passes traffic."""
-    if shared_memory(domain):
-        return
-    for iface in domain.interfaces:
-        if iface.type == "vhostuser":
-            raise XMLInputError(
-                "<interface type='vhostuser'> needs guest RAM that QEMU shares with the vhost-user backend: "
-                "add <memoryBacking><access mode='shared'/></memoryBacking> to the domain (virtnet then "
-                "backs the RAM with a shared memfd)", line=iface.line)
-
-
-def memory_backend(domain, syntax):
-    """The shared RAM backend (-object) for <access mode='shared'/>; libvirt's id for PC machines."""
-    props = {"qom-type": "memory-backend-memfd", "id": MEMORY_BACKEND_ID, "share": True,
-             "size": memory_kib(domain) * 1024}
-    return ["-object", render.option_value(props, syntax, "qom-type")]
-
-
-def qmp_chardev_value(qmp_path):
-    """The QMP server's -chardev value (keyval: a comma inside the path is written twice)."""
-    return f"socket,id=charmonitor,path={render.keyval_escape(qmp_path)},server=on,wait=off"
-
-
-def qmp_options(qmp_path):
-    """The -chardev/-mon pair that puts a QMP server on qmp_path (kept here, free of process and
-    socket imports, so that xml2argv stays cheap)."""
-    return ["-chardev", qmp_chardev_value(qmp_path), "-mon", "chardev=charmonitor,id=monitor,mode=control"]
-
-
-def skeleton(domain, paths, syntax="json", standalone=False):
-    """The machine part of the command line. Standalone lines run by themselves: no -S and no QMP
-    socket in virtnet's runtime directory (nothing would resume the guest or create the directory)."""
-    shared = shared_memory(domain)
-    argv = [domain.emulator or DEFAULT_EMULATOR]
-    argv += ["-name", "guest=" + render.keyval_escape(domain.name)]
-    if not standalone:
-        argv += ["-S"]  # start paused: virtnet sets links over QMP, then runs the vCPUs
-    machine = domain.machine or "pc"
-    argv += ["-machine", machine + (f",memory-backend={MEMORY_BACKEND_ID}" if shared else "")]
-    argv += ["-accel", "kvm" if domain.type == "kvm" else "tcg"]
-    argv += ["-m", f"size={memory_kib(domain)}k"]
-    if shared:
-        argv += memory_backend(domain, syntax)
-    argv += ["-smp", str(domain.vcpu or 1)]
-    argv += ["-uuid", domain.uuid]
-    argv += ["-display", "none", "-no-user-config", "-nodefaults"]
-    if not standalone:
-        argv += qmp_options(str(paths.qmp))
-    return argv
+def _with_bootindex(device, index):
+    """DEVICE's properties with bootindex after mac, where libvirt puts it."""
+    out = {}
+    for key, value in device.items():
+        out[key] = value
+        if key == "mac":
+            out["bootindex"] = index
+    return out
 
 
 def network_options(domain, paths, options):
     argv = []
     fds = options.fds
-    for iface in domain.interfaces:
+    # <os><boot dev='network'>: the first NIC gets that position as its bootindex (libvirt's rule).
+    boot_net = machine.boot_indexes(domain).get("network") if not options.network_only else None
+    for position, iface in enumerate(domain.interfaces):
         if iface.type == "vhostuser":
             chardev = netprops.chardev_props(iface, paths)
             argv += ["-chardev", render.to_keyval(chardev, "backend")]
@@ -121,27 +98,295 @@ def network_options(domain, paths, options):
         # Fewer tap fds than <driver queues> (qemu-bridge-helper passes one): the NIC gets as many.
         opened = len(host_fds.taps) if iface.kind.tap and not options.standalone else 0
         device = netprops.device_props(domain, iface, queues=opened or None)
+        if boot_net and position == 0 and "bootindex" not in device:
+            device = _with_bootindex(device, boot_net)
         argv += ["-netdev", render.option_value(netdev, options.syntax, "type")]
         argv += ["-device", render.option_value(device, options.syntax, "driver")]
     return argv
 
 
-def build_argv(domain, paths, options):
-    """The argv list. For xml2argv, options.fds is filled with placeholders when empty."""
+def qemu_commandline_args(domain):
+    """<qemu:commandline><qemu:arg value=...>: passed to QEMU as they are, after everything else."""
+    commandline = domain.qemu_commandline
+    return [arg.value or "" for arg in commandline.args] if commandline is not None else []
+
+
+def qemu_env(domain):
+    """<qemu:commandline><qemu:env name value>: QEMU's extra environment (a missing value is '')."""
+    commandline = domain.qemu_commandline
+    if commandline is None:
+        return {}
+    return {env.name: env.value or "" for env in commandline.env}
+
+
+def build_command(domain, paths, options):
+    """The argv and environment. For xml2argv, options.fds is filled with placeholders when empty."""
     check_shared_memory(domain)
     if not options.fds and not options.standalone:
         options.fds = placeholder_fds(domain, options.host_caps)
     network = network_options(domain, paths, options)
     if options.network_only:
-        return network
-    return skeleton(domain, paths, options.syntax, options.standalone) + network
+        return Command(network)
+    syntax = options.syntax
+    argv, env = machine.options(domain, paths, syntax=syntax, standalone=options.standalone,
+                                state_dir=options.state_dir)
+    chardevs.check(domain, paths)
+    # libvirt's order: PCI, SCSI, SATA controllers (a bus before what sits on it), virtio-serial, disks.
+    argv += storage.controller_options(domain, syntax)
+    argv += chardevs.controller_options(domain, syntax)
+    argv += storage.disk_options(domain, syntax)
+    argv += network
+    argv += chardevs.chardev_options(domain, paths, syntax)
+    argv += chardevs.balloon_options(domain, syntax)
+    argv += chardevs.rng_options(domain, syntax)
+    argv += qemu_commandline_args(domain)
+    return Command(argv, {**env, **qemu_env(domain)})
+
+
+def build_argv(domain, paths, options):
+    """The argv list (build_command without the environment)."""
+    return build_command(domain, paths, options).argv
+
+
+def prepare_host(domain, paths, state_dir):
+    """What `virtnet start` sets up on the host before QEMU runs: the UEFI variable store (copied
+    from its template at the first start) and the folder of generated channel sockets."""
+    machine.prepare_nvram(domain, state_dir)
+    chardevs.prepare_host(domain, paths)
+
+
+# ---------------------------------------------------------------- what does not reach the command line
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """An element of the domain that the command line leaves out."""
+
+    what: str  # how messages name it: "<disk type='file'>", "<features><hyperv>"
+    line: int | None
+    data: bool = False  # it holds the guest's data: start refuses without --allow-dropped
+    display: bool = False  # graphics, video, input, sound: the guest runs headless
+    why: str = ""  # what happens instead, when more than "not rendered"
+
+
+# <domain> children that the command line renders, or that describe rather than configure the
+# guest (name, title, metadata, ...). Their own children are looked at below.
+_TOP_RENDERED = frozenset({"name", "uuid", "title", "description", "metadata", "memory", "vcpu", "os",
+                           "features", "cpu", "clock", "on_poweroff", "on_reboot", "on_crash", "pm",
+                           "devices", "memoryBacking", "currentMemory"})
+_OS_RENDERED = frozenset({"type", "boot", "bootmenu", "kernel", "initrd", "cmdline", "loader", "nvram"})
+_FEATURES_RENDERED = frozenset({"acpi", "apic", "pae", "vmport", "smm"})
+_CPU_RENDERED = frozenset({"model", "feature", "topology"})
+_TIMERS_RENDERED = {"rtc": ("tickpolicy", "track"), "pit": ("tickpolicy",), "hpet": ("present",)}
+_CHARACTER_DEVICES = frozenset({"serial", "console", "channel", "rng", "memballoon"})
+# <interface> children the NIC's options and host actions use (qemu.netprops, host.plan).
+_INTERFACE_RENDERED = frozenset({"mac", "source", "target", "model", "driver", "backend", "script", "downscript",
+                                 "ip", "route", "portForward", "teaming", "link", "mtu", "boot", "alias", "rom",
+                                 "address", "tune"})
+_DISPLAY = frozenset({"graphics", "video", "input", "sound", "audio"})
+_DATA = frozenset({"disk", "filesystem", "hostdev"})
+_QEMU_COMMANDLINE = f"{{{QEMU_NS}}}commandline"
+
+
+def _label(node, with_kind=True):
+    name = etree.QName(node).localname
+    if node.prefix:
+        name = f"{node.prefix}:{name}"
+    if with_kind:
+        for attr in ("type", "model"):
+            if node.get(attr) is not None:
+                return f"<{name} {attr}='{node.get(attr)}'>"
+    return f"<{name}>"
+
+
+def _children(node):
+    return [child for child in node if isinstance(child.tag, str)]
+
+
+def _scan_os(domain, node, found):
+    for child in _children(node):
+        if child.tag == "bios":
+            if child.get("useserial") is not None:
+                found.append(Dropped("<os><bios useserial>", child.sourceline,
+                                     why="SeaBIOS's serial output (sgabios) is not rendered"))
+        elif child.tag not in _OS_RENDERED:
+            found.append(Dropped(f"<os>{_label(child)}", child.sourceline))
+    if node.get("firmware") is not None and node.find("loader") is None:
+        found.append(Dropped(f"<os firmware='{node.get('firmware')}'>", node.sourceline,
+                             why="virtnet does not pick firmware itself: give <loader> (and <nvram>)"))
+
+
+def _scan_features(domain, node, found):
+    for child in _children(node):
+        if child.tag not in _FEATURES_RENDERED:
+            found.append(Dropped(f"<features>{_label(child)}", child.sourceline))
+        elif child.tag == "apic" and child.get("eoi") is not None and domain.type != "kvm":
+            found.append(Dropped("<features><apic eoi>", child.sourceline, why="a KVM feature; this is a TCG domain"))
+        elif child.tag == "smm" and _children(child):
+            found.append(Dropped("<features><smm><tseg>", child.sourceline))
+
+
+def _scan_cpu(domain, node, found):
+    for child in _children(node):
+        if child.tag not in _CPU_RENDERED:
+            found.append(Dropped(f"<cpu>{_label(child)}", child.sourceline))
+
+
+def _scan_clock(domain, node, found):
+    if node.get("offset") == "variable":
+        found.append(Dropped("<clock offset='variable'>", node.sourceline,
+                             why="the adjustment depends on the time of start; the guest's clock starts at UTC"))
+    for child in _children(node):
+        rendered = _TIMERS_RENDERED.get(child.get("name")) if child.tag == "timer" else None
+        if rendered is None:
+            found.append(Dropped(f"<clock>{_label(child)}" if child.tag != "timer"
+                                 else f"<clock><timer name='{child.get('name')}'>", child.sourceline))
+        elif _children(child):
+            found.append(Dropped(f"<clock><timer name='{child.get('name')}'><catchup>", child.sourceline))
+
+
+def _scan_memory_backing(domain, node, found):
+    for child in _children(node):
+        if not (child.tag == "access" and child.get("mode") == "shared"):
+            found.append(Dropped(f"<memoryBacking>{_label(child)}", child.sourceline))
+
+
+_TOP_SCANS = {"os": _scan_os, "features": _scan_features, "cpu": _scan_cpu, "clock": _scan_clock,
+              "memoryBacking": _scan_memory_backing}
+
+
+def _storage_unrendered(domain):
+    """The <disk> and <controller> elements virtnet.qemu.storage leaves out, or None while there is
+    no storage module (then every <disk> is dropped)."""
+    try:
+        from virtnet.qemu import storage
+    except ImportError:
+        return None
+    unrendered = getattr(storage, "unrendered", None)
+    if unrendered is None:
+        return None
+    found = {getattr(item, "node", item): "" for item in unrendered(domain)}
+    reasons = getattr(storage, "unrendered_reasons", None)
+    if reasons is not None:
+        found.update((getattr(node, "node", node), why) for node, why in reasons(domain))
+    return found
+
+
+def _machine_controller(domain, node):
+    """A controller the machine type itself provides (the root bus, the chipset's IDE/SATA/FDC), or
+    a USB controller that is explicitly none: nothing to render."""
+    kind, model, index = node.get("type"), node.get("model"), node.get("index", "0")
+    if kind == "pci" and model in ("pci-root", "pcie-root") and index == "0":
+        return True
+    if kind == "usb" and model == "none":
+        return True
+    if index == "0" and node.find("address") is None:
+        return (kind in ("ide", "fdc") and not domain.is_q35) or (kind == "sata" and domain.is_q35)
+    return False
+
+
+def _scan_devices(domain, node, found):
+    storage = _storage_unrendered(domain)
+    for child in _children(node):
+        tag = child.tag
+        if tag == "interface":
+            for part in _children(child):
+                if part.tag not in _INTERFACE_RENDERED:
+                    found.append(Dropped(f"{_label(child)}{_label(part, with_kind=False)}", part.sourceline))
+            continue
+        if tag == "emulator" or tag in _CHARACTER_DEVICES:
+            continue
+        if tag == "controller" and child.get("type") == VIRTIO_SERIAL:
+            continue
+        if tag in ("disk", "controller") and storage is not None:
+            if child in storage:
+                why = storage[child]
+                why = f"{why} is not rendered" if why and why != _label(child) else ""
+                found.append(Dropped(_label(child), child.sourceline, data=tag == "disk", why=why))
+            continue
+        if tag == "controller" and _machine_controller(domain, child):
+            continue
+        if tag == "input" and child.get("bus", "ps2") == "ps2" and child.get("type") in ("mouse", "keyboard"):
+            continue  # the i8042 of pc and q35 machines
+        if tag == "audio" and child.get("type") == "none":
+            continue
+        found.append(Dropped(_label(child), child.sourceline, data=tag in _DATA, display=tag in _DISPLAY))
+
+
+def unrendered(domain):
+    """Every element of DOMAIN that does not reach QEMU's command line, in document order."""
+    found = []
+    root = domain.node
+    for child in _children(root):
+        tag = child.tag
+        if tag == _QEMU_COMMANDLINE:
+            continue
+        if tag == "currentMemory":
+            if domain.current_memory is not None and machine.kib_of(domain.current_memory, domain.current_memory_unit) \
+                    < machine.memory_kib(domain):
+                found.append(Dropped("<currentMemory>", child.sourceline,
+                                     why="the guest starts with all of <memory>; the balloon is not inflated"))
+            continue
+        if tag not in _TOP_RENDERED:
+            found.append(Dropped(_label(child, with_kind=False), child.sourceline))
+            continue
+        scan = _TOP_SCANS.get(tag)
+        if scan is not None:
+            scan(domain, child, found)
+        elif tag == "devices":
+            _scan_devices(domain, child, found)
+    for line, what, why in machine.lifecycle_dropped(domain):
+        found.append(Dropped(what, line, why=why))
+    found.sort(key=lambda d: d.line or 0)
+    return found
+
+
+def _listing(items):
+    counts, first = Counter(), {}
+    for item in items:
+        key = (item.what, item.why)
+        counts[key] += 1
+        first.setdefault(key, item.line)
+    parts = []
+    for (what, why), count in counts.items():
+        where = f"line {first[(what, why)]}" + (f"; {why}" if why else "")
+        parts.append(f"{what} ({where})" + (f" ×{count}" if count > 1 else ""))
+    return ", ".join(parts)
 
 
 def unrendered_devices(domain):
-    """Devices under <devices> that the command line leaves out, e.g. 'disk (line 17), input ×2'."""
-    counts, first_line = Counter(), {}
-    for node in domain.devices:
-        if isinstance(node.tag, str) and node.tag not in RENDERED_DEVICES:
-            counts[node.tag] += 1
-            first_line.setdefault(node.tag, node.sourceline)
-    return [f"<{tag}> (line {first_line[tag]})" + (f" ×{n}" if n > 1 else "") for tag, n in counts.items()]
+    """The dropped elements as 'TAG (line N)' words (what benchmarks and older callers read)."""
+    return [part for part in _listing(unrendered(domain)).split(", ") if part]
+
+
+def warnings(domain, dropped=None):
+    """[(line or None, message)]: what xml2argv, plan and start say about DOMAIN's command line."""
+    dropped = unrendered(domain) if dropped is None else dropped
+    out = []
+    plain = [d for d in dropped if not d.display]
+    if plain:
+        out.append((None, f"not rendered, so the guest runs without them: {_listing(plain)}"))
+    shown = [d for d in dropped if d.display]
+    if shown:
+        console = "its serial console" if chardevs.serial_ports(domain) else "a serial console (<serial type='pty'/>)"
+        out.append((None, f"the guest runs headless: {_listing(shown)} not rendered; reach it through {console}"))
+    commandline = domain.qemu_commandline
+    if commandline is not None and (commandline.args or commandline.env):
+        words = shlex.join(qemu_commandline_args(domain))
+        env = ", ".join(qemu_env(domain))
+        parts = ([f"passes arguments of its own to QEMU ({words})"] if commandline.args else []) + (
+            [f"sets {env} in QEMU's environment"] if env else [])
+        out.append((commandline.line, "<qemu:commandline> " + " and ".join(parts)
+                    + ": virtnet does not check them, and they may conflict with the options it renders"))
+    return out
+
+
+def check_dropped(domain, dropped=None):
+    """Refuse a domain whose dropped elements hold the guest's data (disks, filesystems, host
+    devices): `virtnet start --allow-dropped` runs it anyway."""
+    dropped = unrendered(domain) if dropped is None else dropped
+    data = [d for d in dropped if d.data]
+    if data:
+        raise UnsupportedError(
+            f"{_listing(data)}: not rendered by virtnet, so the guest would run without this data; "
+            "`virtnet start --allow-dropped` starts it anyway", line=data[0].line)

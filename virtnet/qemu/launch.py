@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from virtnet.errors import HostError
-from virtnet.qemu.argv import qmp_chardev_value
+from virtnet.qemu.machine import qmp_chardev_value
 from virtnet.qemu.qmp import QMPClient
 
 _POLL_INTERVAL = 0.01
@@ -32,8 +32,9 @@ class Launched:
     process: subprocess.Popen = field(default=None, repr=False)
 
 
-def launch(argv, *, pass_fds, qmp_path, log_path, timeout=15.0):
-    """Start QEMU (argv already holds qmp_options) and return once QMP is ready.
+def launch(argv, *, pass_fds, qmp_path, log_path, timeout=15.0, env=None):
+    """Start QEMU (argv already holds qmp_options) and return once QMP is ready. ENV: variables set
+    in QEMU's environment on top of this process's own (<qemu:env>, a clock's TZ).
 
     Raises HostError if QEMU exits first (quoting its own error lines from log_path) or does
     not answer within timeout; no QEMU is left running when it raises.
@@ -51,6 +52,7 @@ def launch(argv, *, pass_fds, qmp_path, log_path, timeout=15.0):
                 stderr=subprocess.STDOUT,
                 pass_fds=tuple(pass_fds),
                 close_fds=True,
+                env={**os.environ, **env} if env else None,
                 start_new_session=True,
             )
     except OSError as exc:
