@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from virtnet.errors import StoreError, XMLInputError
-from virtnet.store import INDEX_VERSION, Store, default_runtime_dir, default_state_dir
+from virtnet.runpaths import default_runtime_dir, default_state_dir
+from virtnet.store import INDEX_VERSION, Store
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -349,7 +349,7 @@ def cmd_xml2argv(args):
     from pathlib import Path
 
     from virtnet import convert
-    from virtnet.store import default_runtime_dir
+    from virtnet.runpaths import default_runtime_dir
 
     caps = parse_host_caps(args.host_caps)
     runtime_dir = Path(args.runtime_dir) if args.runtime_dir else default_runtime_dir()
@@ -475,7 +475,7 @@ def cmd_plan(args):
     from virtnet import convert, domains
     from virtnet.host.bridgehelper import helper_for
     from virtnet.hostcaps import probe
-    from virtnet.store import default_runtime_dir
+    from virtnet.runpaths import default_runtime_dir
 
     target = args.target
     if target == "-" or os.path.exists(target) or target.endswith(".xml"):

@@ -36,7 +36,8 @@ def summarize_xml(text):
 
 
 def open_store(state_dir=None, runtime_dir=None):
-    from virtnet.store import Store, default_runtime_dir, default_state_dir
+    from virtnet.runpaths import default_runtime_dir, default_state_dir
+    from virtnet.store import Store
 
     return Store(state_dir or default_state_dir(), runtime_dir or default_runtime_dir(), summarize=summarize_xml)
 

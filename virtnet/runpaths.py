@@ -3,6 +3,7 @@
 Pure path arithmetic, so xml2argv can print the same paths start will use without touching disk.
 """
 
+import os
 from pathlib import Path
 
 
@@ -29,3 +30,33 @@ class DomainPaths:
 
     def passt_pid(self, alias):
         return self.passt_dir / f"{alias}.pid"
+
+
+def default_state_dir() -> Path:
+    """$VIRTNET_STATE_DIR; else /var/lib/virtnet for root; else the XDG data home's virtnet."""
+    explicit = os.environ.get("VIRTNET_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    if os.geteuid() == 0:
+        return Path("/var/lib/virtnet")
+    return _xdg_dir("XDG_DATA_HOME", Path.home() / ".local" / "share") / "virtnet"
+
+
+def default_runtime_dir() -> Path:
+    """$VIRTNET_RUNTIME_DIR; else /run/virtnet for root; else $XDG_RUNTIME_DIR/virtnet; else
+    <state dir>/run. Holds sockets, so it should have a short path."""
+    explicit = os.environ.get("VIRTNET_RUNTIME_DIR")
+    if explicit:
+        return Path(explicit)
+    if os.geteuid() == 0:
+        return Path("/run/virtnet")
+    xdg = _xdg_dir("XDG_RUNTIME_DIR", None)
+    if xdg is not None:
+        return xdg / "virtnet"
+    return default_state_dir() / "run"
+
+
+def _xdg_dir(variable, fallback):
+    # The XDG base directory spec says to ignore empty and relative values.
+    value = os.environ.get(variable, "")
+    return Path(value) if os.path.isabs(value) else fallback

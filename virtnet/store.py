@@ -87,36 +87,6 @@ _DAMAGED = (11, 26)
 _SQLITE_CANTOPEN = 14
 
 
-def default_state_dir() -> Path:
-    """$VIRTNET_STATE_DIR; else /var/lib/virtnet for root; else the XDG data home's virtnet."""
-    explicit = os.environ.get("VIRTNET_STATE_DIR")
-    if explicit:
-        return Path(explicit)
-    if os.geteuid() == 0:
-        return Path("/var/lib/virtnet")
-    return _xdg_dir("XDG_DATA_HOME", Path.home() / ".local" / "share") / "virtnet"
-
-
-def default_runtime_dir() -> Path:
-    """$VIRTNET_RUNTIME_DIR; else /run/virtnet for root; else $XDG_RUNTIME_DIR/virtnet; else
-    <state dir>/run. Holds sockets, so it should have a short path."""
-    explicit = os.environ.get("VIRTNET_RUNTIME_DIR")
-    if explicit:
-        return Path(explicit)
-    if os.geteuid() == 0:
-        return Path("/run/virtnet")
-    xdg = _xdg_dir("XDG_RUNTIME_DIR", None)
-    if xdg is not None:
-        return xdg / "virtnet"
-    return default_state_dir() / "run"
-
-
-def _xdg_dir(variable, fallback):
-    # The XDG base directory spec says to ignore empty and relative values.
-    value = os.environ.get(variable, "")
-    return Path(value) if os.path.isabs(value) else fallback
-
-
 def check_name(name, what="domain name"):
     """Refuse a name that cannot be used as one file name in a directory."""
     if not isinstance(name, str) or name == "":

@@ -1,6 +1,5 @@
 """MAC address rules in one place: syntax, normal form, unicast, generated guest MACs, host tap MACs."""
 
-import hashlib
 import re
 
 MAC_RE = re.compile(r"[0-9A-Fa-f]{1,2}(:[0-9A-Fa-f]{1,2}){5}")
@@ -26,6 +25,8 @@ def is_zero(mac):
 
 def generated(seed, index):
     """A deterministic guest MAC under QEMU's prefix (same domain, same MACs: golden-testable)."""
+    import hashlib  # only for an interface without a MAC (it costs start-up time otherwise)
+
     digest = hashlib.sha256(f"{seed}/{index}".encode()).digest()
     return QEMU_OUI + "".join(f":{b:02x}" for b in digest[:3])
 

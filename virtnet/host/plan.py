@@ -478,7 +478,7 @@ def build_plan(domain, *, names_in_use=frozenset(), host_caps=frozenset(), pause
     check_shared_memory(domain)  # vhost-user: refused before anything is started
     if paths is None:
         from virtnet.runpaths import DomainPaths
-        from virtnet.store import default_runtime_dir
+        from virtnet.runpaths import default_runtime_dir
 
         paths = DomainPaths(default_runtime_dir(), domain.name)
     plan = Plan()
