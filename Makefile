@@ -67,8 +67,8 @@ bench: test-deps ## run the benchmarks (host parts need root) and write benchmar
 fuzz: venv ## fuzz 100 000 mutated documents (CLI and namespace samples too); FUZZ_ARGS=--seed N replays
 	$(PY) tools/fuzz.py --count 100000 --jobs $$(nproc) --cli 200 --netns 50 $(FUZZ_ARGS)
 
-guest: ## build the tiny test guest from Debian packages (downloaded, not installed; cached) and print its kernel/initrd paths
-	$(PYTHON) tools/tiny-guest.py
+guest: ## build the tiny test guest from Debian packages (downloaded, not installed; cached), link it as guest/current and print its kernel/initrd paths
+	$(PYTHON) tools/tiny-guest.py --link
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -2,7 +2,7 @@
 """Build the tiny test guest: Debian's cloud kernel and a busybox initramfs whose /init runs one
 network test, described on the kernel command line, and reports on the serial console.
 
-    python tools/tiny-guest.py [--cache-dir DIR] [--json] [--rebuild]      (or: make guest)
+    python tools/tiny-guest.py [--cache-dir DIR] [--json] [--rebuild] [--link]   (make guest: --link)
 
 Everything comes from Debian packages, downloaded with `apt-get download` and unpacked with
 `dpkg-deb -x` (never installed): linux-image-cloud-amd64 and the linux-image-VERSION-cloud-amd64 it
@@ -12,7 +12,10 @@ package versions and a hash of what goes into the image, so that a newer kernel 
 builds anew: $VIRTNET_TEST_CACHE/guest/ (default /var/cache/virtnet-test/guest/) for root, else
 $XDG_CACHE_HOME/virtnet-test/guest/ (~/.cache/...); --cache-dir overrides. Builds are serialised by
 a lock in that directory, so parallel callers build once. It prints the kernel and initrd paths
-(or a JSON record).
+(or a JSON record). With --link (as `make guest` runs it) the symlink `current` in that directory
+points at the image just built or found, and the paths printed go through it
+(/var/cache/virtnet-test/guest/current/vmlinuz and .../current/initrd.gz for root): stable paths for
+a domain XML to name, such as examples/quickstart.xml.
 
 Booting it (QEMU, or a domain XML with <kernel>, <initrd>, <cmdline> and <serial type='file'>):
 
@@ -30,12 +33,14 @@ Booting it (QEMU, or a domain XML with <kernel>, <initrd>, <cmdline> and <serial
     tg.connect=A:P[,..] connect to each, send `hello from NAME`, report the first line answered
     tg.tries=N          attempts per ping/connect (default 30)
     tg.disk=DEV         report the size and first line of block device DEV (virtio_blk is loaded)
+    tg.disksum=DEV:KIB  report the md5 of the first KIB KiB of block device DEV (busybox md5sum)
     tg.linger=S         stay up S seconds after the last report before powering off (default 0)
     tg.acpi=ignore      do not power off when the ACPI power button is pressed (default: power off)
     tg.debug=1          keep kernel messages on the console (otherwise silenced once /init runs)
 
 Reports are lines starting with `TG: ` on the console, in this order: `boot KERNEL name NAME`,
-`disk DEV sectors N first TEXT`, `nic IF mac MAC mtu MTU carrier 0|1` (or `nic none`), `dhcp ...`
+`disk DEV sectors N first TEXT`, `disksum DEV kib N md5 HEX`,
+`nic IF mac MAC mtu MTU carrier 0|1` (or `nic none`), `dhcp ...`
 (DHCP only), `addr A/P|none`, `route default via A|none`, `listening PORT`, `ping A ok|fail tries
 N`, `connect A:P ok tries N: REPLY` (or `connect A:P fail tries N`), `accepted PORT`, `stats IF
 rx_packets N tx_packets N`, `done`. Then `poweroff -f` (which powers QEMU off only when the machine has ACPI).
@@ -113,6 +118,12 @@ done
 
 if [ -n "${tg_disk:-}" ]; then
     say "disk $tg_disk sectors $(cat /sys/block/$tg_disk/size 2>/dev/null || echo none) first $(head -n 1 /dev/$tg_disk 2>/dev/null | tr -cd ' -~' | head -c 64)"
+fi
+# tg.disksum=DEV:KIB: the md5 of the first KIB KiB of DEV (busybox md5sum), for the host to compare.
+if [ -n "${tg_disksum:-}" ]; then
+    sumdev=${tg_disksum%%:*}; sumkib=${tg_disksum#*:}
+    sum=$(dd if="/dev/$sumdev" bs=1024 count="$sumkib" 2>/dev/null | md5sum | awk '{print $1}')
+    say "disksum $sumdev kib $sumkib md5 ${sum:-none}"
 fi
 
 ip link set lo up
@@ -471,15 +482,32 @@ def prune(cache, keep, log, max_age_days=7):
     """Remove images of other versions that nobody used for a week."""
     now = time.time()
     for entry in cache.iterdir():
-        if entry.name == keep or entry.name.startswith(".") or not (entry / "image.json").exists():
+        if (entry.name == keep or entry.name.startswith(".") or entry.is_symlink()  # `current` (--link)
+                or not (entry / "image.json").exists()):
             continue
         if now - (entry / "image.json").stat().st_mtime > max_age_days * 86400:
             shutil.rmtree(entry, ignore_errors=True)
             log(f"removed the unused image {entry}")
 
 
-def ensure_image(cache_dir=None, rebuild=False, log=lambda message: None):
-    """The image's record (image.json as a dict, with "built": whether this call built it)."""
+LINK = "current"
+
+
+def link_current(cache, key):
+    """Point CACHE/current at the image directory KEY (replaced atomically: a reader never finds
+    it missing)."""
+    link = cache / LINK
+    if link.is_symlink() and os.readlink(link) == key:
+        return
+    tmp = cache / f".{LINK}.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(key)
+    os.replace(tmp, link)
+
+
+def ensure_image(cache_dir=None, rebuild=False, log=lambda message: None, link=False):
+    """The image's record (image.json as a dict, with "built": whether this call built it). LINK:
+    also point CACHE/current at it, and give the kernel and initrd paths through that link."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     packages = resolve()
@@ -498,6 +526,9 @@ def ensure_image(cache_dir=None, rebuild=False, log=lambda message: None):
             prune(cache, key, log)
         info = json.loads((target / "image.json").read_text())
         os.utime(target / "image.json")  # in use: keep it from being pruned
+        if link:
+            link_current(cache, key)
+            info["kernel"], info["initrd"] = (str(cache / LINK / Path(info[k]).name) for k in ("kernel", "initrd"))
     return {**info, "built": built}
 
 
@@ -508,9 +539,12 @@ def main(argv=None):
     parser.add_argument("--cache-dir", help=f"where images are kept (default here: {default_cache_dir()})")
     parser.add_argument("--json", action="store_true", help="print the image's record as JSON")
     parser.add_argument("--rebuild", action="store_true", help="build again even if cached")
+    parser.add_argument("--link", action="store_true",
+                        help=f"point the symlink {LINK} in the cache directory at the image and print paths through it")
     args = parser.parse_args(argv)
     try:
-        info = ensure_image(args.cache_dir, args.rebuild, log=lambda m: print(f"tiny-guest: {m}", file=sys.stderr))
+        info = ensure_image(args.cache_dir, args.rebuild, log=lambda m: print(f"tiny-guest: {m}", file=sys.stderr),
+                            link=args.link)
     except BuildError as e:
         print(f"tiny-guest: error: {e}", file=sys.stderr)
         return 1

@@ -357,12 +357,21 @@ def passt_backend_types(domain):
 
 @rule
 def port_forward_only_with_passt(domain):
+    """<portForward> is passt's (passt_argv turns it into --tcp-ports/--udp-ports): libvirt takes it
+    on both interface types passt serves, type='user' and the vhost-user flavour, type='vhostuser'."""
     for iface in domain.interfaces:
-        if iface.port_forwards and not (iface.type == "user" and iface.uses_passt):
-            yield iface.port_forwards[0].line, (
-                "the <portForward> element can only be used with <interface type='user'> and its "
-                "'passt' backend: add <backend type='passt'/>"
-            )
+        if not iface.port_forwards or (iface.type in ("user", "vhostuser") and iface.uses_passt):
+            continue
+        if iface.type == "user":
+            why = ("the <portForward> element can only be used with <interface type='user'> and its "
+                   "'passt' backend: add <backend type='passt'/>")
+        elif iface.type == "vhostuser":
+            why = ("the <portForward> element can only be used with <interface type='vhostuser'> when passt is "
+                   "its backend: add <backend type='passt'/>")
+        else:
+            why = (f"the <portForward> element cannot be used with <interface type='{iface.type}'>: only with "
+                   "type='user' or type='vhostuser' and <backend type='passt'/>")
+        yield iface.port_forwards[0].line, why
 
 
 @rule
