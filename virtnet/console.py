@@ -77,13 +77,8 @@ def find(store, name, devname=None):
     from virtnet import livestate, runner
     from virtnet.conf.load import load_live
 
-    state = runner.running_state(store, name)
-    if state is None:
-        store.read_domain(name)  # no such domain → that error instead
-        raise StoreError(f"domain '{name}' is not running")
-    if state.starting:
-        raise StoreError(f"domain '{name}' is being started (virtnet pid {state.starter[0]}); attach to its "
-                         "console once the start has finished")
+    with store.lock():
+        state = runner.require_running(store, name, "attach to its console")
     text = livestate.live_xml(store, name)
     if text is None:
         raise StoreError(f"domain '{name}' has no live XML in {store.running_dir}")

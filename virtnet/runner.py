@@ -323,14 +323,7 @@ def start(store, name, *, paused=False, netns_name=None, unprivileged=False, bri
 
 def destroy(store, name):
     with store.lock():
-        reap_dead(store)  # a start killed midway is undone here, and a dead QEMU tidied up
-        state = livestate.load(store, name)
-        if state is None:
-            store.read_domain(name)  # no such domain → that error instead
-            raise StoreError(f"domain '{name}' is not running")
-        if state.starting:
-            raise StoreError(f"domain '{name}' is being started (virtnet pid {state.starter[0]}); destroy it "
-                             "once the start has finished")
+        state = require_running(store, name, "destroy")  # a start killed midway is undone first
         errors = _teardown(store, name, state)
     if errors:
         raise HostError(f"domain '{name}' stopped, but teardown reported: " + "; ".join(errors))
@@ -373,7 +366,7 @@ def create(store, loaded, **start_options):
         raise
 
 
-def _running(store, name, what):
+def require_running(store, name, what):
     """The LiveState of NAME, which must be running (not being started). Needs the store's lock;
     domains that died are reaped first."""
     reap_dead(store)
@@ -482,7 +475,7 @@ def shutdown(store, name, *, timeout=DEFAULT_SHUTDOWN_TIMEOUT):
     forgotten). A guest that does not power off in time is left running, and the error says to use
     destroy. The store lock is not held while waiting."""
     with store.lock():
-        state = _running(store, name, "shut down")
+        state = require_running(store, name, "shut down")
         domain = _live_domain(store, name)
     instead = f"`virtnet destroy {name}` stops it"
     qmp = monitor(name, state)
@@ -510,7 +503,7 @@ def reboot(store, name, *, timeout=DEFAULT_SHUTDOWN_TIMEOUT):
     error points at `virtnet reset`. A domain whose <on_reboot> is destroy is shut down instead, as
     libvirt does. Returns 'rebooted' or 'shut down'."""
     with store.lock():
-        state = _running(store, name, "reboot")
+        state = require_running(store, name, "reboot")
         domain = _live_domain(store, name)
     if domain is not None and domain.on_reboot == "destroy":
         shutdown(store, name, timeout=timeout)
@@ -567,7 +560,7 @@ def reset(store, name):
     -action reboot=shutdown), and is then removed as destroy does. A guest kept powered off by
     <on_poweroff>preserve</on_poweroff> is reset and run. Returns 'reset' or 'shut down'."""
     with store.lock():
-        state = _running(store, name, "reset")
+        state = require_running(store, name, "reset")
         domain = _live_domain(store, name)
     with monitor(name, state) as qmp:
         if qmp.execute("query-status").get("status") == "shutdown":
