@@ -836,7 +836,7 @@ def controller_models(domain):
             yield controller.line, f"{where} model='{model}'> is the root bus: its index is 0"
         elif ctype == "pci" and controller.index == 0 and model not in pci.ROOT_MODELS:
             yield controller.line, (
-                f"{where} index='0'> is the root bus: model='{pci.root_model(domain)}' (model='{model}' needs "
+                f"{where} index='0'> is the root bus: model='{diskconf.root_model(domain)}' (model='{model}' needs "
                 "an index above 0)"
             )
         elif ctype == "ide" and domain.is_q35:

@@ -312,6 +312,17 @@ def _index_controllers(domain):
             controller.node.set("index", str(min(set(range(len(used) + 1)) - used)))
 
 
+def root_model(domain):
+    """The model of the PCI root controller (index 0): the machine's own bus."""
+    return "pcie-root" if domain.is_q35 else "pci-root"
+
+
+def ensure_root(domain):
+    """<controller type='pci' index='0' model='pci-root'|'pcie-root'>, added when missing."""
+    if find_controller(domain, "pci", 0) is None:
+        add_controller(domain, "pci", 0, root_model(domain))
+
+
 def add_disk_controllers(domain):
     """The controllers the disks' drive addresses name (IDE, SATA, SCSI, floppy), as libvirt adds
     them implicitly; a SCSI controller without a model gets libvirt's default model, written out."""
@@ -322,9 +333,7 @@ def add_disk_controllers(domain):
             continue
         if find_controller(domain, disk.bus, drive.controller or 0) is None:
             if not added:
-                from virtnet.conf import pci
-
-                pci.ensure_root(domain)
+                ensure_root(domain)
             add_controller(domain, disk.bus, drive.controller or 0)
             added = True
     for controller in controllers_of(domain, "scsi"):

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from virtnet.conf.address import pci_number
+from virtnet.conf.disk import add_controller, ensure_root, root_model
 from virtnet.errors import XMLInputError
 
 FIRST_FREE_SLOT = 2  # slot 0 is the host bridge, slot 1 the PIIX3/ICH chipset functions
@@ -74,10 +75,6 @@ def root_bus_name(domain):
 def bus_name(domain, index):
     """QEMU's id of PCI bus INDEX: the root bus, or the controller 'pci.N' that provides it."""
     return root_bus_name(domain) if index == 0 else f"pci.{index}"
-
-
-def root_model(domain):
-    return "pcie-root" if domain.is_q35 else "pci-root"
 
 
 def _where(node):
@@ -254,17 +251,7 @@ class Layout:
 # ---------------------------------------------------------------- assignment
 
 
-def ensure_root(domain):
-    """<controller type='pci' index='0' model='pci-root'|'pcie-root'>, added when missing."""
-    from virtnet.conf.disk import add_controller, find_controller
-
-    if find_controller(domain, "pci", 0) is None:
-        add_controller(domain, "pci", 0, root_model(domain))
-
-
 def _add_pci_controller(domain, layout, model):
-    from virtnet.conf.disk import add_controller
-
     ensure_root(domain)
     index = layout.next_index()
     controller = add_controller(domain, "pci", index, model)
@@ -414,7 +401,6 @@ def _primary_video(domain, layout):
 
 def _missing_buses(domain, layout):
     """A controller for every bus an explicit address names but the XML lacks."""
-    from virtnet.conf.disk import add_controller
 
     for index in sorted(layout.buses):
         if index and layout.buses[index].model is None:
