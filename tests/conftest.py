@@ -92,7 +92,10 @@ def passt_binary(kind):
     if kind == "debian12":
         path = "/usr/bin/passt"
         if not os.access(path, os.X_OK):
-            pytest.skip("needs passt (Debian package passt)")
+            reason = "needs passt at /usr/bin/passt (Debian package passt, which `make test-deps` installs as root)"
+            if os.geteuid() == 0:
+                pytest.fail(reason, pytrace=False)
+            pytest.skip(reason)
         query = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "passt"], capture_output=True, text=True)
         version = query.stdout.strip() or "unknown"
     else:

@@ -46,14 +46,17 @@ def fake_kernel(path):
     return str(path)
 
 
-class _Listener:
-    def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        self.sock.bind(str(path))
+class Listener:
+    """A listening socket that accepts and holds connections (TCP for connect=, unix for passt)."""
+
+    def __init__(self, family, address):
+        self.sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        if family == socket.AF_INET:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(address)
         self.sock.listen(4)
-        self.accepted = []
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
+        self.accepted, self._threads = [], []
+        start_thread(self._threads, self._loop)
 
     def _loop(self):
         while True:
@@ -63,13 +66,31 @@ class _Listener:
                 return
 
     def close(self):
-        for sock in [self.sock, *self.accepted]:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-        self.thread.join(5)
+        shut_sockets([self.sock, *self.accepted])
+        join_threads(self._threads)
+
+
+def start_thread(threads, target, *args):
+    thread = threading.Thread(target=target, args=args, daemon=True)
+    threads.append(thread)
+    thread.start()
+
+
+def shut_sockets(sockets):
+    for sock in sockets:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+
+def join_threads(threads):
+    # Threads share the test thread's filesystem context, and the netns fixture can only move the
+    # test thread back to its mount namespace once no other thread shares it: wait for them.
+    for thread in threads:
+        thread.join(5)
+        assert not thread.is_alive(), "a stand-in thread did not stop"
 
 
 class GuestFiles:
@@ -127,7 +148,7 @@ class GuestFiles:
             kind = chardev.type
             new = self._new(os.path.basename(path))
             if kind == "unix" and source.get("mode") == "connect":
-                listener = _Listener(new)
+                listener = Listener(socket.AF_UNIX, str(new))
                 self.closers.append(listener.close)
             elif kind == "pipe":
                 os.mkfifo(new)

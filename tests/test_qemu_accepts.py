@@ -40,6 +40,7 @@ from pathlib import Path
 import pytest
 
 import guestfiles
+from guestfiles import Listener, join_threads, shut_sockets, start_thread
 import hostops
 from conftest import require_host_privileges
 from virtnet.golden import case_options
@@ -128,7 +129,7 @@ class VhostUserBackend:
             listener.listen(4)
             self._sockets.append(listener)
             target = self._accept_loop
-        _start(self._threads, target)
+        start_thread(self._threads, target)
 
     def _accept_loop(self):
         while not self._stop.is_set():
@@ -152,7 +153,7 @@ class VhostUserBackend:
 
     def _serve_in_thread(self, conn):
         self._sockets.append(conn)
-        _start(self._threads, self._serve, conn)
+        start_thread(self._threads, self._serve, conn)
 
     def _serve(self, conn):
         try:
@@ -176,55 +177,8 @@ class VhostUserBackend:
 
     def close(self):
         self._stop.set()
-        _shut(self._sockets)
-        _join(self._threads)
-
-
-class Listener:
-    """A listening socket that accepts and holds connections (TCP for connect=, unix for passt)."""
-
-    def __init__(self, family, address):
-        self.sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        if family == socket.AF_INET:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(address)
-        self.sock.listen(4)
-        self.accepted, self._threads = [], []
-        _start(self._threads, self._loop)
-
-    def _loop(self):
-        while True:
-            try:
-                self.accepted.append(self.sock.accept()[0])
-            except OSError:
-                return
-
-    def close(self):
-        _shut([self.sock, *self.accepted])
-        _join(self._threads)
-
-
-def _start(threads, target, *args):
-    thread = threading.Thread(target=target, args=args, daemon=True)
-    threads.append(thread)
-    thread.start()
-
-
-def _shut(sockets):
-    for sock in sockets:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        sock.close()
-
-
-def _join(threads):
-    # Threads share the test thread's filesystem context, and the netns fixture can only move the
-    # test thread back to its mount namespace once no other thread shares it: wait for them.
-    for thread in threads:
-        thread.join(5)
-        assert not thread.is_alive(), "a stand-in thread did not stop"
+        shut_sockets(self._sockets)
+        join_threads(self._threads)
 
 
 # -- a private /etc for qemu-bridge-helper's ACL --------------------------------------------------------

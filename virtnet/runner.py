@@ -295,10 +295,7 @@ def start(store, name, *, paused=False, netns_name=None, unprivileged=False, bri
                 livestate.forget(store, name)
             shutil.rmtree(paths.dir, ignore_errors=True)
             raise
-        taps = {**tap_names(plan), **outcome.helper_taps}
-        for created in outcome.inverses:  # the kernel filled in a '%d' template
-            if created.kind == "delete-tap":
-                taps[created.device] = created.ifname
+        taps = {**tap_names(plan), **outcome.helper_taps}  # the plan named every tap it creates or opens
         state = livestate.LiveState(pid=outcome.launched.pid, qmp=str(paths.qmp), runtime_dir=str(paths.dir),
                                     netns=netns_name, taps=taps, teardown=outcome.teardown)
         for iface in domain.interfaces:  # the live XML names the taps in use, as libvirt's does

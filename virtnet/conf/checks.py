@@ -4,6 +4,7 @@ Each rule yields (line, message) for every violation it finds. `check_domain` ru
 raises the first violation in document order, so a user fixes problems top to bottom.
 """
 
+import functools
 import ipaddress
 import re
 
@@ -47,23 +48,20 @@ def _element_name(node):
     return etree.QName(node).localname
 
 
+@functools.cache
 def _string_text_tags():
     """Elements whose text virtnet reads as written (a name, a path, a kernel command line): a line
-    break there reaches argv even when the rest is blank or a number."""
+    break there reaches argv even when the rest is blank or a number. Asked once the whole model is
+    imported (by the first check)."""
     from virtnet.conf.xmlmodel import XMLObject
 
-    if _STRING_TEXT_TAGS:
-        return _STRING_TEXT_TAGS
-    pending = [XMLObject]
+    tags, pending = set(), [XMLObject]
     while pending:
         cls = pending.pop()
         pending += cls.__subclasses__()
-        _STRING_TEXT_TAGS.update(p.elements[-1] for p in cls.declared_props().values()
-                                 if p.attr is None and p.elements and p.kind is str)
-    return _STRING_TEXT_TAGS
-
-
-_STRING_TEXT_TAGS = set()
+        tags.update(p.elements[-1] for p in cls.declared_props().values()
+                    if p.attr is None and p.elements and p.kind is str)
+    return frozenset(tags)
 
 
 @rule

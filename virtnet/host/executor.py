@@ -148,7 +148,7 @@ class Executor:
                                    tun_path=self.tun_path, exclusive=True)
         outcome.fds.setdefault(a.device, HostFds()).taps = fds
         inverse = a.inverse()
-        inverse.ifname, inverse.ifindex = ifname, socket.if_nametoindex(ifname)  # an ioctl, no netlink
+        inverse.ifindex = socket.if_nametoindex(ifname)  # an ioctl, no netlink round trip
         return inverse
 
     def _attach_tap(self, a, outcome):
