@@ -6,9 +6,9 @@ PY := $(VENV)/bin/python
 VIRTNET := $(VENV)/bin/virtnet
 SEED := examples/net-eth-unmanaged-tap.xml
 # Debian packages the tests drive for real: QEMU (and its bridge helper), qemu-img, passt, libvirt's
-# virt-xml-validate, iproute2, setcap.
-APT_PACKAGES := qemu-system-x86 qemu-utils passt libvirt-clients libxml2-utils iproute2 libcap2-bin
-APT_PROBES := /usr/bin/qemu-system-x86_64 /usr/bin/qemu-img /usr/bin/passt /usr/bin/virt-xml-validate /usr/bin/xmllint /usr/sbin/ip /usr/sbin/setcap
+# virt-xml-validate, iproute2, setcap, nft (clean-traffic filters, networks), dnsmasq (networks).
+APT_PACKAGES := qemu-system-x86 qemu-utils passt libvirt-clients libxml2-utils iproute2 libcap2-bin nftables dnsmasq-base
+APT_PROBES := /usr/bin/qemu-system-x86_64 /usr/bin/qemu-img /usr/bin/passt /usr/bin/virt-xml-validate /usr/bin/xmllint /usr/sbin/ip /usr/sbin/setcap /usr/sbin/nft /usr/sbin/dnsmasq
 # The tests also run a current passt (Debian 13's, built from its source package) beside Debian 12's;
 # tools/build-passt.sh builds it once into $(VIRTNET_TEST_CACHE) (root only; outside the repository).
 BUILD_PASST := tools/build-passt.sh
@@ -21,6 +21,16 @@ export VIRTNET_TEST_CACHE
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
 
+# What building virtnet needs (pyproject.toml's build-system): setup.py makes the man page and the
+# shell completions from the parser with shtab and argparse-manpage. Installed into the venv once, so
+# installs run without build isolation (nothing downloaded again on each install).
+BUILD_DEPS := 'setuptools>=61' wheel 'shtab>=1.7' 'argparse-manpage>=4'
+# Stamps: virtnet is installed again only when what the install depends on changed.
+INSTALLED := $(VENV)/.virtnet-installed
+TEST_INSTALLED := $(VENV)/.virtnet-test-installed
+INSTALL_INPUTS := setup.py setup.cfg pyproject.toml virtnet/cli.py
+GENERATED := build/generated
+
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -29,16 +39,31 @@ $(PY):
 # that a start-up does not compile virtnet, even where PYTHONDONTWRITEBYTECODE is set.
 COMPILE := $(PY) -m compileall -q virtnet
 
-venv: $(PY) ## create .venv and install virtnet editable (with bytecode)
-	$(PY) -m pip install -q -e .
+# An editable install leaves setup.py's data files out; its build made them, so they are copied into
+# the venv where a wheel install puts them (man virtnet and completion then work in the venv).
+# PYTHONWARNINGS=ignore: setuptools' notice box about editable installs, on every install.
+define install_editable
+	$(PY) -m pip install -q $(BUILD_DEPS)
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q --no-build-isolation -e '$(1)'
 	$(COMPILE)
+	install -D -m 0644 $(GENERATED)/virtnet.1 $(VENV)/share/man/man1/virtnet.1
+	install -D -m 0644 $(GENERATED)/virtnet $(VENV)/share/bash-completion/completions/virtnet
+	install -D -m 0644 $(GENERATED)/_virtnet $(VENV)/share/zsh/site-functions/_virtnet
+	touch $@
+endef
+
+$(INSTALLED): $(PY) $(INSTALL_INPUTS)
+	$(call install_editable,.)
+
+$(TEST_INSTALLED): $(INSTALLED)
+	$(call install_editable,.[test])
+
+venv: $(INSTALLED) ## create .venv and install virtnet editable (with bytecode, man page, completions); again only when setup or the CLI changed
 
 demo: venv ## run virtnet xml2argv on the seed case (pre-created tap, managed='no')
 	$(VIRTNET) xml2argv $(SEED)
 
-test-deps: $(PY) ## install test needs (pip, and apt packages when root and missing)
-	$(PY) -m pip install -q -e '.[test]'
-	$(COMPILE)
+test-deps: $(TEST_INSTALLED) ## install test needs (pip, and apt packages when root and missing)
 	@missing=0; for p in $(APT_PROBES); do [ -x $$p ] || missing=1; done; \
 	if [ $$missing = 1 ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -56,6 +81,7 @@ regen: venv ## rewrite golden expectations (then read every changed line before 
 
 conformance: venv ## compare with libvirt's net test corpus (../shared/conformance/libvirt); fails on regressions
 	$(PY) tools/conformance.py --baseline tests/conformance_baseline.tsv
+	$(PY) tools/network_conformance.py --baseline tests/network_conformance_baseline.tsv
 
 lint: venv ## pyflakes over the package, tests, benchmarks and tools
 	$(PY) -m pip install -q pyflakes

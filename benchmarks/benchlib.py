@@ -5,6 +5,7 @@ which gives its wall time (perf_counter around spawn and reap) and its peak RSS 
 """
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -119,6 +120,8 @@ def run(argv, *, env=None, stdin=None, capture=False, cpu=None, check=True, cwd=
     ru_maxrss is no good here: Linux carries the parent's high-water mark through fork and exec,
     so every child of a 30 MiB driver would report at least 30 MiB.) Time rss runs separately.
     """
+    virsh = Path(str(argv[0])).name == "virsh"
+    timeout = _virsh_timeout(argv, timeout)
     rss_file = None
     if rss:
         fd, rss_file = tempfile.mkstemp(prefix="vnbench-rss-")
@@ -130,9 +133,18 @@ def run(argv, *, env=None, stdin=None, capture=False, cpu=None, check=True, cwd=
     proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
                             stdout=out, stderr=subprocess.PIPE, preexec_fn=preexec, cwd=cwd)
     # Read the pipes ourselves, then reap with wait4 (Popen.wait would discard the rusage).
-    stdout, stderr = _drain(proc, stdin, timeout)
+    try:
+        stdout, stderr = _drain(proc, stdin, timeout)
+    except RuntimeError:
+        if not virsh:
+            raise
+        proc.wait()
+        _virsh_spent[0] += time.perf_counter() - start
+        raise VirshTimeout(f"`{' '.join(map(str, argv))}` did not finish within {timeout:g} s") from None
     _, status, _usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
+    if virsh:
+        _virsh_spent[0] += wall
     proc.returncode = os.waitstatus_to_exitcode(status)  # tell Popen it is reaped
     rss_kib = None
     if rss_file is not None:
@@ -279,23 +291,82 @@ def temp_dir(tag):
 
 
 # ------------------------------------------------------------------ libvirt
+# A libvirt daemon that answers slowly would make each virsh call of the comparisons slow (a run once
+# took over 25 minutes). So the probe is bounded, a daemon slower than LIBVIRT_SLOW to answer
+# `virsh version` is not compared with, each virsh call is bounded by VIRSH_CALL_TIMEOUT and all of
+# them together by VIRSH_BUDGET; past either, the comparison is skipped with the reason.
+
+LIBVIRT_URI = "qemu:///system"
+LIBVIRT_PROBE_TIMEOUT = 5.0  # seconds for `virsh version`
+LIBVIRT_SLOW = 1.0  # seconds: a daemon slower than this to answer is not compared with
+VIRSH_CALL_TIMEOUT = 15.0  # seconds for any one virsh call of a benchmark
+VIRSH_BUDGET = 120.0  # seconds for all virsh calls of one run
+LIBVIRT_DAEMONS = ("/usr/sbin/libvirtd", "/usr/sbin/virtqemud")
+_virsh_spent = [0.0]
 
 
+class VirshTimeout(RuntimeError):
+    """A virsh call of a benchmark went past its bound; str() says which and why."""
+
+
+def libvirt_daemon_installed():
+    return any(os.path.exists(path) for path in LIBVIRT_DAEMONS)
+
+
+@functools.lru_cache(maxsize=None)
 def libvirt_reason():
-    """None when a libvirt daemon answers on qemu:///system; otherwise why virsh is skipped."""
-    if shutil.which("virsh") is None:
-        return "virsh is not installed"
+    """None when a libvirt daemon answers on qemu:///system quickly; otherwise why the virsh
+    comparisons are skipped (probed once per run)."""
+    return probe_libvirt()
+
+
+def probe_libvirt(uri=LIBVIRT_URI, timeout=LIBVIRT_PROBE_TIMEOUT, slow=LIBVIRT_SLOW):
+    """One line saying why virsh cannot be compared with (not installed, no daemon, no answer within
+    TIMEOUT, slower than SLOW, or virsh's own error), or None when it can."""
+    virsh = shutil.which("virsh")
+    if virsh is None:
+        return "virsh is not installed (Debian: libvirt-clients)"
+    started = time.monotonic()
     try:
-        result = subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True,
-                                text=True, timeout=20)
+        status, _, err = bounded([virsh, "-c", uri, "version"], timeout)
     except subprocess.TimeoutExpired:
-        return "virsh -c qemu:///system did not answer within 20 s"
-    if result.returncode != 0:
-        first = next((l for l in result.stderr.splitlines() if "Failed to connect" in l),
-                     result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no answer")
-        return (f"no libvirt daemon is reachable (virsh -c qemu:///system: {first.replace('error: ', '')}); "
-                "libvirt-clients is installed but libvirt-daemon is not")
+        return f"the libvirt daemon did not answer `virsh -c {uri} version` within {timeout:g} s"
+    took = time.monotonic() - started
+    if status != 0:
+        lines = [line.replace("error: ", "", 1).strip() for line in err.splitlines() if line.strip()]
+        error = "; ".join(lines) or f"exit status {status}, no message"
+        if not libvirt_daemon_installed():
+            return f"no libvirt daemon is installed (Debian: libvirt-daemon-system); virsh -c {uri}: {error}"
+        return f"a libvirt daemon is installed but virsh -c {uri} failed: {error}"
+    if took > slow:
+        return (f"the libvirt daemon took {took:.1f} s to answer `virsh -c {uri} version` (over {slow:g} s): "
+                "every virsh call would be as slow")
     return None
+
+
+def bounded(argv, timeout):
+    """(exit status, stdout, stderr) of ARGV, killed with everything it started after TIMEOUT
+    seconds (subprocess.TimeoutExpired): a child left holding the pipes cannot make it wait."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 9)
+        proc.wait()
+        raise
+    return proc.returncode, out, err
+
+
+def _virsh_timeout(argv, timeout):
+    """The timeout for one run of ARGV: bounded for virsh calls, by the call and the run's budget."""
+    if Path(str(argv[0])).name != "virsh":
+        return timeout
+    left = VIRSH_BUDGET - _virsh_spent[0]
+    if left <= 0:
+        raise VirshTimeout(f"virsh calls took over {VIRSH_BUDGET:g} s in all; the rest were not run")
+    return min(timeout, VIRSH_CALL_TIMEOUT, left)
 
 
 def apt_candidate(package):

@@ -91,7 +91,7 @@ def _summary(s):
             ratio = f"{fmt_ratio(v['median'], lx['median'])} / {fmt_ratio(v['median'], py['median'])}"
             if i == 0:
                 virsh = series.get("virsh domxml-to-native qemu-argv")
-                comp += "; virsh: skipped (no daemon)" if virsh is None else f"; virsh {fmt_ms(virsh['median'])} ms"
+                comp += "; virsh: skipped (reason below)" if virsh is None else f"; virsh {fmt_ms(virsh['median'])} ms"
                 if virsh is not None:
                     ratio += f" / {fmt_ratio(v['median'], virsh['median'])}"
             label = "`virtnet xml2argv` seed file, whole process" if i == 0 else "… same"
@@ -169,7 +169,7 @@ def _summary(s):
     if _ok(start):
         st, de = start["start"], start["destroy"]
         virsh = start.get("virsh")
-        comp = ("virsh create: skipped (no daemon); libvirt's ≈0.5 s from the issue" if not virsh else
+        comp = ("virsh create: skipped (reason below); libvirt's ≈0.5 s from the issue" if not virsh else
                 f"virsh create {fmt_ms(virsh['create']['median'])} ms")
         ref = virsh["create"]["median"] if virsh else 0.5
         rows.append(["4", f"`virtnet start --paused`, {start['nics']} managed NICs, to QMP ready",
@@ -177,7 +177,7 @@ def _summary(s):
                      TARGETS["start"], verdict(st["median"] < ref), fmt_mib(st["peak_rss_mib"])])
         dref = virsh["destroy"]["median"] if virsh else None
         rows.append(["4", "`virtnet destroy` of that guest", span(de) + " ms",
-                     f"virsh destroy {fmt_ms(dref)} ms" if dref else "virsh destroy: skipped (no daemon)",
+                     f"virsh destroy {fmt_ms(dref)} ms" if dref else "virsh destroy: skipped (reason below)",
                      fmt_ratio(de["median"], dref) if dref else "—", "(reported)", "—",
                      fmt_mib(de["peak_rss_mib"])])
     else:
@@ -326,8 +326,9 @@ def _batch(d):
                      [[k, f"{v:.0f}", f"{v / total * 100:.0f}%"] for k, v in st.items()]))
     reads = d.get("reads")
     if reads:
-        out.append("How the model is read, per domain (counted in-process; the model is frozen for the checks, "
-                   "thawed for defaults and identities, frozen again for the argv builder):\n\n"
+        out.append("How the model is read, per domain (counted in-process; the checks read a frozen model of "
+                   "their own, the defaults and identities read the tree, and the argv builder a frozen model "
+                   "again):\n\n"
                    + table(["reads", "per domain"], [[k, f"{v:.1f}"] for k, v in reads.items()]))
     ex = d["experiments"]
     import bench_conversion

@@ -426,7 +426,7 @@ def unprivileged_user():
 # What a non-root user's virtnet needs, where that user can read it. Neither the checkout nor the
 # venv may be: a CI job clones into a 0700 directory (under /root, say), and a venv's interpreter
 # is often a symlink into root's home (pyenv). So each test process copies, once, the virtnet
-# package with its schemas (virtnet/conf/schema.py looks in ../../schemas of itself) and the
+# package (its schemas are package data, virtnet/schemas) and the
 # installed distributions it needs at run time (setup.cfg's install_requires and theirs) into a
 # world-readable temporary folder, byte-compiled, and runs them with an interpreter of this
 # Python version that the user can run: this one, its base, the system's, or else a copy of the
@@ -506,7 +506,7 @@ def _copy_distribution(dist, site_dir):
 
 
 def user_python_tree():
-    """The world-readable folder (made once per process): virtnet/ and schemas/ as in the checkout,
+    """The world-readable folder (made once per process): virtnet/ as in the checkout,
     site/ with virtnet's run-time dependencies. PYTHONPATH=TREE:TREE/site imports them."""
     global _user_tree
     if _user_tree is None:
@@ -514,7 +514,6 @@ def user_python_tree():
         atexit.register(shutil.rmtree, tree, ignore_errors=True)
         no_caches = shutil.ignore_patterns("__pycache__", "*.pyc")
         shutil.copytree(REPO / "virtnet", tree / "virtnet", ignore=no_caches)
-        shutil.copytree(REPO / "schemas", tree / "schemas", ignore=no_caches)
         for dist in _runtime_distributions():
             _copy_distribution(dist, tree / "site")
         # Compiled here, so the user's processes (which cannot write the folder) need not compile

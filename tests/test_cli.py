@@ -114,3 +114,57 @@ def test_a_state_dir_that_is_a_file_is_one_line_not_a_traceback(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("virtnet: error: ") and len(result.stderr.splitlines()) == 1
     assert "Traceback" not in result.stderr and str(not_a_dir) in result.stderr
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["lst"], "argument VERB: invalid choice: 'lst' (did you mean 'list'?)"),
+    (["destory", "web"], "argument VERB: invalid choice: 'destory' (did you mean 'destroy'?)"),
+    (["plan", "--format", "jsn", "x.xml"], "argument --format: invalid choice: 'jsn' (did you mean 'json'?)"),
+])
+def test_a_near_miss_gets_a_did_you_mean(args, hint):
+    result = virtnet(*args)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].endswith(hint), result.stderr
+
+
+def test_a_far_miss_lists_the_verbs():
+    result = virtnet("frobnicate")
+    assert result.returncode == 2
+    assert "invalid choice: 'frobnicate' (choose from 'validate', " in result.stderr, result.stderr
+
+
+def test_start_of_a_file_suggests_define_or_create(tmp_path):
+    result = virtnet("--state-dir", str(tmp_path), "start", str(SEED))
+    assert result.returncode == 2
+    assert result.stderr == (f"virtnet: error: start takes a defined domain's name, and '{SEED}' is a file: "
+                             f"`virtnet define {SEED}` keeps it and `virtnet start NAME` then starts it, or "
+                             f"`virtnet create {SEED}` starts it without keeping it\n")
+    result = virtnet("--state-dir", str(tmp_path), "start", "base.xml")
+    assert result.returncode == 2 and "'base.xml' looks like a file name: `virtnet define base.xml`" in result.stderr
+
+
+def test_a_domain_named_like_a_file_is_started_by_that_name(tmp_path):
+    from virtnet import domains
+
+    named = tmp_path / "web.xml"
+    named.write_text(SEED.read_text().replace("<name>QEMUGuest1</name>", "<name>web.xml</name>"))
+    state = tmp_path / "state"
+    assert virtnet("--state-dir", str(state), "define", str(named)).returncode == 0
+    domains.refuse_file_as_name(domains.open_store(state, tmp_path / "run"), "start", "web.xml")  # no error
+    with pytest.raises(Exception, match="looks like a file name"):
+        domains.refuse_file_as_name(domains.open_store(state, tmp_path / "run"), "start", "other.xml")
+
+
+def test_every_verb_help_ends_with_an_example():
+    """`virtnet VERB --help` ends with an example that runs VERB (setup.py also makes the man page's
+    EXAMPLES section of them)."""
+    from virtnet import cli
+
+    parser = cli.build_parser()
+    (verbs,) = [action for action in parser._actions if action.dest == "verb"]
+    assert sorted(verbs.choices) == sorted(cli.COMMANDS)
+    for verb, sub in verbs.choices.items():
+        help_text = sub.format_help()
+        examples = help_text[help_text.rfind("\nexample"):]
+        assert examples.startswith(("\nexample:\n  virtnet ", "\nexamples:\n  virtnet ")), (verb, help_text)
+        assert f"virtnet {verb} " in examples, (verb, examples)

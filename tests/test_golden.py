@@ -137,7 +137,7 @@ def test_enough_cases():
     assert (ARGV_DIR / "net-eth-unmanaged-tap.xml").exists(), "the seed case must be a golden"
 
 
-DRIVEN_TYPES = {"ethernet", "bridge", "user", "server", "client", "mcast", "udp", "vhostuser"}
+DRIVEN_TYPES = {"ethernet", "bridge", "direct", "user", "server", "client", "mcast", "udp", "vhostuser"}
 
 
 def test_plan_goldens_cover_every_interface_type_virtnet_drives():

@@ -26,6 +26,7 @@ XML_DIR = REPO / "testdata" / "xml2xml"
 _TEMPLATE = ("<target dev='NAME%d'/> is a tap-name template libvirt's code accepts, but its schema's "
              "deviceName pattern [a-zA-Z0-9_.\\-\\\\:/]+ has no '%'")
 KNOWN_INVALID = {
+    "net-direct-modes": _TEMPLATE,
     "net-eth-ifname-template": _TEMPLATE,
     "net-eth-multiqueue-tcg": _TEMPLATE,
     "net-eth-standalone": _TEMPLATE,

@@ -127,10 +127,10 @@ def test_a_managed_multiqueue_tap_gives_qemu_one_fd_per_queue(ns, dirs, tmp_path
 @pytest.mark.parametrize("created_with, queues, expected", [
     ("", 2, "target dev 'pre0' (managed='no') was created without multi_queue but the interface uses 2 "
             "queue(s); recreate it with multi_queue: `ip tuntap del dev pre0 mode tap && ip tuntap add dev "
-            "pre0 mode tap user $USER multi_queue`"),
+            "pre0 mode tap user $USER multi_queue vnet_hdr`"),
     ("multi_queue", 1, "target dev 'pre0' (managed='no') was created with multi_queue but the interface uses "
                        "1 queue(s); recreate it without multi_queue: `ip tuntap del dev pre0 mode tap && ip "
-                       "tuntap add dev pre0 mode tap user $USER`"),
+                       "tuntap add dev pre0 mode tap user $USER vnet_hdr`"),
 ])
 def test_an_unmanaged_tap_whose_multi_queue_does_not_match_is_refused_and_left_alone(ns, dirs, tmp_path,
                                                                                    created_with, queues, expected):

@@ -169,15 +169,32 @@ def test_types_without_host_side_only_start_qemu(interface):
     assert kinds(plan.teardown) == ["stop-qemu"]
 
 
-@pytest.mark.parametrize("interface", [
-    "<interface type='network'><source network='default'/><model type='virtio'/></interface>",
-    "<interface type='direct'><source dev='eth0' mode='vepa'/><model type='virtio'/></interface>",
-], ids=["network", "direct"])
-def test_types_start_cannot_handle_are_refused_by_plan(interface):
-    """`plan` shows what `start` would do; `start` (and xml2argv) refuse these types as not
-    supported yet, so a plan that just starts QEMU would promise what start cannot do."""
-    with pytest.raises(VirtnetError, match="not supported"):
-        plan_of(interface + "\n")
+def test_a_network_interface_needs_its_network_resolved_and_active():
+    """`plan` shows what `start` would do: a type='network' interface whose network was not
+    resolved to an active one (virtnet.network.ports) is refused, naming net-start."""
+    with pytest.raises(VirtnetError, match=r"network 'default' is not active; start it with `virtnet net-start "
+                                           r"default`"):
+        plan_of("<interface type='network'><source network='default'/><model type='virtio'/></interface>\n")
+
+
+def test_a_network_interface_is_a_tap_on_its_bridge_isolated_when_the_network_says_so():
+    from virtnet.network.ports import NetworkPort
+
+    for isolated in (False, True):
+        planned = domain("<interface type='network'><source network='default'/><model type='virtio'/></interface>\n")
+        planned.interfaces[0].network_port = NetworkPort("default", "virbr7", isolated)
+        setup = [a for a in build_plan(planned).setup if a.device == "net0"]
+        assert kinds(setup)[:6] == ["check-bridge", "create-tap", "set-mac", "set-mtu", "enslave", "set-up"]
+        assert setup[3].bridge == "virbr7" and setup[4].bridge == "virbr7"  # the bridge's MTU: the network's
+        assert ("isolate-port" in kinds(setup)) == isolated
+    # Without CAP_NET_ADMIN, qemu-bridge-helper makes the tap on the network's bridge.
+    planned = domain("<interface type='network'><source network='default'/><model type='virtio'/></interface>\n")
+    planned.interfaces[0].network_port = NetworkPort("default", "virbr7", True)
+    helped = build_plan(planned, bridge_helper="/usr/lib/qemu/qemu-bridge-helper")
+    assert kinds([a for a in helped.setup if a.device == "net0"]) == ["check-bridge", "run-bridge-helper"]
+    assert [a.bridge for a in helped.setup if a.device == "net0"] == ["virbr7", "virbr7"]
+    assert helped.warnings == ["net0 (network 'default'): qemu-bridge-helper cannot isolate its tap, so "
+                               "<port isolated='yes'> is not applied"]
 
 
 def test_link_down_is_set_over_qmp_after_start_and_paused_skips_resume():

@@ -255,7 +255,7 @@ class CaseHost:
                     path = self.paths.passt_socket(iface.ids.device)
                     path.parent.mkdir(parents=True, exist_ok=True)
                     self.closers.append(Listener(socket.AF_UNIX, str(path)).close)
-                elif iface.type in ("ethernet", "bridge"):
+                elif iface.type in ("ethernet", "bridge", "direct", "network"):
                     if standalone:
                         self._standalone_tap(iface)
                     else:
@@ -320,7 +320,10 @@ class CaseHost:
         from virtnet.host.tun import open_tap
 
         queues = iface.queue_count
-        _, taps = open_tap(f"vq{index}-%d", vnet_hdr=iface.wants_vnet_hdr, multi_queue=queues > 1, queues=queues)
+        if iface.type == "direct":
+            taps = self._macvtap(index, iface)
+        else:
+            _, taps = open_tap(f"vq{index}-%d", vnet_hdr=iface.wants_vnet_hdr, multi_queue=queues > 1, queues=queues)
         self.closers += [lambda fd=fd: os.close(fd) for fd in taps]
         vhosts = []
         if self.vhost and netprops.wants_vhost(self.domain, iface, {"vhost-net"}):
@@ -329,6 +332,16 @@ class CaseHost:
                 self.closers.append(lambda fd=vhosts[-1]: os.close(fd))
         self.fds[iface.ids.alias] = netprops.HostFds(taps=taps, vhosts=vhosts)
         self.pass_fds += taps + vhosts
+
+    def _macvtap(self, index, iface):
+        """A macvtap on a veth named as <source dev>, its queues opened as `virtnet start` does."""
+        from virtnet.host import macvtap
+
+        lower = iface.source.dev
+        if not os.path.exists(f"/sys/class/net/{lower}"):
+            ip("-n", self.netns, "link", "add", lower, "type", "veth", "peer", "name", f"{lower}-far")
+        ip("-n", self.netns, "link", "add", "link", lower, "name", f"mvq{index}", "type", "macvtap")
+        return macvtap.open_queues(f"mvq{index}", iface.queue_count, vnet_hdr=iface.wants_vnet_hdr)
 
     def _standalone_tap(self, iface):
         if iface.type == "bridge":
@@ -373,7 +386,7 @@ def expected_nics(domain, host):
         device = netprops.device_props(domain, iface)
         netdev = netprops.netdev_props(domain, iface, fds=host.fds.get(iface.ids.alias, netprops.HostFds()),
                                        paths=host.paths, standalone=False)
-        kind = "tap" if iface.type in ("ethernet", "bridge") else NETDEV_KIND[netdev["type"]]
+        kind = "tap" if iface.type in ("ethernet", "bridge", "network") else NETDEV_KIND[netdev["type"]]
         nics[device["id"]] = (device["driver"], device["mac"], device["netdev"], kind)
     return nics
 

@@ -6,7 +6,6 @@ point at with the comment <!--!--> (comments are invisible to the grammar).
 
 import random
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -128,6 +127,16 @@ REFUSED = [
     ("misspelt-device",
      domain(f"\n    <interfac type='user'/> {MARK}"),
      ["unknown element <interfac>", "did you mean <interface>?"]),
+    ("misspelt-element-inside-a-device",
+     domain(f"\n    <interface type='user'>\n      <modle type='virtio'/> {MARK}\n    </interface>"),
+     ["<interface type='user'>: unknown element <modle> (did you mean <model>?)"]),
+    ("misspelt-element-below-a-device",
+     domain(f"\n    <interface type='udp'>\n      <source address='192.0.2.1' port='5558'>\n"
+            f"        <locl address='192.0.2.2' port='5557'/> {MARK}\n      </source>\n    </interface>"),
+     ["<interface type='udp'>: unknown element <locl> in <source> (did you mean <local>?)"]),
+    ("misspelt-attribute",
+     domain(f"\n    <interface type='user'>\n      <model typ='virtio'/> {MARK}\n    </interface>"),
+     ["<interface type='user'>: unexpected attribute 'typ' on <model> (did you mean 'type'?); allowed: type"]),
     ("interface-outside-devices",
      domain(top=f"\n  <interface type='user'/> {MARK}"),
      ["<domain>: unexpected element <interface>; it belongs inside <devices>"]),
@@ -375,20 +384,20 @@ SCHEMA_FILES = ["domain.rng", "basictypes.rng", "interface.rng", "devices.rng"]
 def copy_schemas(folder):
     folder.mkdir(parents=True, exist_ok=True)
     for name in SCHEMA_FILES:
-        shutil.copy(REPO / "schemas" / name, folder / name)
+        shutil.copy(REPO / "virtnet" / "schemas" / name, folder / name)
     return folder
 
 
 def test_checkout_schemas_are_found(monkeypatch):
     monkeypatch.delenv(schema.SCHEMA_DIR_VARIABLE, raising=False)
-    assert schema.schema_dir() == REPO / "schemas"
+    assert schema.schema_dir() == REPO / "virtnet" / "schemas"
 
 
 def test_environment_variable_wins(monkeypatch, tmp_path):
     folder = copy_schemas(tmp_path / "elsewhere")
     monkeypatch.setenv(schema.SCHEMA_DIR_VARIABLE, str(folder))
     assert schema.schema_dir() == folder
-    assert schema.schema() is not schema._compile(REPO / "schemas")
+    assert schema.schema() is not schema._compile(REPO / "virtnet" / "schemas")
     schema.validate(parse(domain()), "dom.xml")
 
 
@@ -399,17 +408,17 @@ def test_environment_variable_without_schema_is_an_error(monkeypatch, tmp_path):
 
 
 def test_installed_copy_is_found(monkeypatch, tmp_path):
+    # The package's own data, wherever the package is: not under sys.prefix for pip --user or
+    # /usr/local (tests/test_packaging.py installs it for real in each of those layouts).
     monkeypatch.delenv(schema.SCHEMA_DIR_VARIABLE, raising=False)
     monkeypatch.setattr(schema, "__file__", str(tmp_path / "site" / "virtnet" / "conf" / "schema.py"))
-    monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))
-    installed = copy_schemas(tmp_path / "prefix" / "share" / "virtnet" / "schemas")
+    installed = copy_schemas(tmp_path / "site" / "virtnet" / "schemas")
     assert schema.schema_dir() == installed
 
 
 def test_missing_schemas_are_an_error(monkeypatch, tmp_path):
     monkeypatch.delenv(schema.SCHEMA_DIR_VARIABLE, raising=False)
     monkeypatch.setattr(schema, "__file__", str(tmp_path / "site" / "virtnet" / "conf" / "schema.py"))
-    monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))
     with pytest.raises(VirtnetError, match="cannot find virtnet's schema files .*VIRTNET_SCHEMA_DIR"):
         schema.schema_dir()
 

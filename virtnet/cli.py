@@ -99,14 +99,19 @@ def build_parser(verb=None):
         verbs = _OneVerb(verbs, verb)
 
     p = verbs.add_parser("validate", help="check a domain XML against the schema and rules",
-                         description="Check FILE against virtnet's RelaxNG schema and libvirt's semantic rules. "
-                         "Prints nothing and exits 0 when it is valid.")
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Check FILE against virtnet's RelaxNG schema and libvirt's semantic rules.\n"
+                         "Prints nothing and exits 0 when it is valid; otherwise one line names the file, line,\n"
+                         "element and value, and what is accepted, and the exit status is 1.",
+                         epilog=_example("virtnet validate web.xml && echo valid"))
     _add_file(p)
     _common(p)
 
     p = verbs.add_parser("xml2xml", help="print the canonical form of a domain XML",
-                         description="Print FILE the way virtnet stores it: like libvirt's dumpxml --inactive, "
-                         "with MACs and PCI addresses filled in, generated target names dropped.")
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Print FILE the way virtnet stores it: like libvirt's dumpxml --inactive,\n"
+                         "with MACs and PCI addresses filled in, generated target names dropped.",
+                         epilog=_example("virtnet xml2xml web.xml > web.canonical.xml"))
     _add_file(p)
     _common(p)
 
@@ -117,6 +122,7 @@ def build_parser(verb=None):
         "Tap-backed interfaces get fd=N (numbered from 3): `virtnet start` opens the taps itself\n"
         "and passes real descriptors. With several files, each command line is preceded by\n"
         "a `# FILE` line.",
+        epilog=_example("virtnet xml2argv --network-only web.xml", "virtnet xml2argv --standalone web.xml > run.sh"),
     )
     _add_file(p, nargs="+")
     for flag, keywords in XML2ARGV_OPTIONS:
@@ -124,8 +130,17 @@ def build_parser(verb=None):
     _common(p)
     _host_verbs(verbs)
     _lifecycle_verbs(verbs)
+    _interface_verbs(verbs)
+    _device_verbs(verbs)
+    _tuning_verbs(verbs)
+    _network_verbs(verbs)
     _check_verbs(verbs)
     return parser
+
+
+def _example(*lines):
+    """A verb's epilog: the command lines `VERB --help` ends with (the man page's EXAMPLES too)."""
+    return ("example:\n" if len(lines) == 1 else "examples:\n") + "".join(f"  {line}\n" for line in lines)
 
 
 def _check_verbs(verbs):
@@ -139,7 +154,9 @@ def _check_verbs(verbs):
         "the golden tests pin them: --host-caps vhost-net, --runtime-dir /run/virtnet unless given, the\n"
         "helper /usr/lib/qemu/qemu-bridge-helper, no interface names in use. A case name ending in\n"
         "-keyval, -standalone or -network-only selects that xml2argv option; -unprivileged plans\n"
-        "bridges through the bridge helper.")
+        "bridges through the bridge helper.",
+        epilog=_example("virtnet golden regen golden/   # once, then commit golden/",
+                        "virtnet golden check golden/   # in CI: exit 1 on any difference"))
     p.add_argument("action", choices=("check", "regen"))
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--host-caps", default="vhost-net", metavar="CAPS",
@@ -148,25 +165,41 @@ def _check_verbs(verbs):
 
 
 def _host_verbs(verbs):
-    def verb(name, help, description=None):
-        p = verbs.add_parser(name, help=help, description=description or help,
+    def verb(name, help, description, *examples):
+        p = verbs.add_parser(name, help=help, description=description, epilog=_example(*examples),
                              formatter_class=argparse.RawDescriptionHelpFormatter)
         _common(p)
         return p
 
     p = verb("define", "store a domain definition (canonical form, MACs and PCI addresses filled in)",
-             "Check FILE and store it as a defined domain. Redefining a domain with the same name and\n"
-             "uuid updates it; a different domain with the same name or uuid, or one that reuses\n"
-             "another domain's MAC address or target dev, is refused.")
+             "Check FILE and store it as a defined domain (like `virsh define`). Redefining a domain\n"
+             "with the same name and uuid updates it; a different domain with the same name or uuid,\n"
+             "or one that reuses another domain's MAC address or target dev, is refused.",
+             "virtnet define web.xml && virtnet start web")
     _add_file(p)
-    p = verb("undefine", "remove a stopped domain's definition")
+    p = verb("undefine", "remove a stopped domain's definition",
+             "Forget the definition of domain NAME (like `virsh undefine`). A running domain is\n"
+             "refused: destroy or shut it down first. A stored definition that no longer loads is\n"
+             "removed all the same.",
+             "virtnet destroy web; virtnet undefine web")
     p.add_argument("name", metavar="NAME")
-    p = verb("list", "list domains: name, state, interfaces")
+    p = verb("list", "list domains: name, state, interfaces",
+             "List the running domains (with --all, the shut-off ones too) with their interface\n"
+             "types, like `virsh list`. A domain whose QEMU has died is cleaned up first and shown\n"
+             "shut off.",
+             "virtnet list --all")
     p.add_argument("--all", action="store_true", help="include domains that are shut off")
-    p = verb("dumpxml", "print a defined domain's XML (live tap names while it runs)")
+    p = verb("dumpxml", "print a defined domain's XML (live tap names while it runs)",
+             "Print the XML of domain NAME (like `virsh dumpxml`): while it runs, the live view with\n"
+             "device aliases and the taps in use; otherwise, or with --inactive, the stored definition.",
+             "virtnet dumpxml web --inactive > web.xml")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--inactive", action="store_true", help="the stored definition, not the live view")
-    p = verb("domiflist", "list a domain's interfaces: interface, type, source, model, MAC")
+    p = verb("domiflist", "list a domain's interfaces: interface, type, source, model, MAC",
+             "List the interfaces of domain NAME, one line each, as `virsh domiflist` does: the host\n"
+             "interface (the tap in use while it runs, else the configured target or -), the type,\n"
+             "the source (bridge, socket, ...), the NIC model and the MAC address.",
+             "virtnet domiflist web")
     p.add_argument("name", metavar="NAME")
     p = verb("plan", "print the host actions `start` would take, without doing them",
              "Print what `virtnet start` would do on this host, without doing it.\n\n"
@@ -175,14 +208,18 @@ def _host_verbs(verbs):
              "  json      the same, machine-readable\n"
              "  sh        an ip(8) script for root that pre-creates the domain's taps, owned by\n"
              "            --owner, so an unprivileged user can run it with managed='no'\n"
-             "  networkd  the same taps as systemd-networkd .netdev/.network files")
+             "  networkd  the same taps as systemd-networkd .netdev/.network files",
+             "virtnet plan web",
+             "virtnet plan --format sh --owner alice web.xml | sudo sh   # pre-create alice's taps")
     p.add_argument("target", metavar="NAME|FILE", help="a defined domain, or a domain XML file (- for stdin)")
     p.add_argument("--format", choices=("text", "json", "sh", "networkd"), default="text")
     p.add_argument("--owner", metavar="USER", help="owner of pre-created taps (default: $SUDO_USER or you)")
     p = verb("start", "start a defined domain under QEMU with the taps virtnet prepares",
              "Create or open the domain's taps, start QEMU paused with their descriptors, apply\n"
              "<link state='down'> over QMP, then run the vCPUs (unless --paused). Any failure rolls\n"
-             "back everything already done; managed='no' taps are never changed.")
+             "back everything already done; managed='no' taps are never changed. To start a domain\n"
+             "from a file, `define` it first, or `create` it.",
+             "virtnet start web --paused")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--paused", action="store_true", help="leave the vCPUs stopped (QEMU -S)")
     p.add_argument("--unprivileged", action="store_true",
@@ -194,8 +231,78 @@ def _host_verbs(verbs):
     p.add_argument("--allow-dropped", action="store_true",
                    help="start even when elements holding the guest's data (disks, filesystems, host "
                    "devices) are not rendered on QEMU's command line; the guest runs without them")
-    p = verb("destroy", "stop a running domain and remove what start created")
+    p = verb("destroy", "stop a running domain and remove what start created",
+             "Stop domain NAME at once (QMP quit, then SIGTERM, then SIGKILL), like `virsh destroy`,\n"
+             "and undo what start did: taps it created deleted, passt stopped, addresses and scripts\n"
+             "undone, runtime files removed. managed='no' taps are left as they were. The definition\n"
+             "is kept (a domain started by `create` is forgotten).",
+             "virtnet destroy web")
     p.add_argument("name", metavar="NAME")
+
+
+def _network_verbs(verbs):
+    def verb(name, help, description, *examples):
+        p = verbs.add_parser(name, help=help, description=description, epilog=_example(*examples),
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        _common(p)
+        return p
+
+    p = verb("net-define", "store a virtual network definition (canonical form)",
+             "Check FILE (libvirt's network XML) and store it as a defined network, like `virsh\n"
+             "net-define`. A network that makes its own bridge and names none gets the first free\n"
+             "virbrN. Redefining a network with the same name and uuid updates it (an active one at its\n"
+             "next net-start); another network's uuid or bridge is refused.",
+             "virtnet net-define default.xml && virtnet net-start default")
+    _add_file(p)
+    p = verb("net-undefine", "remove an inactive network's definition",
+             "Forget the definition of network NAME (and its autostart mark), like `virsh\n"
+             "net-undefine`. An active network is refused: net-destroy it first.",
+             "virtnet net-destroy default; virtnet net-undefine default")
+    p.add_argument("name", metavar="NAME")
+    p = verb("net-start", "start a defined network: bridge, addresses, NAT, dnsmasq",
+             "Create the network's bridge with its addresses and routes, enable IP forwarding (this\n"
+             "network namespace's own sysctl) for nat and route modes, load its nftables table\n"
+             "(inet virtnet-net-NAME) and start dnsmasq for DHCP and DNS, as libvirt's network driver\n"
+             "does. Any failure undoes every step taken; a killed net-start is undone by the next\n"
+             "command. With --autostart, every network marked by net-autostart that is not active is\n"
+             "started instead (NAME omitted): what a boot-time unit runs.",
+             "virtnet net-start default", "virtnet net-start --autostart   # at boot")
+    p.add_argument("name", metavar="NAME", nargs="?")
+    p.add_argument("--autostart", action="store_true", help="start the networks marked autostart")
+    p = verb("net-destroy", "stop an active network and remove what net-start made",
+             "Undo what net-start did for network NAME, like `virsh net-destroy`: dnsmasq stopped, the\n"
+             "nftables table deleted, forwarding put back when no other network needs it, the bridge\n"
+             "deleted, runtime files removed. The definition is kept.",
+             "virtnet net-destroy default")
+    p.add_argument("name", metavar="NAME")
+    p = verb("net-list", "list networks: name, state, autostart, persistent",
+             "List the active networks (with --all, the inactive ones too), like `virsh net-list`.",
+             "virtnet net-list --all")
+    p.add_argument("--all", action="store_true", help="include inactive networks")
+    p = verb("net-dumpxml", "print a network's XML",
+             "Print the stored XML of network NAME in libvirt's canonical form, like `virsh net-dumpxml`.",
+             "virtnet net-dumpxml default > default.xml")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--inactive", action="store_true", help="accepted for virsh's sake: the same XML")
+    p = verb("net-info", "print a network's name, uuid, state and bridge",
+             "Print network NAME's name, uuid, whether it is active and autostarted, and its bridge,\n"
+             "like `virsh net-info`.",
+             "virtnet net-info default")
+    p.add_argument("name", metavar="NAME")
+    p = verb("net-autostart", "mark a network to be started at boot (or unmark it)",
+             "Record that network NAME starts at boot (--disable: no longer), like `virsh\n"
+             "net-autostart`. virtnet has no daemon: `virtnet net-start --autostart` starts the marked\n"
+             "networks, e.g. from the systemd unit the README shows.",
+             "virtnet net-autostart default")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--disable", action="store_true", help="do not start it at boot any more")
+    p = verb("net-dhcp-leases", "list the DHCP leases of an active network",
+             "Print the leases dnsmasq handed out on network NAME (its lease file), like `virsh\n"
+             "net-dhcp-leases`: expiry time, MAC address, protocol, address and prefix, hostname.\n"
+             "--mac keeps the leases of one MAC address.",
+             "virtnet net-dhcp-leases default")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--mac", metavar="MAC", type=_mac_argument, help="only this MAC address's leases")
 
 
 def _seconds(text):
@@ -278,6 +385,191 @@ def _lifecycle_verbs(verbs):
                    "a ua- alias (default: the first console)")
 
 
+def _mac_argument(text):
+    from virtnet.conf.mac import is_mac, normal
+
+    if not is_mac(text):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a MAC address (six hex octets, e.g. 52:54:00:12:34:56)")
+    return normal(text)
+
+
+def _mtu_argument(text):
+    if not text.isdigit() or not 68 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an MTU between 68 and 65535")
+    return int(text)
+
+
+UNPLUG_TIMEOUT = 10.0  # seconds; qemu.hotplug.DEFAULT_UNPLUG_TIMEOUT (not imported: every verb builds this)
+ATTACH_TYPES = ("bridge", "network", "direct", "ethernet", "user", "server", "client", "mcast", "udp", "vhostuser")
+
+
+def _device_verbs(verbs):
+    """attach-device, attach-interface, detach-device, detach-interface, suspend and resume."""
+    def verb(name, help, description, example):
+        p = verbs.add_parser(name, help=help, description=description, epilog=f"example:\n  {example}",
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("name", metavar="NAME", help="the domain")
+        _common(p)
+        return p
+
+    def scope_options(p, persistent):
+        p.add_argument("--live", action="store_true", help="change the running guest")
+        p.add_argument("--config", action="store_true", help="change the stored definition (used from the next start)")
+        p.add_argument("--current", action="store_true",
+                       help="the running guest when the domain runs, else its definition (the default)")
+        if persistent:
+            p.add_argument("--persistent", action="store_true",
+                           help="the definition, and the running guest too when the domain runs")
+
+    scopes = ("\n\n--live changes the running guest (its live XML: dumpxml, domiflist), --config the stored\n"
+              "definition, both when both are given; without either, the running guest when the domain\n"
+              "runs, else its definition (virsh's rules).")
+    host = ("The host side is what start does for the interface (taps, bridges, the bridge helper\n"
+            "when unprivileged, passt); its descriptors go to QEMU over QMP (getfd, netdev_add,\n"
+            "device_add). If any step fails, QEMU refusing the device included, all of it is undone.\n"
+            "The NIC gets the next alias (net1, net2, ...) and a free hot-pluggable PCI slot: an empty\n"
+            "pcie-root-port on q35 (libvirt leaves one spare), a free slot of pci.0 on pc.")
+    p = verb("attach-device", "add the <interface> in FILE to a domain (running, defined, or both)",
+             "Add the device in FILE (an <interface> element, checked as part of the domain) to domain\n"
+             "NAME.\n\n" + host + scopes, "virtnet attach-device web nic.xml --live --config")
+    p.add_argument("file", metavar="FILE", help="an <interface> element, or - for standard input")
+    scope_options(p, persistent=True)
+    _attach_options(p)
+
+    p = verb("attach-interface", "add a NIC described by arguments (virsh attach-interface)",
+             "Add an interface of TYPE to domain NAME, as `virsh attach-interface` does: SOURCE is the\n"
+             "bridge (bridge), the network (network), the host device (direct), the socket path\n"
+             "(vhostuser) or ADDRESS:PORT (server, client, mcast, udp); ethernet and user take none.\n"
+             "--print-xml prints the <interface> it would add and changes nothing.\n\n" + host + scopes,
+             "virtnet attach-interface web bridge br0 --model virtio --live")
+    p.add_argument("type", metavar="TYPE", choices=ATTACH_TYPES, help=f"one of: {', '.join(ATTACH_TYPES)}")
+    p.add_argument("source", metavar="SOURCE", nargs="?", help="what the interface connects to (see above)")
+    p.add_argument("--target", metavar="DEV", help="the host tap's name (a %%d template is filled in)")
+    p.add_argument("--unmanaged", action="store_true",
+                   help="ethernet: the --target tap exists already; use it as it is (managed='no')")
+    p.add_argument("--mac", metavar="MAC", type=_mac_argument, help="the guest's MAC (default: a new one)")
+    p.add_argument("--model", metavar="MODEL", help="the NIC model, e.g. virtio, e1000e, rtl8139")
+    p.add_argument("--mtu", metavar="BYTES", type=_mtu_argument, help="the MTU of the guest and of the host tap")
+    p.add_argument("--script", metavar="PATH", help="ethernet: a script run with the tap's name")
+    p.add_argument("--alias", metavar="ALIAS", help="a user alias (ua-...) as the device's id")
+    p.add_argument("--source-mode", metavar="MODE",
+                   help="direct: vepa, bridge, private or passthrough; vhostuser: client or server")
+    p.add_argument("--print-xml", action="store_true", help="print the <interface> element; change nothing")
+    scope_options(p, persistent=True)
+    _attach_options(p)
+
+    unplug = (" The guest is asked to release the device (QMP\n"
+              "device_del) and given --timeout seconds; then its backend and host side (taps virtnet\n"
+              "created, passt, downscripts) go. A guest that does not release it in time (paused, or\n"
+              "without PCI hot-unplug support) keeps it, and the error says so.")
+    p = verb("detach-device", "remove the <interface> FILE names from a domain",
+             "Remove from domain NAME the interface that FILE's <interface> names: by its <mac>, <alias>\n"
+             "and <address>, whichever it has (libvirt's rule)." + unplug + scopes,
+             "virtnet detach-device web nic.xml --live")
+    p.add_argument("file", metavar="FILE", help="an <interface> element, or - for standard input")
+    scope_options(p, persistent=True)
+    p.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=UNPLUG_TIMEOUT,
+                   help="how long the guest gets to release the device (default: %(default)g)")
+
+    p = verb("detach-interface", "remove a NIC by type (and MAC) from a domain (virsh detach-interface)",
+             "Remove the interface of TYPE from domain NAME; --mac chooses one when there are several\n"
+             "(virsh's rule)." + unplug + scopes,
+             "virtnet detach-interface web bridge --mac 52:54:00:12:34:56 --live")
+    p.add_argument("type", metavar="TYPE", choices=ATTACH_TYPES, help=f"one of: {', '.join(ATTACH_TYPES)}")
+    p.add_argument("--mac", metavar="MAC", type=_mac_argument, help="the interface's MAC address")
+    scope_options(p, persistent=True)
+    p.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=UNPLUG_TIMEOUT,
+                   help="how long the guest gets to release the device (default: %(default)g)")
+
+    verb("suspend", "stop the guest's vCPUs (QMP stop); resume runs them again",
+         "Pause domain NAME, as `virsh suspend` does: its vCPUs stop, its devices and memory stay.",
+         "virtnet suspend web")
+    verb("resume", "run a suspended (or `start --paused`) guest's vCPUs again (QMP cont)",
+         "Run domain NAME's vCPUs again, as `virsh resume` does.", "virtnet resume web")
+
+
+def _attach_options(p):
+    p.add_argument("--unprivileged", action="store_true",
+                   help="create a bridge tap through qemu-bridge-helper (as for start)")
+    p.add_argument("--bridge-helper", metavar="PATH", help="the qemu-bridge-helper to run (as for start)")
+
+
+def _tuning_verbs(verbs):
+    """domiftune: an interface's <bandwidth>, as virsh's verb."""
+    p = verbs.add_parser(
+        "domiftune", help="print or change an interface's bandwidth limits (virsh domiftune)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Without --inbound/--outbound, print the <bandwidth> of interface IFACE of domain NAME as\n"
+        "`virsh domiftune` does (inbound.average, .peak, .burst, .floor, outbound.average, .peak, .burst;\n"
+        "0 when unset). With them, change it: rates in kilobytes/s, burst in KiB, as in the XML.\n"
+        "A running guest's tap gets its tc setup replaced at once (--live), the stored definition\n"
+        "the new <bandwidth> (--config); with neither, the running guest when it runs, else the\n"
+        "definition. An average of 0 removes that direction's limit.",
+        epilog=_example("virtnet domiftune web vnet0 --inbound 1000,2000,64 --outbound 500"))
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("interface", metavar="IFACE",
+                   help="the interface: its target dev (the tap, as domiflist shows it) or its MAC address")
+    p.add_argument("--inbound", metavar="AVERAGE[,PEAK[,BURST[,FLOOR]]]",
+                   help="the limit of what the guest receives (floor only on type='network', as in libvirt)")
+    p.add_argument("--outbound", metavar="AVERAGE[,PEAK[,BURST]]", help="the limit of what the guest sends")
+    p.add_argument("--live", action="store_true", help="change the running guest")
+    p.add_argument("--config", action="store_true", help="change the stored definition (also: read it)")
+    p.add_argument("--current", action="store_true", help="the running guest when it runs, else the definition")
+    _common(p)
+
+
+def _interface_verbs(verbs):
+    """domif-setlink, domif-getlink, domifstat and domifaddr: virsh's verbs for a running guest's NICs."""
+    def verb(name, help, description, example):
+        p = verbs.add_parser(name, help=help, description=description, epilog=f"example:\n  {example}",
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("name", metavar="NAME")
+        _common(p)
+        return p
+
+    iface_help = "the interface: its target dev (the tap, as domiflist shows it) or its MAC address"
+    config_help = "the stored definition, even while the domain runs (--persistent is the same)"
+    p = verb("domif-setlink", "set the link of a guest's interface up or down (virsh domif-setlink)",
+             "Set the link of interface IFACE of domain NAME up or down, as `virsh domif-setlink` does.\n"
+             "While it runs: QMP set_link on its netdev (down, the guest sees no carrier and no packet\n"
+             "passes either way), and the live XML (dumpxml) shows <link state='down'/> or\n"
+             "<link state='up'/>; the stored definition is not changed. With --config, or when the\n"
+             "domain is not running, the stored definition is changed instead (from its next start).",
+             "virtnet domif-setlink web vnet0 down")
+    p.add_argument("interface", metavar="IFACE", help=iface_help)
+    p.add_argument("state", metavar="STATE", choices=("up", "down"), help="up or down")
+    p.add_argument("--config", "--persistent", action="store_true", help=config_help)
+
+    p = verb("domif-getlink", "print the link state of a domain's interface (virsh domif-getlink)",
+             "Print `IFACE up` or `IFACE down`, as `virsh domif-getlink` does: from the live XML while\n"
+             "the domain runs, else (or with --config) from its stored definition.",
+             "virtnet domif-getlink web 52:54:00:12:34:56")
+    p.add_argument("interface", metavar="IFACE", help=iface_help)
+    p.add_argument("--config", "--persistent", action="store_true", help=config_help)
+
+    p = verb("domifstat", "print a running guest's interface counters (virsh domifstat)",
+             "Print the counters of interface IFACE of running domain NAME as `virsh domifstat` does\n"
+             "(`IFACE rx_bytes N`, rx_packets, rx_errs, rx_drop, then tx_...), from the guest's side:\n"
+             "the host tap's counters read over netlink, its receive side as the guest's transmit side.\n"
+             "Interfaces without a host tap (user, sockets, vhost-user) have none to read.",
+             "virtnet domifstat web vnet0")
+    p.add_argument("interface", metavar="IFACE", help=iface_help)
+
+    p = verb("domifaddr", "print a running guest's addresses (virsh domifaddr)",
+             "Print the addresses of running domain NAME in `virsh domifaddr`'s table, from --source:\n"
+             "  lease  the DHCP leases of a virtnet network (none yet: refused, naming the others)\n"
+             "  agent  the QEMU guest agent in the guest, over the domain's <channel type='unix'> with\n"
+             "         <target type='virtio' name='org.qemu.guest_agent.0'/>: the guest's own names\n"
+             "  arp    the host's neighbour table: IPv4 addresses seen with each interface's MAC",
+             "virtnet domifaddr web --source agent")
+    p.add_argument("--source", choices=("lease", "agent", "arp"), default="lease",
+                   help="where the addresses come from (default: %(default)s, as in virsh)")
+    p.add_argument("--interface", metavar="IFACE",
+                   help="only this interface, by the name the table shows (the guest's name with agent, the "
+                   "tap with arp)")
+    p.add_argument("--full", action="store_true", help="repeat the name and MAC on every address line")
+
+
 def _version():
     from virtnet import __version__
 
@@ -313,7 +605,7 @@ def _print_diagnostics(diagnostics):
         print(f"{PROG}: warning: {diagnostic}", file=sys.stderr)
 
 
-HOST_CAPS = ("vhost-net",)
+HOST_CAPS = ("vhost-net", "tc-ifb", "tc-police", "tc-sfq")
 
 
 def parse_host_caps(text):
@@ -389,7 +681,9 @@ def cmd_define(args):
 
     loaded = load_file(args.file)
     _print_warnings(loaded)
-    new = domains.define(_store(args), loaded)
+    store = _store(args)
+    new = domains.define(store, loaded)
+    _print_diagnostics(domains.start_refusals(loaded) + domains.unknown_networks(store, loaded))
     print(f"Domain '{loaded.domain.name}' {'defined' if new else 'updated'} from {loaded.filename}")
     return 0
 
@@ -491,9 +785,13 @@ def cmd_plan(args):
             names = nl.link_names()
     try:
         helper = helper_for(loaded.domain)
+        if any(iface.type == "network" for iface in loaded.domain.interfaces):
+            from virtnet.network import ports
+
+            ports.attach(_store(args), loaded.domain)  # the active network's bridge, as start resolves it
     except VirtnetError as e:
         raise e.located(loaded.filename) from None
-    result = convert.plan(loaded, args.format, names_in_use=names, host_caps=probe(), bridge_helper=helper,
+    result = convert.plan(loaded, args.format, names_in_use=names, host_caps=probe(tc=True), bridge_helper=helper,
                           runtime_dir=Path(args.runtime_dir) if args.runtime_dir else default_runtime_dir(),
                           owner=args.owner or _default_owner())
     _print_diagnostics(result.warnings)
@@ -502,9 +800,11 @@ def cmd_plan(args):
 
 
 def cmd_start(args):
-    from virtnet import runner
+    from virtnet import domains, runner
 
-    state = runner.start(_store(args), args.name, paused=args.paused, netns_name=_netns_name(args),
+    store = _store(args)
+    domains.refuse_file_as_name(store, "start", args.name)
+    state = runner.start(store, args.name, paused=args.paused, netns_name=_netns_name(args),
                          unprivileged=args.unprivileged, bridge_helper=args.bridge_helper,
                          allow_dropped=args.allow_dropped)
     taps = ", ".join(state.taps.values()) or "no taps"
@@ -512,12 +812,20 @@ def cmd_start(args):
     return 0
 
 
-def cmd_destroy(args):
-    from virtnet import runner
+def _domain_action(action, done):
+    """A verb that runs runner.ACTION(store, NAME) and says the domain was DONE."""
+    def command(args):
+        from virtnet import runner
 
-    runner.destroy(_store(args), args.name)
-    print(f"Domain '{args.name}' destroyed")
-    return 0
+        getattr(runner, action)(_store(args), args.name)
+        print(f"Domain '{args.name}' {done}")
+        return 0
+    return command
+
+
+cmd_destroy = _domain_action("destroy", "destroyed")
+cmd_suspend = _domain_action("suspend", "suspended")
+cmd_resume = _domain_action("resume", "resumed")
 
 
 def cmd_create(args):
@@ -569,11 +877,214 @@ def cmd_console(args):
     return console.attach(_store(args), args.name, args.devname)
 
 
+def _scope(args, store):
+    from virtnet import hotplug
+
+    return hotplug.scope(store, args.name, live=args.live, config=args.config, current=args.current,
+                         persistent=getattr(args, "persistent", False))
+
+
+def _attach(args, element, filename, what):
+    from virtnet import hotplug
+
+    store = _store(args)
+    live, config = _scope(args, store)
+    warnings = hotplug.attach(store, args.name, element, filename, live=live, config=config,
+                              unprivileged=args.unprivileged, bridge_helper=args.bridge_helper)
+    for message in warnings:
+        print(f"{PROG}: warning: {message}", file=sys.stderr)
+    print(f"{what} attached successfully")
+    return 0
+
+
+def cmd_attach_device(args):
+    from virtnet.conf.fragment import parse_device
+
+    filename, element = parse_device(args.file)
+    return _attach(args, element, filename, "Device")
+
+
+def cmd_attach_interface(args):
+    from virtnet.conf.fragment import interface_from_options
+
+    try:
+        element = interface_from_options(args.type, args.source, target=args.target, unmanaged=args.unmanaged,
+                                         mac=args.mac, model=args.model, mtu=args.mtu, script=args.script,
+                                         alias=args.alias, source_mode=args.source_mode)
+    except ValueError as e:  # lxml refuses characters XML cannot hold
+        raise UsageError(f"an argument cannot go into XML: {e}") from None
+    if args.print_xml:
+        from lxml import etree
+
+        sys.stdout.write(etree.tostring(element, pretty_print=True, encoding="unicode"))
+        return 0
+    return _attach(args, element, "attach-interface", "Interface")
+
+
+def cmd_detach_device(args):
+    from virtnet import hotplug
+    from virtnet.conf.fragment import parse_device
+
+    filename, element = parse_device(args.file)
+    store = _store(args)
+    live, config = _scope(args, store)
+    hotplug.detach(store, args.name, hotplug.by_element(element, filename), live=live, config=config,
+                   timeout=args.timeout)
+    print("Device detached successfully")
+    return 0
+
+
+def cmd_detach_interface(args):
+    from virtnet import hotplug
+
+    store = _store(args)
+    live, config = _scope(args, store)
+    hotplug.detach(store, args.name, hotplug.by_type(args.type, args.mac), live=live, config=config,
+                   timeout=args.timeout)
+    print("Interface detached successfully")
+    return 0
+
+
+def cmd_domif_setlink(args):
+    from virtnet import liveif
+
+    liveif.set_link(_store(args), args.name, args.interface, args.state == "up", config=args.config)
+    print("Device updated successfully")
+    return 0
+
+
+def cmd_domif_getlink(args):
+    from virtnet import liveif
+
+    print(f"{args.interface} {liveif.get_link(_store(args), args.name, args.interface, config=args.config)}")
+    return 0
+
+
+def cmd_domifstat(args):
+    from virtnet import liveif
+
+    for field, value in liveif.interface_stats(_store(args), args.name, args.interface):
+        print(f"{args.interface} {field} {value}")
+    return 0
+
+
+def cmd_domiftune(args):
+    from virtnet import iftune
+
+    store = _store(args)
+    changes = {}
+    for option, value in (("--inbound", args.inbound), ("--outbound", args.outbound)):
+        if value is not None:
+            changes[option[2:]] = iftune.parse_rates(value, option)
+    if not changes:
+        sys.stdout.write(iftune.current(store, args.name, args.interface, config=args.config))
+        return 0
+    live, config = _scope(args, store)
+    iftune.tune(store, args.name, args.interface, changes, live=live, config=config)
+    return 0
+
+
+def cmd_domifaddr(args):
+    from virtnet import ifaddr
+
+    found = ifaddr.addresses(_store(args), args.name, args.source)
+    sys.stdout.write(ifaddr.table(found, only=args.interface, full=args.full))
+    return 0
+
+
 def cmd_golden(args):
     from virtnet import golden
 
     caps = parse_host_caps(args.host_caps)  # refuse unknown capabilities before running any case
     return golden.main(args.action, args.dir, host_caps=caps, runtime_dir=args.runtime_dir)
+
+
+def cmd_net_define(args):
+    from virtnet.host.netlink import Netlink
+    from virtnet.network import defs
+    from virtnet.network.load import load_file
+
+    loaded = load_file(args.file)
+    try:
+        with Netlink() as nl:
+            in_use = nl.link_names()
+    except VirtnetError:
+        in_use = set()
+    new = defs.define(_store(args), loaded, in_use)
+    print(f"Network '{loaded.network.name}' {'defined' if new else 'updated'} from {loaded.filename}")
+    return 0
+
+
+def cmd_net_undefine(args):
+    from virtnet.network import defs
+
+    defs.undefine(_store(args), args.name)
+    print(f"Network '{args.name}' has been undefined")
+    return 0
+
+
+def cmd_net_start(args):
+    from virtnet.network import runner
+
+    store = _store(args)
+    if args.autostart:
+        if args.name:
+            raise UsageError("net-start takes NAME or --autostart, not both")
+        for name in runner.autostart(store, _netns_name(args)):
+            print(f"Network '{name}' started")
+        return 0
+    if not args.name:
+        raise UsageError("net-start needs a network's NAME (or --autostart)")
+    network = runner.start(store, args.name, _netns_name(args))
+    print(f"Network '{args.name}' started" + (f": bridge {network.bridge_name}" if network.bridge_name else ""))
+    return 0
+
+
+def cmd_net_destroy(args):
+    from virtnet.network import runner
+
+    runner.destroy(_store(args), args.name)
+    print(f"Network '{args.name}' destroyed")
+    return 0
+
+
+def cmd_net_list(args):
+    from virtnet.domains import table
+    from virtnet.network import defs
+
+    rows = defs.list_rows(_store(args), args.all)
+    sys.stdout.write(table(("Name", "State", "Autostart", "Persistent"), rows))
+    return 0
+
+
+def cmd_net_dumpxml(args):
+    from virtnet.network import defs
+
+    sys.stdout.write(defs.files(_store(args)).read(args.name))
+    return 0
+
+
+def cmd_net_info(args):
+    from virtnet.network import defs
+
+    sys.stdout.write(defs.info(_store(args), args.name))
+    return 0
+
+
+def cmd_net_autostart(args):
+    from virtnet.network import defs
+
+    defs.set_autostart(_store(args), args.name, not args.disable)
+    print(f"Network '{args.name}' {'unmarked as' if args.disable else 'marked as'} autostarted")
+    return 0
+
+
+def cmd_net_dhcp_leases(args):
+    from virtnet.network import leases
+
+    found = leases.of_network(_store(args), args.name, mac=args.mac)
+    sys.stdout.write(leases.table(found))
+    return 0
 
 
 def _netns_name(args):
@@ -589,7 +1100,15 @@ COMMANDS = {"validate": cmd_validate, "xml2xml": cmd_xml2xml, "xml2argv": cmd_xm
             "define": cmd_define, "undefine": cmd_undefine, "list": cmd_list, "dumpxml": cmd_dumpxml,
             "domiflist": cmd_domiflist, "plan": cmd_plan, "start": cmd_start, "destroy": cmd_destroy,
             "golden": cmd_golden, "create": cmd_create, "shutdown": cmd_shutdown, "reboot": cmd_reboot,
-            "reset": cmd_reset, "console": cmd_console}
+            "reset": cmd_reset, "console": cmd_console, "domif-setlink": cmd_domif_setlink,
+            "domif-getlink": cmd_domif_getlink, "domifstat": cmd_domifstat, "domifaddr": cmd_domifaddr,
+            "domiftune": cmd_domiftune,
+            "attach-device": cmd_attach_device,
+            "attach-interface": cmd_attach_interface, "detach-device": cmd_detach_device,
+            "detach-interface": cmd_detach_interface, "suspend": cmd_suspend, "resume": cmd_resume,
+            "net-define": cmd_net_define, "net-undefine": cmd_net_undefine, "net-start": cmd_net_start,
+            "net-destroy": cmd_net_destroy, "net-list": cmd_net_list, "net-dumpxml": cmd_net_dumpxml,
+            "net-info": cmd_net_info, "net-autostart": cmd_net_autostart, "net-dhcp-leases": cmd_net_dhcp_leases}
 
 
 _PARSER_CLASS = []
@@ -602,6 +1121,16 @@ def _parser_class():
         class Parser(argparse.ArgumentParser):
             def _get_formatter(self):
                 return self.formatter_class(prog=self.prog, width=_terminal_columns() - 2)  # as argparse does
+
+            def _check_value(self, action, value):
+                # argparse lists every choice; a near miss (`lst`, --format jsn) gets the one meant.
+                if action.choices is not None and isinstance(value, str) and value not in action.choices:
+                    from virtnet.suggest import closest
+
+                    close = closest(value, action.choices)
+                    if close:
+                        raise argparse.ArgumentError(action, f"invalid choice: '{value}' (did you mean '{close}'?)")
+                super()._check_value(action, value)
 
         _PARSER_CLASS.append(Parser)
     return _PARSER_CLASS[0]

@@ -11,28 +11,33 @@ Imports stay lazy, as in the CLI: xml2xml and xml2argv load neither pyroute2 nor
 """
 
 import shlex
-from dataclasses import dataclass, field
+
+from virtnet.record import Record
 
 PLAN_FORMATS = ("text", "json", "sh", "networkd")
 
 
-@dataclass(frozen=True)
-class Diagnostic:
+class Diagnostic(Record):
     """A warning about a domain file; str() is 'FILE:LINE: MESSAGE' (or 'FILE: MESSAGE')."""
 
-    file: str
-    line: int | None
-    message: str
+    __slots__ = ("file", "line", "message")
+
+    def __init__(self, file, line, message):
+        self.file = file
+        self.line = line
+        self.message = message
 
     def __str__(self):
         where = f"{self.file}:{self.line}" if self.line else self.file
         return f"{where}: {self.message}"
 
 
-@dataclass
-class Result:
-    text: str  # exactly what the verb prints on standard output
-    warnings: list = field(default_factory=list)  # Diagnostics the verb prints on standard error
+class Result(Record):
+    __slots__ = ("text", "warnings")
+
+    def __init__(self, text, warnings=None):
+        self.text = text  # exactly what the verb prints on standard output
+        self.warnings = [] if warnings is None else warnings  # Diagnostics the verb prints on standard error
 
 
 def load(path):

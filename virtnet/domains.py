@@ -11,9 +11,10 @@ A stored definition that no longer loads is skipped, with a warning, by the verb
 all of them (list, and define's conflict checks); undefine removes it like any other.
 """
 
+import os
 import sys
 
-from virtnet.errors import StoreError
+from virtnet.errors import StoreError, UsageError
 
 
 def summarize(domain):
@@ -33,6 +34,47 @@ def summarize_xml(text):
     from virtnet.conf.load import load_text
 
     return summarize(load_text(text, "stored definition").domain)
+
+
+def start_refusals(loaded):
+    """One warning per interface that `start` will refuse (a type virtnet reads and writes but does
+    not run yet), so that define says so at once rather than start later."""
+    from virtnet.conf import iftypes
+
+    warnings = []
+    for iface in loaded.domain.interfaces:
+        if not iftypes.kind(iface.type).driven:
+            where = f"{loaded.filename}:{iface.line}" if iface.line else loaded.filename
+            warnings.append(f"{where}: <interface type='{iface.type}'> is not supported yet by start and "
+                            f"xml2argv: `virtnet start {loaded.domain.name}` will refuse it; supported: "
+                            f"{', '.join(iftypes.DRIVEN)}")
+    return warnings
+
+
+def unknown_networks(store, loaded):
+    """One warning per <interface type='network'> whose network is not defined: start will refuse it
+    until `virtnet net-define` has it (libvirt's define does not check either; its start does)."""
+    from virtnet.network.defs import files
+
+    nets = files(store)
+    warnings = []
+    for iface in loaded.domain.interfaces:
+        network = iface.source.network if iface.type == "network" and iface.source is not None else None
+        if network and not nets.exists(network):
+            where = f"{loaded.filename}:{iface.line}" if iface.line else loaded.filename
+            warnings.append(f"{where}: network '{network}' is not defined: `virtnet start {loaded.domain.name}` "
+                            f"will refuse it until `virtnet net-define` and `virtnet net-start {network}`")
+    return warnings
+
+
+def refuse_file_as_name(store, verb, name):
+    """`virtnet start FILE`, as a virsh user may type it: a file where a defined domain's name belongs
+    (and no domain has that name) is a usage error that names the verbs taking a file."""
+    if ("/" in name or name.endswith(".xml") or os.path.isfile(name)) and name not in store.names():
+        what = "is a file" if os.path.isfile(name) else "looks like a file name"
+        raise UsageError(f"{verb} takes a defined domain's name, and '{name}' {what}: `virtnet define {name}` "
+                         f"keeps it and `virtnet {verb} NAME` then starts it, or `virtnet create {name}` "
+                         "starts it without keeping it")
 
 
 def open_store(state_dir=None, runtime_dir=None):

@@ -97,6 +97,20 @@ def live_xml(store, name):
     return store.read_runtime_file(name, ".xml")
 
 
+def live_domain(store, name, missing_ok=False):
+    """The live XML of a running domain as its model (conf.domain.Domain, read-once: thaw it before
+    changing it). Without it: None with MISSING_OK, else a StoreError."""
+    from virtnet.conf.load import load_live
+
+    text = live_xml(store, name)
+    if text is None:
+        if missing_ok:
+            return None
+        raise StoreError(f"domain '{name}' has no live XML in {store.running_dir}; restart it (destroy, then "
+                         "start) to change it while it runs")
+    return load_live(text, f"{store.running_dir}/{name}.xml").domain
+
+
 def forget(store, name):
     """Remove the record and the live XML (needs the store's lock)."""
     store.clear_runtime(name)

@@ -27,18 +27,6 @@ def _warn(message):
     print(f"virtnet: warning: {message}", file=sys.stderr)
 
 
-@contextlib.contextmanager
-def _in_netns(name):
-    """Run a block in the domain's network namespace when it is not the one we are in."""
-    from virtnet.host import netns
-
-    if not name or netns.current_name() == name:
-        yield
-        return
-    with netns.inside(name):
-        yield
-
-
 def _teardown(store, name, state):
     """Undo a running domain from its live state; the record and runtime files go whatever happens."""
     from virtnet.host.executor import Executor
@@ -50,7 +38,9 @@ def _teardown(store, name, state):
     else:
         from virtnet.host.netlink import Netlink
 
-        with _in_netns(state.netns), Netlink() as nl:
+        from virtnet.host import netns
+
+        with netns.inside_if_elsewhere(state.netns), Netlink() as nl:
             errors = Executor(nl).teardown(state.teardown)
     livestate.forget(store, name)
     shutil.rmtree(Path(state.runtime_dir), ignore_errors=True)
@@ -161,7 +151,7 @@ def running_state(store, name):
         return livestate.load(store, name)
 
 
-def _reserved_tap_names(store):
+def reserved_tap_names(store):
     """Tap names other domains use or are about to create: not free for a '%d' template even if not
     (or no longer) on the host."""
     names = set()
@@ -247,7 +237,8 @@ def start(store, name, *, paused=False, netns_name=None, unprivileged=False, bri
     from virtnet.host import bridgehelper
     from virtnet.host.executor import Executor
     from virtnet.host.netlink import Netlink
-    from virtnet.host.plan import build_plan, tap_names
+    from virtnet.host.plan import build_plan, tap_names, teardown_order
+    from virtnet.network import ports
     from virtnet.hostcaps import probe
     from virtnet.qemu.argv import ArgvOptions, build_command, prepare_host
     from virtnet.qemu.launch import launch
@@ -264,19 +255,26 @@ def start(store, name, *, paused=False, netns_name=None, unprivileged=False, bri
             paths = DomainPaths(store.runtime_dir, name)
             guest_warnings = _guest_warnings(loaded, paths, store.state_dir, allow_dropped)
             helper = bridgehelper.helper_for(domain, unprivileged=unprivileged, override=bridge_helper)
-            plan = build_plan(domain, names_in_use=nl.link_names() | _reserved_tap_names(store), host_caps=probe(),
-                              paused=paused, bridge_helper=helper, paths=paths)
+            ports.attach(store, domain)  # type='network': the active network's bridge (or an error naming net-start)
+            plan = build_plan(domain, names_in_use=nl.link_names() | reserved_tap_names(store),
+                              host_caps=probe(tc=True), paused=paused, bridge_helper=helper, paths=paths)
             if len(str(paths.qmp).encode()) > UNIX_PATH_MAX:
                 raise HostError(f"the QMP socket path {paths.qmp} is longer than the {UNIX_PATH_MAX} bytes a "
                                 "unix socket address holds; use a shorter --runtime-dir or domain name")
             check_runtime_dir(store.runtime_dir)
-            _make_domain_dir(paths)
             state = livestate.LiveState(pid=None, qmp=str(paths.qmp), runtime_dir=str(paths.dir), netns=netns_name,
                                         taps=tap_names(plan), starter=livestate.process_identity(os.getpid()))
+            # Recorded before the domain's folder exists: a start killed in between leaves a record
+            # whose reaping removes the folder, never a folder nobody knows of.
             livestate.save(store, name, state)
+            try:
+                _make_domain_dir(paths)
+            except BaseException:
+                livestate.forget(store, name)
+                raise
 
-        def journal(teardown):
-            state.teardown = teardown
+        def journal(inverses):
+            state.teardown = teardown_order(inverses)
             with store.lock():
                 livestate.save(store, name, state)
 
@@ -377,14 +375,6 @@ def require_running(store, name, what):
     return state
 
 
-def _live_domain(store, name):
-    """The live XML of a running domain as a Domain, or None when there is none."""
-    from virtnet.conf.load import load_live
-
-    text = livestate.live_xml(store, name)
-    return load_live(text, f"{store.running_dir}/{name}.xml").domain if text is not None else None
-
-
 def monitor(name, state, timeout=10.0):
     """A QMP connection to the QEMU of domain NAME (close it soon: QEMU serves one client at a time)."""
     from virtnet.qemu.qmp import QMPClient
@@ -473,7 +463,7 @@ def shutdown(store, name, *, timeout=DEFAULT_SHUTDOWN_TIMEOUT):
     destroy. The store lock is not held while waiting."""
     with store.lock():
         state = require_running(store, name, "shut down")
-        domain = _live_domain(store, name)
+        domain = livestate.live_domain(store, name, missing_ok=True)
     instead = f"`virtnet destroy {name}` stops it"
     qmp = monitor(name, state)
     try:
@@ -501,7 +491,7 @@ def reboot(store, name, *, timeout=DEFAULT_SHUTDOWN_TIMEOUT):
     libvirt does. Returns 'rebooted' or 'shut down'."""
     with store.lock():
         state = require_running(store, name, "reboot")
-        domain = _live_domain(store, name)
+        domain = livestate.live_domain(store, name, missing_ok=True)
     if domain is not None and domain.on_reboot == "destroy":
         shutdown(store, name, timeout=timeout)
         return "shut down"
@@ -558,7 +548,7 @@ def reset(store, name):
     <on_poweroff>preserve</on_poweroff> is reset and run. Returns 'reset' or 'shut down'."""
     with store.lock():
         state = require_running(store, name, "reset")
-        domain = _live_domain(store, name)
+        domain = livestate.live_domain(store, name, missing_ok=True)
     with monitor(name, state) as qmp:
         if qmp.execute("query-status").get("status") == "shutdown":
             _reset_and_run(name, qmp)
@@ -571,3 +561,50 @@ def reset(store, name):
         _stopped(name, _finish(store, name, state.pid))
         return "shut down"
     return "reset"
+
+
+def suspend(store, name):
+    """Stop the guest's vCPUs (QMP stop), as `virsh suspend` does; its macvtaps go down meanwhile,
+    as libvirt takes them down while the vCPUs are stopped."""
+    with store.lock():
+        state = require_running(store, name, "suspend")
+        domain = livestate.live_domain(store, name, missing_ok=True)
+    with monitor(name, state) as qmp:
+        qmp.execute("stop")
+    _set_macvtaps(state, domain, up=False)
+
+
+def resume(store, name):
+    """Run the guest's vCPUs again (QMP cont), as `virsh resume` does, its macvtaps up first. A guest
+    that is shut down (kept by <on_poweroff>preserve</on_poweroff>) cannot be resumed: `virtnet
+    reset` starts it again."""
+    with store.lock():
+        state = require_running(store, name, "resume")
+        domain = livestate.live_domain(store, name, missing_ok=True)
+    with monitor(name, state) as qmp:
+        status = qmp.execute("query-status").get("status")
+        if status == "shutdown":
+            raise HostError(f"domain '{name}' is powered off inside QEMU; `virtnet reset {name}` boots it again")
+        _set_macvtaps(state, domain, up=True)
+        qmp.execute("cont")
+
+
+def _set_macvtaps(state, domain, *, up):
+    """The macvtaps of a domain's <interface type='direct'> up (their lower devices first, as at
+    start) or down."""
+    macvtaps = [(state.taps[i.ids.alias], i.source.dev) for i in (domain.interfaces if domain is not None else [])
+                if i.type == "direct" and i.ids.alias in state.taps]
+    if not macvtaps:
+        return
+    from virtnet.host import netns
+    from virtnet.host.netlink import Netlink
+
+    with netns.inside_if_elsewhere(state.netns), Netlink() as nl:
+        for ifname, lower in macvtaps:
+            if not up:
+                nl.set_down(ifname)
+                continue
+            lower_link = nl.link(lower)
+            if lower_link is not None and not lower_link.up:
+                nl.set_up(lower)
+            nl.set_up(ifname)

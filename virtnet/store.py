@@ -6,6 +6,7 @@ Layout under the state dir:
     index.sqlite        an SQLite index of the definitions, so that `list` reads one table and
                         define's conflict checks look keys up, instead of parsing every definition
     running/NAME.json   the runtime record of a running domain
+    networks/           virtual networks' definitions, autostart marks and records (NetworkFiles)
     lock                flock'ed by every writer
 
 Definitions and runtime records are replaced atomically (temporary file, fsync, rename, fsync of
@@ -863,3 +864,125 @@ class Store:
             return []
         return sorted(e[:-len(".json")] for e in entries
                       if e.endswith(".json") and not e.startswith(_TMP_PREFIX))
+
+
+class NetworkFiles:
+    """Virtual network definitions and runtime records, beside a Store's domains and under its lock:
+
+        networks/NAME.xml           the canonical XML of each defined network
+        networks/autostart/NAME     present when `net-autostart NAME` is on
+        networks/running/NAME.json  the runtime record of an active network (what net-destroy undoes)
+
+    Networks are few, so there is no index: listing reads the folder. Writes are atomic as the
+    domains' are, and need the store's lock."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.dir = store.state_dir / "networks"
+        self.autostart_dir = self.dir / "autostart"
+        self.running_dir = self.dir / "running"
+
+    def _path(self, folder, name, suffix):
+        check_name(name, "network name")
+        return folder / f"{name}{suffix}"
+
+    def _write(self, path, data: bytes, operation):
+        self.store._require_lock(operation)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _write_atomically(path, data)
+        except OSError as e:
+            raise StoreError(f"cannot write {path}: {e.strerror}") from None
+
+    @staticmethod
+    def _read(path):
+        try:
+            return path.read_text()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as e:
+            raise StoreError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+
+    @staticmethod
+    def _names(folder, suffix):
+        try:
+            entries = os.listdir(folder)
+        except FileNotFoundError:
+            return []
+        return sorted(e[:len(e) - len(suffix)] for e in entries
+                      if e.endswith(suffix) and not e.startswith(_TMP_PREFIX) and _is_name(e[:len(e) - len(suffix)]))
+
+    # definitions
+    def names(self):
+        return self._names(self.dir, ".xml")
+
+    def read(self, name):
+        """The stored XML of network NAME; StoreError when there is none."""
+        text = self._read(self._path(self.dir, name, ".xml"))
+        if text is None:
+            raise StoreError(f"no network named '{name}' is defined (see `virtnet net-list --all`)")
+        return text
+
+    def exists(self, name):
+        return self._path(self.dir, name, ".xml").exists()
+
+    def write(self, name, xml_text):
+        self._write(self._path(self.dir, name, ".xml"), xml_text.encode(), "NetworkFiles.write")
+
+    def remove(self, name):
+        self.store._require_lock("NetworkFiles.remove")
+        if not self.exists(name):
+            self.read(name)  # raises "no network named ..."
+        _unlink(self._path(self.autostart_dir, name, ""))
+        _unlink(self._path(self.dir, name, ".xml"))
+
+    # autostart
+    def autostart(self, name):
+        return self._path(self.autostart_dir, name, "").exists()
+
+    def set_autostart(self, name, on):
+        path = self._path(self.autostart_dir, name, "")
+        if on:
+            self._write(path, b"", "NetworkFiles.set_autostart")
+        else:
+            self.store._require_lock("NetworkFiles.set_autostart")
+            _unlink(path)
+
+    def autostart_names(self):
+        return self._names(self.autostart_dir, "")
+
+    # runtime records
+    def running_names(self):
+        return self._names(self.running_dir, ".json")
+
+    def read_runtime(self, name):
+        """The runtime record of an active network (a dict), or None; StoreError when damaged."""
+        path = self._path(self.running_dir, name, ".json")
+        text = self._read(path)
+        if text is None:
+            return None
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("teardown"), list):
+            raise StoreError(f"the runtime record {path} is damaged; remove it once network '{name}' is known "
+                             "to be inactive (its bridge, dnsmasq and nftables table removed by hand)")
+        return record
+
+    def write_runtime(self, name, record: dict):
+        self._write(self._path(self.running_dir, name, ".json"), json.dumps(record, indent=1).encode(),
+                    "NetworkFiles.write_runtime")
+
+    def clear_runtime(self, name):
+        self.store._require_lock("NetworkFiles.clear_runtime")
+        _unlink(self._path(self.running_dir, name, ".json"))
+
+    def remove_temporaries(self):
+        """Remove what a writer killed mid-write left (needs the lock: then no write is under way)."""
+        self.store._require_lock("NetworkFiles.remove_temporaries")
+        for folder in (self.dir, self.autostart_dir, self.running_dir):
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.listdir(folder):
+                    if entry.startswith(_TMP_PREFIX):
+                        _unlink(folder / entry)

@@ -14,7 +14,7 @@ from virtnet.conf import disk as diskconf
 from virtnet.conf import ifname, iftypes, mac, pci
 from virtnet.conf.address import pci_number
 from virtnet.conf.domain import VIRTIO_MODELS
-from virtnet.conf.text import CONTROL_RE, visible
+from virtnet.conf.text import control_re, surely_plain, visible
 from virtnet.errors import XMLInputError
 
 RULES = []
@@ -42,10 +42,22 @@ INTEGER_RE = re.compile(r"[+-]?[0-9]+")
 MAX_TAP_QUEUES = 256
 MAX_IMPLIED_CONTROLLER = 31  # a disk name implying a higher SATA/SCSI controller index is a typo
 MAX_VIRTIO_QUEUES = 511
+MAX_BURST_KIB = (2**32 - 1) // 1024  # <bandwidth> burst: tc keeps it in a 32-bit count of bytes
 
 
 def _element_name(node):
     return etree.QName(node).localname
+
+
+# A screen for the two per-element text rules below, one XPath pass (C) each: every attribute
+# value, and every text node. When all of them are printable (conf.text.surely_plain), or no value
+# is padded, the rule has nothing to find; otherwise it walks the tree as written, for its message.
+_ATTRIBUTE_VALUES = etree.XPath("descendant-or-self::*/@*", smart_strings=False)
+_TEXTS = etree.XPath("descendant-or-self::text()", smart_strings=False)
+# Compiled once: find/findall with '*' go through ElementPath (Python) at every call. Same elements,
+# in the same (document) order.
+_DEVICE_ALIASES = etree.XPath("devices/*/alias")
+_DEVICE_BOOTS = etree.XPath("devices/*/boot")
 
 
 @functools.cache
@@ -67,14 +79,17 @@ def _string_text_tags():
 @rule
 def no_control_characters(domain):
     """No attribute value or element text holds a control character (free prose excepted)."""
-    for node in domain.node.iter(tag=etree.Element):
+    root = domain.node
+    if surely_plain("".join(_ATTRIBUTE_VALUES(root))) and surely_plain("".join(_TEXTS(root))):
+        return
+    for node in root.iter(tag=etree.Element):
         if _element_name(node) == "metadata":
             continue
         if any(_element_name(a) == "metadata" for a in node.iterancestors()):
             continue
         tag = _element_name(node)
         for attr, value in node.attrib.items():
-            bad = CONTROL_RE.search(value)
+            bad = control_re().search(value)
             if bad:
                 yield node.sourceline, (
                     f"<{tag} {etree.QName(attr).localname}='{visible(value)}'> contains the control character "
@@ -86,7 +101,7 @@ def no_control_characters(domain):
         if not text or (laid_out and tag not in _string_text_tags()):
             continue  # blank (an empty element laid out on lines), or a number (read stripped)
         allowed = FREE_TEXT_ALLOWED if tag in FREE_TEXT else ""
-        bad = next((m for m in CONTROL_RE.finditer(text) if m.group() not in allowed), None)
+        bad = next((m for m in control_re().finditer(text) if m.group() not in allowed), None)
         if bad:
             yield node.sourceline, (
                 f"<{tag}>{visible(text)}</{tag}> contains the control character U+{ord(bad.group()):04X}; "
@@ -98,6 +113,9 @@ def no_control_characters(domain):
 def no_padded_attributes(domain):
     """An attribute value does not begin or end with blanks: the schema reads enumerations as tokens
     (' virtio ' passes as 'virtio'), while virtnet, QEMU and libvirt use the value as written."""
+    values = _ATTRIBUTE_VALUES(domain.node)
+    if [value.strip() for value in values] == values:
+        return
     for node in domain.node.iter(tag=etree.Element):
         if _element_name(node) == "metadata" or any(_element_name(a) == "metadata" for a in node.iterancestors()):
             continue
@@ -202,6 +220,17 @@ def target_dev_is_an_interface_name(domain):
 
 
 @rule
+def direct_source_dev_is_an_interface_name(domain):
+    for iface in domain.interfaces:
+        dev = iface.source.dev if iface.type == "direct" and iface.source is not None else None
+        if dev is None:
+            continue
+        problem = ifname.problem(dev) or ("is a template; name the existing device" if "%" in dev else None)
+        if problem:
+            yield iface.line_of("source"), f"{_where(iface)}: <source dev='{dev}'> {problem}"
+
+
+@rule
 def scripts_only_on_ethernet(domain):
     for iface in domain.interfaces:
         for tag in ("script", "downscript"):
@@ -225,6 +254,62 @@ def mtu_type_and_range(domain):
             )
         elif not 68 <= iface.mtu <= 65535:
             yield iface.line_of("mtu"), f"{_where(iface)}: <mtu size='{iface.mtu}'> is out of range 68..65535"
+
+
+@rule
+def bandwidth_rates(domain):
+    """libvirt's rules for <bandwidth>: an average for every rate (floor only inbound, and only on a
+    libvirt network, which virtnet does not run)."""
+    for iface in domain.interfaces:
+        for direction in ("inbound", "outbound"):
+            rates = getattr(iface, direction)
+            if rates is None:
+                continue
+            where = iface.line_of(f"bandwidth/{direction}"), f"{_where(iface)}: <bandwidth><{direction}>"
+            if rates.floor is not None and direction == "outbound":
+                yield where[0], f"{where[1]}: floor is only accepted in <inbound> (as in libvirt)"
+            elif rates.floor is not None and iface.type != "network":
+                yield where[0], (f"{where[1]}: floor is only supported on interfaces of type 'network' (as in "
+                                 "libvirt: a network guarantees it); use average and peak")
+            elif not rates.average and rates.floor is None:
+                yield where[0], f"{where[1]} needs a non-zero average (kilobytes per second)"
+            elif (rates.burst or 0) > MAX_BURST_KIB:
+                yield where[0], f"{where[1]}: burst='{rates.burst}' is more than tc holds ({MAX_BURST_KIB} KiB)"
+
+
+@rule
+def filterref_is_clean_traffic(domain):
+    """virtnet renders libvirt's clean-traffic filter itself (host.nwfilter); there is no nwfilter
+    daemon for the others."""
+    for iface in domain.interfaces:
+        name = iface.filter_name
+        if name is None:
+            continue
+        # Imported only for a <filterref>: host.nwfilter brings subprocess, shutil and hashlib, a
+        # noticeable share of a one-file conversion's start-up.
+        from virtnet.host.nwfilter import FILTERS, PARAMETERS
+
+        if name not in FILTERS:
+            yield iface.line_of("filterref"), (
+                f"{_where(iface)}: <filterref filter='{visible(name)}'> is not supported: virtnet has no nwfilter "
+                f"daemon and applies only {', '.join(repr(f) for f in FILTERS)} (its own nftables rules)")
+            continue
+        for parameter in iface.filter_parameters:
+            if parameter.name not in PARAMETERS:
+                yield parameter.node.sourceline, (
+                    f"{_where(iface)}: <filterref filter='{name}'> parameter '{visible(parameter.name or '')}' is not "
+                    f"supported; accepted: {', '.join(PARAMETERS)}")
+            elif _ipv4(parameter.value) is None:
+                yield parameter.node.sourceline, (
+                    f"{_where(iface)}: <filterref> parameter IP='{visible(parameter.value or '')}' is not an "
+                    "IPv4 address")
+
+
+def _ipv4(value):
+    try:
+        return ipaddress.IPv4Address(value or "")
+    except ValueError:
+        return None
 
 
 @rule
@@ -461,7 +546,7 @@ def _aliased(domain):
 def alias_is_user_alias(domain):
     """A device alias given in a definition is a user alias (libvirt's inactive XML keeps no other:
     virtnet would drop it from the canonical XML and the device's ids would change)."""
-    for node in domain.node.iterfind("devices/*/alias"):
+    for node in _DEVICE_ALIASES(domain.node):
         alias = node.get("name")
         if alias is not None and not USER_ALIAS_RE.fullmatch(alias):
             yield node.sourceline, (
@@ -555,7 +640,7 @@ def unique_pci_addresses(domain):
 @rule
 def boot_orders(domain):
     """Per-device <boot order> (NICs, disks, any device) or <os><boot dev>, not both; each order once."""
-    boots = domain.node.findall("devices/*/boot")
+    boots = _DEVICE_BOOTS(domain.node)
     if boots and domain.os_boot_devs:
         yield boots[0].sourceline, (
             "per-device <boot order=...> cannot be combined with <os><boot dev=...>; use one or the other"

@@ -28,10 +28,15 @@ def _ensure_uuid(domain):
 
 
 def _fill_macs(domain):
-    used = {mac.normal(i.mac) for i in domain.interfaces if i.mac and not mac.is_zero(i.mac)}
-    for index, iface in enumerate(domain.interfaces):
-        if iface.mac and not mac.is_zero(iface.mac):
-            iface.mac = mac.normal(iface.mac)
+    interfaces = domain.interfaces
+    # Each MAC read and normalised once (the model is not frozen here: a read walks the tree).
+    written = [iface.mac for iface in interfaces]
+    given = [mac.normal(value) if value and not mac.is_zero(value) else None for value in written]
+    used = {value for value in given if value}
+    for index, (iface, value) in enumerate(zip(interfaces, given)):
+        if value:
+            if value != written[index]:
+                iface.mac = value
             continue
         attempt = 0
         new = mac.generated(domain.uuid, index)

@@ -60,6 +60,20 @@ class Offloads(XMLObject):
     mrg_rxbuf = Prop("@mrg_rxbuf")
 
 
+class Rates(XMLObject):
+    """<bandwidth><inbound/> or <outbound/>: libvirt's units, kilobytes/s and KiB (burst)."""
+
+    average = Prop("@average", int)
+    peak = Prop("@peak", int)
+    floor = Prop("@floor", int)
+    burst = Prop("@burst", int)
+
+
+class FilterParameter(XMLObject):
+    name = Prop("@name")
+    value = Prop("@value")
+
+
 class Source(XMLObject):
     """<source>; which attributes matter depends on the interface type."""
 
@@ -127,6 +141,11 @@ class Interface(XMLObject):
     rom_enabled = Prop("rom/@enabled")
     alias = Prop("alias/@name")
     sndbuf = Prop("tune/sndbuf", int)
+    inbound = Child("bandwidth/inbound", Rates)  # to the guest
+    outbound = Child("bandwidth/outbound", Rates)  # from the guest
+    filter_name = Prop("filterref/@filter")
+    filter_parameters = Children("filterref/parameter", FilterParameter)
+    coalesce_rx_frames = Prop("coalesce/rx/frames/@max", int)
     address = Child("address", Address)
     guest_ips = Children("ip", IPAddress)
     guest_routes = Children("route", Route)

@@ -69,7 +69,7 @@ class Os(XMLObject):
     @property
     def boot_devs(self):
         """<boot dev='...'/> in document order: libvirt's boot order."""
-        return [b.get("dev") for b in self.node.findall("boot")]
+        return [b.get("dev") for b in self.node.iterchildren("boot")]  # as findall, without ElementPath
 
 
 # ---------------------------------------------------------------- <cpu>
@@ -310,8 +310,11 @@ def add_default_memballoon(domain):
 def add_virtio_serial_controllers(domain):
     """The <controller type='virtio-serial'> each virtio channel or console needs (index 0 unless
     its <address> names another), added as libvirt adds it."""
+    chardevs = domain.channels + domain.consoles
+    if not chardevs:
+        return  # nothing needs one (and the controllers need no look-up)
     needed = set()
-    for chardev in domain.channels + domain.consoles:
+    for chardev in chardevs:
         if wants_virtio_serial(chardev):
             addr = chardev.address
             on_other = addr is not None and addr.type == VIRTIO_SERIAL and addr.controller
@@ -329,13 +332,16 @@ def assign_virtio_serial_ports(domain):
     bounds them; QEMU's default is 31)."""
     from virtnet.errors import XMLInputError
 
+    channels = domain.channels  # read once: the model is not frozen here
+    if not channels:
+        return
     limits = {c.index or 0: c.ports or DEFAULT_VIRTIO_SERIAL_PORTS for c in domain.virtio_serial_controllers}
     used = {index: set() for index in limits}
-    for chardev in domain.channels:
+    for chardev in channels:
         addr = chardev.address
         if addr is not None and addr.type == VIRTIO_SERIAL and addr.port is not None:
             used.setdefault(addr.controller or 0, set()).add(addr.port)
-    for chardev in domain.channels:
+    for chardev in channels:
         addr = chardev.address
         if not wants_virtio_serial(chardev) or (addr is not None and addr.port is not None):
             continue

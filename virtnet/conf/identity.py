@@ -14,10 +14,10 @@ generated aliases out, as libvirt does (conf.format).
 """
 
 import re
-from dataclasses import dataclass
 
 from virtnet.conf import mac
 from virtnet.conf.ifname import GENERATED_PREFIX
+from virtnet.record import Record
 
 NET_ALIAS = re.compile(r"net(\d+)")
 USER_ALIAS_PREFIX = "ua-"
@@ -26,11 +26,13 @@ DISK_ALIAS_PREFIX = {"ide": "ide", "sata": "sata", "scsi": "scsi", "virtio": "vi
                      "sd": "sd", "xen": "xen", "uml": "uml"}
 
 
-@dataclass(frozen=True)
-class NicIds:
-    alias: str  # 'net0', or the user's 'ua-…'
-    host_mac: str  # the MAC of the host side of a tap (see mac.host_side)
-    tap: str | None  # tap-backed types: the name or '%d' template of the tap (managed='no': as given)
+class NicIds(Record):
+    __slots__ = ("alias", "host_mac", "tap")
+
+    def __init__(self, alias, host_mac, tap):
+        self.alias = alias  # 'net0', or the user's 'ua-…'
+        self.host_mac = host_mac  # the MAC of the host side of a tap (see mac.host_side)
+        self.tap = tap  # tap-backed types: the name or '%d' template of the tap (managed='no': as given)
 
     @property
     def netdev(self):
@@ -45,10 +47,12 @@ class NicIds:
         return "char" + self.alias
 
 
-@dataclass(frozen=True)
-class DiskIds:
-    alias: str  # 'virtio-disk0', 'sata0-0-0', ... or the user's 'ua-…'
-    node: int  # N of libvirt's node names: libvirt-N-storage, libvirt-N-format
+class DiskIds(Record):
+    __slots__ = ("alias", "node")
+
+    def __init__(self, alias, node):
+        self.alias = alias  # 'virtio-disk0', 'sata0-0-0', ... or the user's 'ua-…'
+        self.node = node  # N of libvirt's node names: libvirt-N-storage, libvirt-N-format
 
     @property
     def device(self):
@@ -114,17 +118,21 @@ def _next_net_alias(taken):
 def _tap_name(iface):
     if not iface.kind.tap:
         return None
-    return iface.target_dev or GENERATED_PREFIX + "%d"
+    if iface.target_dev:
+        return iface.target_dev
+    return ("macvtap" if iface.type == "direct" else GENERATED_PREFIX) + "%d"  # libvirt's two counters
 
 
 def prepare(domain):
     """Stamp every interface with its NicIds (alias written into the XML when it has none)."""
-    taken = {i.alias for i in domain.interfaces if i.alias}
-    for iface in domain.interfaces:
-        if iface.alias is None:
-            iface.alias = _next_net_alias(taken)
-            taken.add(iface.alias)
-        iface.ids = NicIds(alias=iface.alias, host_mac=mac.host_side(iface.mac), tap=_tap_name(iface))
+    interfaces = domain.interfaces
+    aliases = [iface.alias for iface in interfaces]  # read once each: the model is not frozen here
+    taken = {alias for alias in aliases if alias}
+    for iface, alias in zip(interfaces, aliases):
+        if alias is None:
+            alias = iface.alias = _next_net_alias(taken)
+            taken.add(alias)
+        iface.ids = NicIds(alias=alias, host_mac=mac.host_side(iface.mac), tap=_tap_name(iface))
     _prepare_storage(domain)
     return domain
 

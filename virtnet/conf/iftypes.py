@@ -1,31 +1,34 @@
 """What each <interface type> supports: one table, from which every type list in virtnet derives.
 
-The schema accepts exactly these types (schemas/interface.rng); a rule, the argv builder or the plan
+The schema accepts exactly these types (virtnet/schemas/interface.rng); a rule, the argv builder or the plan
 asks this table instead of keeping a list of its own.
 """
 
-from dataclasses import dataclass
+from virtnet.record import Record
 
 
-@dataclass(frozen=True)
-class InterfaceType:
-    name: str
-    tap: bool = False  # the host side is a tap (or macvtap) whose fd QEMU gets
-    socket: bool = False  # QEMU's -netdev socket backend (listen/connect/mcast/udp)
-    driven: bool = True  # xml2argv and start can run it (network and direct: parsed and formatted only)
-    queues: bool = False  # <driver queues='N'> with N > 1
-    mtu: bool = False  # <mtu> (user: only with the passt backend, see mtu_allowed)
-    script: bool = False  # <script>, <downscript> and <target managed='no'>
-    tap_path: bool = False  # <backend tap='/dev/...'>: a custom tun device
-    passt: bool = False  # <backend type='passt'/>
-    guest_ips: bool = False  # guest-side <ip>/<route> (user-mode networking hands them out)
+class InterfaceType(Record):
+    __slots__ = ("name", "tap", "socket", "driven", "queues", "mtu", "script", "tap_path", "passt", "guest_ips")
+
+    def __init__(self, name, *, tap=False, socket=False, driven=True, queues=False, mtu=False, script=False,
+                 tap_path=False, passt=False, guest_ips=False):
+        self.name = name
+        self.tap = tap  # the host side is a tap (or macvtap) whose fd QEMU gets
+        self.socket = socket  # QEMU's -netdev socket backend (listen/connect/mcast/udp)
+        self.driven = driven  # xml2argv and start can run it (network: a tap on the network's bridge)
+        self.queues = queues  # <driver queues='N'> with N > 1
+        self.mtu = mtu  # <mtu> (user: only with the passt backend, see mtu_allowed)
+        self.script = script  # <script>, <downscript> and <target managed='no'>
+        self.tap_path = tap_path  # <backend tap='/dev/...'>: a custom tun device
+        self.passt = passt  # <backend type='passt'/>
+        self.guest_ips = guest_ips  # guest-side <ip>/<route> (user-mode networking hands them out)
 
 
 TYPES = {t.name: t for t in (
     InterfaceType("ethernet", tap=True, queues=True, mtu=True, script=True, tap_path=True),
     InterfaceType("bridge", tap=True, queues=True, mtu=True, tap_path=True),
-    InterfaceType("network", tap=True, driven=False, queues=True, mtu=True, tap_path=True),
-    InterfaceType("direct", tap=True, driven=False, queues=True),
+    InterfaceType("network", tap=True, queues=True, mtu=True, tap_path=True),
+    InterfaceType("direct", tap=True, queues=True),
     InterfaceType("user", passt=True, guest_ips=True),
     InterfaceType("server", socket=True),
     InterfaceType("client", socket=True),

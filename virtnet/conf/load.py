@@ -3,7 +3,7 @@ identities, then the model is frozen (read-once, see conf.xmlmodel) for the verb
 
 from virtnet.conf import checks, defaults, identity, schema, xmlparse
 from virtnet.conf.domain import Domain
-from virtnet.conf.xmlmodel import freeze, frozen
+from virtnet.conf.xmlmodel import freeze
 from virtnet.errors import XMLInputError
 
 
@@ -18,9 +18,10 @@ class Loaded:
 
 def load_tree(tree, filename):
     schema.validate(tree, filename)
+    # The rules only read: they get model objects of their own, frozen (each value read from the
+    # tree once) and then dropped, which costs less than thawing them for the steps that edit.
+    checks.check_domain(freeze(Domain(tree.getroot())), filename)
     domain = Domain(tree.getroot())
-    with frozen(domain):  # the rules only read: each value is read from the tree once
-        checks.check_domain(domain, filename)
     try:
         warnings = defaults.apply_defaults(domain)
     except XMLInputError as e:

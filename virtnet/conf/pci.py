@@ -21,13 +21,12 @@ A device on a bus whose controller the XML does not have gets that controller (a
 q35, a pci-bridge on pc), as libvirt adds it.
 """
 
-from dataclasses import dataclass, field
-
 from lxml import etree
 
 from virtnet.conf.address import pci_number
 from virtnet.conf.disk import add_controller, ensure_root, root_model
 from virtnet.errors import XMLInputError
+from virtnet.record import Record
 
 FIRST_FREE_SLOT = 2  # slot 0 is the host bridge, slot 1 the PIIX3/ICH chipset functions
 LAST_SLOT = 31
@@ -148,18 +147,19 @@ def pci_devices(domain):
     devices = domain.node.find("devices")
     if devices is None:
         return []
-    found = [(node, _nic_connect(node)) for node in devices.findall("interface")]
-    for node in devices.findall("controller"):
+    # iterchildren (C) rather than findall (ElementPath): the same children, in the same order.
+    found = [(node, _nic_connect(node)) for node in devices.iterchildren("interface")]
+    for node in devices.iterchildren("controller"):
         if node.get("type") != "pci":
             connect = controller_connect(domain, node)
             if connect:
                 found.append((node, connect))
-    for node in devices.findall("disk"):
+    for node in devices.iterchildren("disk"):
         target = node.find("target")
         if target is not None and target.get("bus") == "virtio":
             found.append((node, _virtio_connect(node.get("model"))))
     for tag in ("memballoon", "rng"):
-        for node in devices.findall(tag):
+        for node in devices.iterchildren(tag):
             if node.get("model") in VIRTIO_MODELS:
                 found.append((node, _virtio_connect(node.get("model"))))
     if not domain.is_q35:
@@ -178,12 +178,15 @@ def _int(text, default=None):
 # ---------------------------------------------------------------- the buses and their slots
 
 
-@dataclass
-class Bus:
-    index: int
-    model: str
-    used: dict = field(default_factory=dict)  # slot -> set of functions in use
-    aggregate: set = field(default_factory=set)  # slots holding root ports side by side (functions 0-7)
+class Bus(Record):
+    __slots__ = ("index", "model", "used", "aggregate")
+
+    def __init__(self, index, model, used=None, aggregate=None):
+        self.index = index
+        self.model = model
+        self.used = {} if used is None else used  # slot -> set of functions in use
+        # slots holding root ports side by side (functions 0-7)
+        self.aggregate = set() if aggregate is None else aggregate
 
     @property
     def slots(self):
@@ -422,7 +425,7 @@ def _multifunction(domain):
     """multifunction='on' on function 0 of a slot whose other functions are in use (libvirt does)."""
     functions = {}
     for _, addr in domain.pci_addresses:
-        key = tuple(pci_number(addr.get(a, "0")) for a in ("domain", "bus", "slot"))
+        key = (pci_number(addr.get("domain", "0")), pci_number(addr.get("bus", "0")), pci_number(addr.get("slot", "0")))
         functions.setdefault(key, []).append(addr)
     for addrs in functions.values():
         if len(addrs) > 1:
@@ -460,3 +463,50 @@ def assign_addresses(domain):
         _write_address(node, bus.index, slot)
     _controller_defaults(domain)
     _multifunction(domain)
+
+
+# ---------------------------------------------------------------- hot-plug
+
+
+def hotplug_address(domain, node):
+    """Give NODE (a device being hot-plugged into the running DOMAIN, already in its tree) a free
+    PCI address on a bus that takes hot-plugged devices, as libvirt does: on q35 an empty
+    pcie-root-port (or a slot of a pcie-to-pci-bridge for conventional PCI), on pc a free slot of
+    pci.0 or of a pci-bridge. Nothing is added: a running machine cannot grow controllers. An
+    address written in NODE is kept (the caller has checked it is free)."""
+    if node.find("address") is not None:
+        return
+    connect = "pci" if not domain.is_q35 else _nic_connect(node)
+    layout = Layout(domain)
+    for bus in layout.buses.values():
+        if bus.model == "pcie-root-port" and _root_port_hotplug_off(domain, bus.index):
+            bus.used[0] = set(range(FUNCTIONS))  # <target hotplug='off'>: QEMU refuses it there
+    spot = layout.find(connect)
+    if spot is None:
+        if domain.is_q35:
+            want = ("empty <controller type='pci' model='pcie-root-port'/>" if connect == "pcie" else
+                    "<controller type='pci' model='pcie-to-pci-bridge'/> with a free slot")
+        else:
+            want = "free slot on pci.0 or on a <controller type='pci' model='pci-bridge'/>"
+        raise XMLInputError(f"no free PCI slot to hot-plug <{node.tag}> into: the running machine has no "
+                            f"{want}, and controllers cannot be added while it runs; add one to the definition "
+                            "(libvirt adds one spare root port) and restart the domain", line=node.sourceline)
+    bus, slot = spot
+    _write_address(node, bus.index, slot)
+
+
+def address_in_use(domain, node):
+    """Whether the <address type='pci'> written in NODE is taken by another device of DOMAIN."""
+    mine = node.find("address")
+    if mine is None or mine.get("type") != "pci":
+        return False
+    wanted = _parse_address(mine)
+    return any(other is not node and where == wanted for other, where in _explicit(domain))
+
+
+def _root_port_hotplug_off(domain, index):
+    for controller in domain.controllers:
+        if controller.type == "pci" and controller.index == index:
+            target = controller.node.find("target")
+            return target is not None and target.get("hotplug") == "off"
+    return False

@@ -16,7 +16,6 @@ reported instead.
 
 import functools
 import os
-import sys
 from pathlib import Path
 
 from lxml import etree
@@ -33,11 +32,11 @@ START_FILE = "domain.rng"
 def schema_dir() -> Path:
     """The folder holding domain.rng and the files it includes.
 
-    $VIRTNET_SCHEMA_DIR wins; then the checkout's schemas/ next to the package;
-    then the installed copy under sys.prefix/share/virtnet/schemas. Found once per
-    process for each value of those three (a batch validates many files).
+    $VIRTNET_SCHEMA_DIR wins; otherwise the package's own data, virtnet/schemas,
+    wherever the package is (a checkout, a venv, pip --user, /usr/local). Found
+    once per process for each value of those two (a batch validates many files).
     """
-    key = (os.environ.get(SCHEMA_DIR_VARIABLE), __file__, sys.prefix)
+    key = (os.environ.get(SCHEMA_DIR_VARIABLE), __file__)
     folder = _found.get(key)
     if folder is None:
         folder = _found[key] = _find_schema_dir(*key)
@@ -47,7 +46,7 @@ def schema_dir() -> Path:
 _found = {}
 
 
-def _find_schema_dir(configured, module_file, prefix) -> Path:
+def _find_schema_dir(configured, module_file) -> Path:
     if configured:
         folder = Path(configured)
         if not (folder / START_FILE).is_file():
@@ -55,55 +54,54 @@ def _find_schema_dir(configured, module_file, prefix) -> Path:
                 f"${SCHEMA_DIR_VARIABLE} is set to '{configured}', but there is no {START_FILE} in it"
             )
         return folder
-    candidates = [
-        Path(module_file).resolve().parents[2] / "schemas",
-        Path(prefix) / "share" / "virtnet" / "schemas",
-    ]
-    for folder in candidates:
-        if (folder / START_FILE).is_file():
-            return folder
-    looked = ", ".join(str(folder) for folder in candidates)
+    # What importlib.resources.files("virtnet") / "schemas" names for a package on disk (lxml needs
+    # real files, for the includes), without that module's import (~15 ms of every start).
+    folder = Path(module_file).parents[1] / "schemas"
+    if (folder / START_FILE).is_file():
+        return folder
     raise VirtnetError(
-        f"cannot find virtnet's schema files (looked in {looked}); "
-        f"set ${SCHEMA_DIR_VARIABLE} to the folder holding {START_FILE}"
+        f"cannot find virtnet's schema files (no {START_FILE} in {folder}: the package is incomplete); "
+        f"reinstall virtnet, or set ${SCHEMA_DIR_VARIABLE} to the folder holding {START_FILE}"
     )
 
 
-def schema() -> etree.RelaxNG:
-    """The compiled grammar; compiled once per process for each schema folder."""
-    return _compile(schema_dir())
+def schema(start_file=START_FILE) -> etree.RelaxNG:
+    """The compiled grammar (the domain's, or START_FILE's: network.rng); compiled once per process
+    for each schema folder."""
+    return _compile(schema_dir(), start_file)
 
 
 @functools.lru_cache(maxsize=None)
-def _compile(folder: Path) -> etree.RelaxNG:
-    start = folder / START_FILE
+def _compile(folder: Path, start_file=START_FILE) -> etree.RelaxNG:
+    start = folder / start_file
     try:
         return etree.RelaxNG(etree.parse(str(start)))
     except (etree.XMLSyntaxError, etree.RelaxNGParseError, OSError) as error:
         raise VirtnetError(f"the schema {start} cannot be loaded: {error}") from None
 
 
-def validate(tree, filename: str) -> None:
-    """Check a parsed domain document; raise XMLInputError naming the first problem."""
-    relaxng = schema()
+def validate(tree, filename: str, start_file=START_FILE) -> None:
+    """Check a parsed document (a domain, or what START_FILE starts); raise XMLInputError naming the
+    first problem."""
+    relaxng = schema(start_file)
     if relaxng.validate(tree):
         return
     error_log = relaxng.error_log
     try:
-        problem = diagnose(tree)
+        problem = diagnose(tree, start_file)
     except Exception:  # the explanation is a courtesy: never let it hide the refusal itself
         problem = None
     problem = problem or _libxml2_problem(error_log)
     raise XMLInputError(problem.message, file=filename, line=problem.line)
 
 
-def diagnose(tree):
+def diagnose(tree, start_file=START_FILE):
     """Walk a document (tree or root element) along the grammar; the first problem (a
     schemadiag.Problem), or None."""
     from virtnet.conf import schemadiag
 
     root = tree.getroot() if hasattr(tree, "getroot") else tree
-    return schemadiag.first_problem(root, schema_dir() / START_FILE)
+    return schemadiag.first_problem(root, schema_dir() / start_file)
 
 
 def _libxml2_problem(error_log):

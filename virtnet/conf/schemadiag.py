@@ -18,12 +18,14 @@ from pathlib import Path
 
 from lxml import etree
 
+from virtnet.suggest import closest
+
 _RNG = "{http://relaxng.org/ns/structure/1.0}"
 _DOC = "{http://relaxng.org/ns/compatibility/annotations/1.0}documentation"
 
 # Children of these elements are too many to list in a message; an unknown
 # name there gets a "did you mean" instead.
-_OPEN_CONTAINERS = ("domain", "devices")
+_OPEN_CONTAINERS = ("domain", "devices", "network")
 
 
 Problem = namedtuple("Problem", "line message")
@@ -32,7 +34,7 @@ Problem.__doc__ = "The first thing wrong with a document: its line (or None) and
 
 def first_problem(root, start):
     """The first problem of a document's root element against the grammar whose start file is
-    START (schemas/domain.rng; the files it includes are found next to it), or None."""
+    START (virtnet/schemas/domain.rng; the files it includes are found next to it), or None."""
     return _Walker(_grammar(Path(start))).first_problem(root)
 
 
@@ -611,6 +613,9 @@ class _Walker:
         allowed = ", ".join(shape.attributes)
         name = _split(qname)[1]
         tail = f"; allowed: {allowed}" if allowed else "; it takes no attributes"
+        close = shape.attributes and not _split(qname)[0] and closest(name, shape.attributes)
+        if close:
+            tail = f" (did you mean '{close}'?){tail}"
         return Problem(element.sourceline, where.say(
             f"unexpected attribute '{name}'{tail}",
             f"unexpected attribute '{name}' on {_PATH}{tail}"))
@@ -686,12 +691,12 @@ class _Walker:
         if homes and element.tag not in homes:  # misplaced rather than unknown
             inside = " or ".join(f"<{home}>" for home in homes[:3])
             detail = f"it belongs inside {inside}"
+        elif close := not child.prefix and allowed and closest(child.tag, allowed):
+            hint = f"(did you mean <{close}>?)"
+            return Problem(child.sourceline, where.say(
+                f"unknown element <{name}> {hint}", f"unknown element <{name}> in {_PATH} {hint}"))
         elif element.tag in _OPEN_CONTAINERS and not where.path:
-            import difflib  # only needed for this message
-
-            close = difflib.get_close_matches(child.tag, allowed, n=1, cutoff=0.75)
-            hint = f" (did you mean <{close[0]}>?)" if close else ""
-            return Problem(child.sourceline, f"{where.label()}: unknown element <{name}>{hint}")
+            return Problem(child.sourceline, f"{where.label()}: unknown element <{name}>")
         elif allowed:
             detail = "allowed here: " + ", ".join(allowed)
         else:

@@ -126,6 +126,7 @@ class Child:
         plain = all(_PLAIN_NAME.fullmatch(step) for step in steps)
         self.tag = path if plain and len(steps) == 1 else None
         self.steps = steps if plain and len(steps) > 1 else None
+        self.first = steps[0] if plain else None  # nothing is found without a first element of this name
 
     def __set_name__(self, owner, name):
         self.name = name
@@ -136,22 +137,21 @@ class Child:
         if self.tag is not None:
             node = next(obj.node.iterchildren(self.tag), None)
         elif self.steps is not None:
-            node = next(_descend(obj.node, self.steps), None)
+            found = _descend(obj.node, self.steps)
+            node = found[0] if found else None
         else:
             node = obj.node.find(self.path)
         return None if node is None else self.cls(node)
 
 
 def _descend(node, steps):
-    """The elements at a path of plain names, in document order (as ElementPath's findall)."""
-    if len(steps) == 2:
-        inner = steps[1]
-        for parent in node.iterchildren(steps[0]):
-            yield from parent.iterchildren(inner)
-    else:
-        rest = steps[1:]
-        for parent in node.iterchildren(steps[0]):
-            yield from _descend(parent, rest)
+    """The elements at a path of plain names, in document order (as ElementPath's findall: step by
+    step over the elements found so far). Lists rather than generators: cheaper for the one or two
+    elements a step usually finds."""
+    found = list(node.iterchildren(steps[0]))
+    for step in steps[1:]:
+        found = [child for parent in found for child in parent.iterchildren(step)]
+    return found
 
 
 class Children(Child):
@@ -385,6 +385,12 @@ def _make_frozen_class(model):
     memo_names = tuple(namespace)
     kept_lists = tuple(name for name, d in namespace.items() if isinstance(d, _MemoChildren) and d.desc.cache)
     snapshot_attrs, snapshot_plan = _snapshot_plan(d.desc for d in namespace.values() if type(d) is _MemoProp)
+    # The snapshot also notes whether the first element of each plain sub-object path exists, so
+    # that an absent sub-object (most of them: <ip>, <route>, <portForward>, <driver><host>, ...)
+    # is answered without looking again.
+    for d in namespace.values():
+        if isinstance(d, (_MemoChild, _MemoChildren)) and d.desc.first is not None:
+            snapshot_plan.setdefault(d.desc.first, (d.desc.first, {}, {}))
     namespace.update(
         __module__=model.__module__, __qualname__=model.__qualname__, __doc__=model.__doc__,
         _model=model,
@@ -448,11 +454,22 @@ class _MemoProp:
         return value
 
 
+def _absent(obj, tag):
+    """Whether OBJ's element has no child TAG (the first step of a sub-object's path), by its
+    snapshot, which notes every such tag."""
+    if tag is None:
+        return False
+    snap = obj.__dict__.get("_snap")
+    if snap is None:
+        snap = _snapshot(obj)
+    return tag not in snap
+
+
 class _MemoChild(_MemoProp):
     def __get__(self, obj, owner=None):
         if obj is None:
             return self.desc
-        value = self.desc.__get__(obj, owner)
+        value = None if _absent(obj, self.desc.first) else self.desc.__get__(obj, owner)
         if value is not None:
             _freeze_into(value, obj.__dict__["_group"])
         obj.__dict__[self.name] = value
@@ -463,8 +480,11 @@ class _MemoChildren(_MemoProp):
     def __get__(self, obj, owner=None):
         if obj is None:
             return self.desc
-        group = obj.__dict__["_group"]
-        value = [_freeze_into(child, group) for child in self.desc.__get__(obj, owner)]
+        if _absent(obj, self.desc.first):
+            value = []
+        else:
+            group = obj.__dict__["_group"]
+            value = [_freeze_into(child, group) for child in self.desc.__get__(obj, owner)]
         obj.__dict__[self.name] = value
         return value
 

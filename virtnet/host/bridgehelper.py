@@ -55,7 +55,7 @@ def helper_for(domain, *, unprivileged=False, override=None):
     The helper is used when asked (--unprivileged) or when virtnet lacks CAP_NET_ADMIN, and only
     when the domain has a bridge interface (so a missing helper never matters otherwise).
     """
-    if not any(iface.type == "bridge" for iface in domain.interfaces):
+    if not any(iface.type in ("bridge", "network") for iface in domain.interfaces):
         return None
     if not unprivileged and has_net_admin():
         return None
@@ -118,12 +118,66 @@ def _failure(helper, bridge, status, text):
         f"was killed by signal {-status}" if status and status < 0 else "passed no tap descriptor")
     detail = "; ".join(line.strip() for line in text.splitlines() if line.strip()) or "no message"
     message = f"bridge helper {helper} {how} for bridge '{bridge}': {detail}"
-    if "/dev/net/tun: Permission denied" in text:
-        message += ("; the helper must be able to open /dev/net/tun: distributions make it mode 0666 "
-                    f"(`chmod 0666 /dev/net/tun`), or install the helper setuid root (`chmod u+s {helper}`)")
-    elif "Operation not permitted" in text or "Permission denied" in text:
-        message += (f"; the helper needs CAP_NET_ADMIN: it is normally installed setuid root "
-                    f"(`chmod u+s {helper}`) or given the capability (`setcap cap_net_admin+ep {helper}`)")
+    if "/dev/net/tun: Permission denied" in text or "Operation not permitted" in text or "Permission denied" in text:
+        message += "; " + _privilege_hint(helper, tun="/dev/net/tun: Permission denied" in text)
     elif "access denied by acl file" in text:
         message += "; the bridge must be allowed in the helper's ACL (e.g. `allow BRIDGE` in /etc/qemu/bridge.conf)"
     return message
+
+
+def _privilege_hint(helper, tun):
+    """What to do when the helper lacked a privilege (TUN: it could not open /dev/net/tun; else it
+    lacked CAP_NET_ADMIN), from how it is installed: a hint to make it setuid root only when it is
+    not, and otherwise what keeps its privileges from taking effect."""
+    granted = _granted(helper)
+    if granted:
+        blockers = _blockers(helper)
+        if blockers:
+            return f"the helper is {granted}, but {' and '.join(blockers)}, so it ran without privileges"
+        if tun and granted == "given cap_net_admin (a file capability)":
+            return ("the helper has cap_net_admin but not the right to open a root-only /dev/net/tun: make "
+                    f"/dev/net/tun mode 0666 as distributions do (`chmod 0666 /dev/net/tun`), or the helper "
+                    f"setuid root (`chmod u+s {helper}`)")
+        return (f"the helper is already {granted}, so something else denied it: a security module (AppArmor, "
+                "SELinux) confining it, or a user namespace without the privilege")
+    if tun:
+        return ("the helper must be able to open /dev/net/tun: distributions make it mode 0666 "
+                f"(`chmod 0666 /dev/net/tun`), or install the helper setuid root (`chmod u+s {helper}`)")
+    return (f"the helper needs CAP_NET_ADMIN and has neither setuid root nor the capability: `chmod u+s "
+            f"{helper}` or `setcap cap_net_admin+ep {helper}`")
+
+
+def _granted(helper):
+    """How HELPER gets its privilege: 'setuid root', 'given cap_net_admin (a file capability)', or None."""
+    try:
+        st = os.stat(helper)
+    except OSError:
+        return None
+    if st.st_uid == 0 and st.st_mode & 0o4000:
+        return "setuid root"
+    try:
+        caps = os.getxattr(helper, "security.capability")
+    except OSError:
+        return None
+    # struct vfs_cap_data: le32 magic_etc, then le32 permitted (capabilities 0-31), le32 inheritable, ...
+    if len(caps) >= 8 and int.from_bytes(caps[4:8], "little") >> CAP_NET_ADMIN & 1:
+        return "given cap_net_admin (a file capability)"
+    return None
+
+
+def _blockers(helper):
+    """Why setuid and file capabilities would not take effect for HELPER run from this process."""
+    blockers = []
+    try:
+        if os.statvfs(helper).f_flag & os.ST_NOSUID:
+            blockers.append(f"{os.path.dirname(helper)} is on a file system mounted nosuid")
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/status") as status:
+            if any(line.split() == ["NoNewPrivs:", "1"] for line in status):
+                blockers.append("virtnet runs with no_new_privs (a systemd unit's NoNewPrivileges=, a container, "
+                                "setpriv --no-new-privs), which ignores setuid and file capabilities")
+    except OSError:
+        pass
+    return blockers

@@ -80,13 +80,16 @@ class Executor:
     record keeps them for destroy, which runs them through `teardown` too.
 
     `start_qemu(outcome)` is called for the StartQemu action and returns the launched process (with
-    .pid and .qmp). `journal(teardown)`, when given, durably records the teardown so far before
-    every step whose effect would outlive this process, so that a start killed at any point can be
-    undone by the next command. NETLINK may be None for a teardown whose network namespace is gone."""
+    .pid and .qmp). `qemu` (a qemu.hotplug.DeviceMonitor) carries out the QMP actions of a hot-plug.
+    `journal(inverses)`, when given, durably records the inverses so far (in setup order) before
+    every step whose effect would outlive this process, so that a start or hot-plug killed at any
+    point can be undone by the next command. NETLINK may be None for a teardown whose network
+    namespace is gone."""
 
-    def __init__(self, netlink, *, start_qemu=None, journal=None, tun_path=tun.TUN_PATH):
+    def __init__(self, netlink, *, start_qemu=None, qemu=None, journal=None, tun_path=tun.TUN_PATH):
         self.nl = netlink
         self.start_qemu = start_qemu
+        self.qemu = qemu
         self.journal = journal
         self.tun_path = tun_path
         self.launched = None
@@ -109,12 +112,12 @@ class Executor:
         handler = getattr(self, "_" + action.kind.replace("-", "_"))
         pending = action.inverse()
         if self.journal is not None and pending is not None and pending.kind in OUTLIVES_THE_PROCESS:
-            self.journal(p.teardown_order(outcome.inverses + [pending]))
+            self.journal(outcome.inverses + [pending])
         inverse = handler(action, outcome)
         if inverse is not None:
             outcome.inverses.append(inverse)
             if self.journal is not None and inverse.kind == "stop-qemu":
-                self.journal(outcome.teardown)  # now with QEMU's pid
+                self.journal(list(outcome.inverses))  # now with QEMU's pid
 
     def teardown(self, actions):
         """Run teardown actions (in the order given: see plan.teardown_order). Every one is tried;
@@ -152,6 +155,12 @@ class Executor:
         return inverse
 
     def _attach_tap(self, a, outcome):
+        from virtnet.host import macvtap
+
+        if macvtap.is_macvtap(a.ifname):  # as libvirt: an administrator's macvtap, opened through its tap device
+            fds = macvtap.open_queues(a.ifname, a.queues, vnet_hdr=a.vnet_hdr)
+            outcome.fds.setdefault(a.device, HostFds()).taps = fds
+            return
         attrs = tun.tap_attributes(a.ifname)
         if attrs is None:
             kind = "does not exist" if not self.nl.exists(a.ifname) else "is not a tap device"
@@ -167,18 +176,49 @@ class Executor:
                 f"target dev '{a.ifname}' (managed='no') was created {'with' if attrs.multi_queue else 'without'} "
                 f"multi_queue but the interface uses {a.queues} queue(s); recreate it {need}: "
                 f"`ip tuntap del dev {a.ifname} mode tap && ip tuntap add dev {a.ifname} mode tap user $USER"
-                + (" multi_queue" if a.queues > 1 else "") + "`"
+                + (" multi_queue" if a.queues > 1 else "") + (" vnet_hdr" if a.vnet_hdr else "") + "`"
             )
         # TUNSETIFF rewrites the device's vnet_hdr flag, so open it with the flag it already has:
         # a managed='no' tap is never changed. Without vnet_hdr QEMU simply does no offloads.
         if a.vnet_hdr and not attrs.vnet_hdr:
             outcome.warnings.append(
                 f"target dev '{a.ifname}' (managed='no') was created without vnet_hdr, so the guest gets no "
-                f"checksum/segmentation offloads; recreate it with `ip tuntap add dev {a.ifname} mode tap "
-                "vnet_hdr ...` for full virtio performance")
+                f"checksum/segmentation offloads; for full virtio performance recreate it: `ip tuntap del dev "
+                f"{a.ifname} mode tap && ip tuntap add dev {a.ifname} mode tap user $USER"
+                + (" multi_queue" if a.queues > 1 else "") + " vnet_hdr`")
         _, fds = tun.open_tap(a.ifname, vnet_hdr=attrs.vnet_hdr, multi_queue=a.queues > 1, queues=a.queues,
                               tun_path=self.tun_path)
         outcome.fds.setdefault(a.device, HostFds()).taps = fds
+
+    def _create_macvtap(self, a, outcome):
+        from virtnet.host import macvtap
+
+        inverse = a.inverse()
+        inverse.ifindex = self.nl.add_macvtap(a.ifname, a.lower, a.mac, a.mode)
+        try:
+            fds = macvtap.open_queues(a.ifname, a.queues, vnet_hdr=a.vnet_hdr)
+        except BaseException:
+            self.nl.delete(a.ifname)  # not recorded yet, so rollback would not
+            raise
+        outcome.fds.setdefault(a.device, HostFds()).taps = fds
+        return inverse
+
+    def _set_lower_mac(self, a, outcome):
+        link = self.nl.link(a.ifname)
+        if link is None:
+            raise HostError(f"<source dev='{a.ifname}'> of {a.device} does not exist in this network namespace")
+        inverse = a.inverse()
+        inverse.mac = link.mac
+        if self.journal is not None:
+            self.journal(outcome.inverses + [inverse])  # with the MAC to restore, before it changes
+        self.nl.set_mac(a.ifname, a.mac)
+        return inverse
+
+    def _start_macvtap(self, a, outcome):
+        lower = self.nl.link(a.lower)
+        if lower is not None and not lower.up:
+            self.nl.set_up(a.lower)
+        self.nl.set_up(a.ifname)
 
     def _check_bridge(self, a, outcome):
         link = self.nl.link(a.bridge)
@@ -224,6 +264,9 @@ class Executor:
     def _set_up(self, a, outcome):
         self.nl.set_up(a.ifname)
 
+    def _isolate_port(self, a, outcome):
+        self.nl.set_port_isolated(a.ifname)
+
     def _run_script(self, a, outcome):
         if a.path:
             run_script(a.path, a.ifname)
@@ -236,6 +279,32 @@ class Executor:
     def _add_route(self, a, outcome):
         self.nl.add_route(a.ifname, a.address, a.prefix, a.gateway, a.metric)
         return a.inverse()
+
+    def _apply_filter(self, a, outcome):
+        from virtnet.host import nwfilter
+
+        nwfilter.apply(a)
+        return a.inverse()
+
+    def _set_coalesce(self, a, outcome):
+        from virtnet.host import coalesce
+
+        try:
+            warning = coalesce.set_rx_frames(a.ifname, a.frames)
+        except OSError as e:
+            raise HostError(f"cannot set rx-frames coalescing of '{a.ifname}': {e.strerror}") from None
+        if warning:
+            outcome.warnings.append(f"{a.device}: {warning}")
+
+    def _shape_inbound(self, a, outcome):
+        from virtnet.host import shaping
+
+        return a.inverse() if shaping.shape_inbound(a) else None
+
+    def _shape_outbound(self, a, outcome):
+        from virtnet.host import shaping
+
+        return a.inverse() if shaping.shape_outbound(a) else None
 
     def _open_vhost(self, a, outcome):
         fds = []
@@ -262,7 +331,20 @@ class Executor:
         return inverse
 
     def _set_link_down(self, a, outcome):
-        outcome.launched.qmp.execute("set_link", {"name": a.netdev, "up": False})
+        qmp = outcome.launched.qmp if outcome.launched is not None else self.qemu.qmp
+        qmp.execute("set_link", {"name": a.netdev, "up": False})
+
+    def _add_chardev(self, a, outcome):
+        self.qemu.add_chardev(a, outcome)
+        return a.inverse()
+
+    def _add_netdev(self, a, outcome):
+        self.qemu.add_netdev(a, outcome)
+        return a.inverse()
+
+    def _add_device(self, a, outcome):
+        self.qemu.add_device(a, outcome)
+        return a.inverse()
 
     def _resume(self, a, outcome):
         outcome.launched.qmp.execute("cont")
@@ -280,12 +362,44 @@ class Executor:
 
         passt.stop({"pid": a.pid, "socket": a.socket, "pidfile": a.pidfile, "dir": a.dir})
 
+    def _delete_device(self, a):
+        self.qemu.remove_device(a)
+
+    def _delete_netdev(self, a):
+        self.qemu.remove_netdev(a)
+
+    def _remove_chardev(self, a):
+        self.qemu.remove_chardev(a)
+
     def _run_downscript(self, a):
         run_script(a.path, a.ifname, "downscript")
+
+    def _delete_macvtap(self, a):
+        if _same_device(a.ifname, a.ifindex):
+            self.nl.delete(a.ifname)
+
+    def _restore_mac(self, a):
+        if a.mac and self.nl.exists(a.ifname):
+            self.nl.set_mac(a.ifname, a.mac)
 
     def _delete_address(self, a):
         if self.nl.exists(a.ifname):
             self.nl.delete_address(a.ifname, a.address, a.prefix)
+
+    def _remove_filter(self, a):
+        from virtnet.host import nwfilter
+
+        nwfilter.remove(a.family, a.table)
+
+    def _unshape_inbound(self, a):
+        from virtnet.host import shaping
+
+        shaping.unshape_inbound(a.ifname)
+
+    def _unshape_outbound(self, a):
+        from virtnet.host import shaping
+
+        shaping.unshape_outbound(a.ifname, a.ifb)
 
     def _delete_route(self, a):
         if self.nl.exists(a.ifname):
@@ -294,9 +408,13 @@ class Executor:
 
 # What a setup step leaves behind that survives a killed `virtnet start` (created taps do not: they
 # are not persistent and vanish with the last fd, ours or QEMU's, which QEMU's teardown covers).
-OUTLIVES_THE_PROCESS = ("stop-qemu", "stop-passt", "delete-address", "delete-route", "run-downscript")
+OUTLIVES_THE_PROCESS = ("stop-qemu", "stop-passt", "delete-address", "delete-route", "run-downscript",
+                        "delete-macvtap",  # a macvtap is persistent; restore-mac journals itself
+                        "unshape-inbound", "unshape-outbound",  # qdiscs of managed='no' taps; ifb devices
+                        "remove-filter")
 # Teardown kinds that act inside the domain's network namespace (skipped when it is gone).
-NEEDS_NETNS = ("delete-tap", "delete-address", "delete-route", "run-downscript")
+NEEDS_NETNS = ("delete-tap", "delete-address", "delete-route", "run-downscript", "delete-macvtap", "restore-mac",
+               "unshape-inbound", "unshape-outbound", "remove-filter")
 
 
 def check_disk_path(device, path, *, readonly, disk_type):

@@ -1,4 +1,5 @@
-"""Network devices through rtnetlink: the one module of virtnet that imports pyroute2.
+"""Network devices through rtnetlink: links, addresses and routes with pyroute2 (traffic control
+is host.shaping's, the only other user of pyroute2).
 
 A Netlink object holds one pyroute2 IPRoute socket for all its work. The socket belongs to the
 network namespace its thread was in when it was opened, so open it after virtnet.host.netns.enter.
@@ -23,6 +24,8 @@ RTPROT_BOOT = 3
 RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
+NUD_INCOMPLETE, NUD_FAILED, NUD_NOARP = 0x01, 0x20, 0x40  # neighbour states (linux/neighbour.h)
+MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthrough": 8}  # IFLA_MACVTAP_MODE (linux/if_link.h)
 
 # Interface groups used for a batched delete_many are drawn from here, far above the small numbers
 # administrators give groups in /etc/iproute2/group.
@@ -101,6 +104,32 @@ class Netlink:
         """The names of all devices in this network namespace."""
         return {message.get("ifname") for message in self._dump_links()}
 
+    def link_stats(self, name):
+        """The kernel's 64-bit counters of device NAME (IFLA_STATS64: rx_bytes, rx_packets,
+        rx_errors, rx_dropped, tx_..., as the host sees them), or None when there is no such device."""
+        message = self._get(ifname=name)
+        if message is None:
+            return None
+        stats = message.get("stats64")
+        if stats is None:
+            raise HostError(f"cannot read the counters of '{name}': the kernel sent no IFLA_STATS64")
+        return dict(stats)
+
+    def neighbours(self, family=socket.AF_INET):
+        """[(address, lowercase MAC, device name)] of the neighbour table (ARP for IPv4), leaving out
+        entries without a link-layer address and those that failed or are not resolved yet."""
+        try:
+            entries = list(self._ipr.neigh("dump", family=family))
+        except NetlinkError as exc:
+            raise _error(exc, "read the neighbour table") from None
+        names = {m["index"]: m.get("ifname") for m in self._dump_links()}
+        found = []
+        for entry in entries:
+            lladdr = entry.get("lladdr")
+            if lladdr and entry.get("dst") and not entry["state"] & (NUD_INCOMPLETE | NUD_FAILED | NUD_NOARP):
+                found.append((entry.get("dst"), lladdr.lower(), names.get(entry["ifindex"])))
+        return found
+
     # --- changing a device -------------------------------------------------------------------
 
     def set_mac(self, name, mac):
@@ -120,6 +149,9 @@ class Netlink:
 
     def set_up(self, name):
         self._set(name, f"bring '{name}' up", state="up")
+
+    def set_down(self, name):
+        self._set(name, f"take '{name}' down", state="down")
 
     def set_master(self, name, bridge):
         """Make NAME a port of BRIDGE."""
@@ -213,6 +245,24 @@ class Netlink:
 
     # --- creating and deleting ---------------------------------------------------------------
 
+    def add_macvtap(self, name, lower, mac, mode):
+        """Create macvtap NAME on device LOWER with address MAC in MODE ('vepa', 'bridge',
+        'private' or 'passthrough'), down (as libvirt creates it); returns its ifindex."""
+        what = f"create macvtap '{name}' on '{lower}' (mode {mode}, address {mac})"
+        lower_message = self._get(ifname=lower)
+        if lower_message is None:
+            raise HostError(f"cannot {what}: no device '{lower}' in this network namespace; fix <source dev>")
+        try:
+            self._ipr.link("add", ifname=name, kind="macvtap", link=lower_message["index"], address=str(mac).lower(),
+                           macvtap_mode=MACVLAN_MODES[mode])
+        except NetlinkError as exc:
+            advice = {errno.EEXIST: f"a device named '{name}' already exists",
+                      errno.EBUSY: f"'{lower}' is taken by another kind of device (a port of a bridge or bond?)",
+                      errno.EINVAL: f"a passthrough macvtap must be the only one on '{lower}', or '{lower}' cannot "
+                                    "carry a macvtap at all (loopback?)"}.get(exc.code)
+            raise _error(exc, what, advice) from None
+        return self._index(name, what)
+
     def delete(self, name):
         """Delete device NAME; False when it was already gone."""
         try:
@@ -268,6 +318,33 @@ class Netlink:
                 except NetlinkError:
                     pass  # the one-by-one pass reports what is wrong with this device
             return False
+
+    # --- virtual networks' bridges --------------------------------------------------------------
+
+    def add_bridge(self, name, *, stp=False, delay=0, mac=None, mtu=None):
+        """Create bridge NAME (STP on or off, forward DELAY in seconds, optional MAC and MTU), down;
+        returns its ifindex."""
+        what = f"create bridge '{name}'"
+        options = {"br_stp_state": 1 if stp else 0, "br_forward_delay": delay * 100}
+        if mac is not None:
+            options["address"] = mac
+        if mtu is not None:
+            options["mtu"] = mtu
+        try:
+            self._ipr.link("add", ifname=name, kind="bridge", **options)
+        except NetlinkError as exc:
+            advice = f"'{name}' already exists" if exc.code == errno.EEXIST else None
+            raise _error(exc, what, advice) from None
+        return self._index(name, what)
+
+    def set_port_isolated(self, name):
+        """Mark bridge port NAME isolated: it forwards only to ports that are not (the bridge itself
+        and uplinks), as `bridge link set dev NAME isolated on`."""
+        index = self._index(name, f"isolate bridge port '{name}'")
+        try:
+            self._ipr.brport("set", index=index, isolated=1)
+        except NetlinkError as exc:
+            raise _error(exc, f"isolate bridge port '{name}'") from None
 
     # --- helpers -----------------------------------------------------------------------------
 

@@ -98,6 +98,17 @@ def inside(name):
         restore(saved)
 
 
+@contextmanager
+def inside_if_elsewhere(name):
+    """Run a block in namespace NAME (a domain's or a network's), entered only when we are not in it
+    already; NAME None: where we are."""
+    if not name or current_name() == name:
+        yield
+        return
+    with inside(name):
+        yield
+
+
 def _mount_private_sysfs(name):
     """What `ip netns exec` does: a mount namespace of our own whose /sys shows this namespace."""
     what = f"mount a private /sys for network namespace '{name}'"

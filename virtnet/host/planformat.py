@@ -9,7 +9,7 @@ import shlex
 
 from virtnet.conf.text import has_control
 from virtnet.errors import UsageError, XMLInputError
-from virtnet.host.plan import AttachTap, CreateTap
+from virtnet.host.plan import AttachTap, CreateMacvtap, CreateTap
 
 # A systemd-networkd value: one line, no leading/trailing blanks, nothing systemd would expand
 # or read as a quote or comment (validation already restricts names; this is the last guard).
@@ -43,9 +43,23 @@ def _taps(domain, plan):
         taps.append({
             "device": action.device, "name": action.ifname, "model": iface.model, "queues": action.queues,
             "multi_queue": action.queues > 1, "vnet_hdr": action.vnet_hdr, "mac": iface.ids.host_mac,
-            "mtu": iface.mtu,
+            "mtu": iface.mtu, "shaping": _shaping_lines(plan, action.device),
         })
     return taps, managed
+
+
+def _shaping_lines(plan, device):
+    """<bandwidth> of DEVICE as ip/tc commands (each word shell-quoted), for the administrator's script."""
+    from virtnet.host import shaping
+    from virtnet.host.plan import ShapeInbound, ShapeOutbound
+
+    commands = []
+    for action in plan.setup:
+        if action.device == device and isinstance(action, ShapeInbound):
+            commands += shaping.inbound_commands(action)
+        elif action.device == device and isinstance(action, ShapeOutbound):
+            commands += shaping.outbound_commands(action)
+    return [" ".join(shlex.quote(_one_line(word)) for word in argv) for argv in commands]
 
 
 def _one_line(value):
@@ -102,4 +116,6 @@ def render_plan(fmt, domain, plan, owner):
     check_owner(owner)
     template = "precreate.sh.j2" if fmt == "sh" else "networkd.j2"
     taps, managed = _taps(domain, plan)
-    return _render(template, name=domain.name, owner=owner, taps=taps, managed=managed)
+    # type='direct': virtnet (as root) makes the macvtap at start; there is nothing to pre-create.
+    macvtaps = [{"device": a.device, "lower": a.lower} for a in plan.setup if isinstance(a, CreateMacvtap)]
+    return _render(template, name=domain.name, owner=owner, taps=taps, managed=managed, macvtaps=macvtaps)

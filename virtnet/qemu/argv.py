@@ -17,7 +17,6 @@ domain whose dropped elements hold the guest's data unless told --allow-dropped.
 
 import shlex
 from collections import Counter
-from dataclasses import dataclass, field
 
 from lxml import etree
 
@@ -29,6 +28,7 @@ from virtnet.qemu.machine import (
     DEFAULT_EMULATOR, DEFAULT_STATE_DIR, MEMORY_BACKEND_ID, UNIT_TO_KIB, check_shared_memory, memory_backend,
     memory_kib, qmp_chardev_value, qmp_options, shared_memory, skeleton)
 from virtnet.qemu.netprops import HostFds
+from virtnet.record import Record
 
 __all__ = ["ArgvOptions", "Command", "Dropped", "build_argv", "build_command", "check_dropped", "network_options",
            "placeholder_fds", "prepare_host", "qemu_commandline_args", "qemu_env", "unrendered", "unrendered_devices",
@@ -39,21 +39,26 @@ __all__ = ["ArgvOptions", "Command", "Dropped", "build_argv", "build_command", "
 FIRST_FD = 3  # xml2argv numbers descriptors from 3, as if stdin/stdout/stderr were the only ones open
 
 
-@dataclass
-class ArgvOptions:
-    syntax: str = "json"  # or "keyval"
-    standalone: bool = False  # QEMU opens taps by name; no fds
-    network_only: bool = False
-    host_caps: frozenset = frozenset()  # e.g. {"vhost-net"}
-    fds: dict = field(default_factory=dict)  # interface alias -> HostFds (real ones at start)
-    bridge_helper: str = None  # standalone: helper= for bridges (the caller finds the default)
-    state_dir: str = DEFAULT_STATE_DIR  # where a UEFI guest's NVRAM lives (STATE_DIR/nvram/NAME_VARS.fd)
+class ArgvOptions(Record):
+    __slots__ = ("syntax", "standalone", "network_only", "host_caps", "fds", "bridge_helper", "state_dir")
+
+    def __init__(self, syntax="json", standalone=False, network_only=False, host_caps=frozenset(), fds=None,
+                 bridge_helper=None, state_dir=DEFAULT_STATE_DIR):
+        self.syntax = syntax  # or "keyval"
+        self.standalone = standalone  # QEMU opens taps by name; no fds
+        self.network_only = network_only
+        self.host_caps = host_caps  # e.g. {"vhost-net"}
+        self.fds = {} if fds is None else fds  # interface alias -> HostFds (real ones at start)
+        self.bridge_helper = bridge_helper  # standalone: helper= for bridges (the caller finds the default)
+        self.state_dir = state_dir  # where a UEFI guest's NVRAM lives (STATE_DIR/nvram/NAME_VARS.fd)
 
 
-@dataclass
-class Command:
-    argv: list
-    env: dict = field(default_factory=dict)  # set in QEMU's environment, on top of virtnet's own
+class Command(Record):
+    __slots__ = ("argv", "env")
+
+    def __init__(self, argv, env=None):
+        self.argv = argv
+        self.env = {} if env is None else env  # set in QEMU's environment, on top of virtnet's own
 
 
 def placeholder_fds(domain, host_caps):
@@ -158,15 +163,17 @@ def prepare_host(domain, paths, state_dir):
 # ---------------------------------------------------------------- what does not reach the command line
 
 
-@dataclass(frozen=True)
-class Dropped:
+class Dropped(Record):
     """An element of the domain that the command line leaves out."""
 
-    what: str  # how messages name it: "<disk type='file'>", "<features><hyperv>"
-    line: int | None
-    data: bool = False  # it holds the guest's data: start refuses without --allow-dropped
-    display: bool = False  # graphics, video, input, sound: the guest runs headless
-    why: str = ""  # what happens instead, when more than "not rendered"
+    __slots__ = ("what", "line", "data", "display", "why")
+
+    def __init__(self, what, line, data=False, display=False, why=""):
+        self.what = what  # how messages name it: "<disk type='file'>", "<features><hyperv>"
+        self.line = line
+        self.data = data  # it holds the guest's data: start refuses without --allow-dropped
+        self.display = display  # graphics, video, input, sound: the guest runs headless
+        self.why = why  # what happens instead, when more than "not rendered"
 
 
 # <domain> children that the command line renders, or that describe rather than configure the
@@ -183,6 +190,9 @@ _CHARACTER_DEVICES = frozenset({"serial", "console", "channel", "rng", "memballo
 _INTERFACE_RENDERED = frozenset({"mac", "source", "target", "model", "driver", "backend", "script", "downscript",
                                  "ip", "route", "portForward", "teaming", "link", "mtu", "boot", "alias", "rom",
                                  "address", "tune"})
+# Applied on the host to the tap rather than on QEMU's command line (host.plan; the plan warns
+# where it cannot apply them).
+_HOST_SIDE = frozenset({"bandwidth", "coalesce", "filterref"})
 _DISPLAY = frozenset({"graphics", "video", "input", "sound", "audio"})
 _DATA = frozenset({"disk", "filesystem", "hostdev"})
 _QEMU_COMMANDLINE = f"{{{QEMU_NS}}}commandline"
@@ -290,8 +300,9 @@ def _scan_devices(domain, node, found):
     for child in _children(node):
         tag = child.tag
         if tag == "interface":
+            host_side = _HOST_SIDE if child.get("type") in ("ethernet", "bridge", "network") else frozenset()
             for part in _children(child):
-                if part.tag not in _INTERFACE_RENDERED:
+                if part.tag not in _INTERFACE_RENDERED and part.tag not in host_side:
                     found.append(Dropped(f"{_label(child)}{_label(part, with_kind=False)}", part.sourceline))
             continue
         if tag == "emulator" or tag in _CHARACTER_DEVICES:

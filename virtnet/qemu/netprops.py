@@ -5,11 +5,11 @@ interchangeable with libvirt's. Rendering to JSON or keyval happens in render.py
 """
 
 import ipaddress
-from dataclasses import dataclass, field
 
 from virtnet.conf import iftypes
 from virtnet.conf.pci import root_bus_name
 from virtnet.errors import UnsupportedError, UsageError
+from virtnet.record import Record
 
 # QEMU 7.2 (Debian 12) wants `reconnect` in seconds; QEMU 9.2 renamed it reconnect-ms.
 PASST_RECONNECT_SECONDS = 5
@@ -22,12 +22,14 @@ GUEST_OFFLOAD_PROPS = (("csum", "guest_csum"), ("tso4", "guest_tso4"), ("tso6", 
                        ("ecn", "guest_ecn"), ("ufo", "guest_ufo"))
 
 
-@dataclass
-class HostFds:
+class HostFds(Record):
     """File descriptors handed to QEMU for one interface (numbers as QEMU will see them)."""
 
-    taps: list = field(default_factory=list)
-    vhosts: list = field(default_factory=list)
+    __slots__ = ("taps", "vhosts")
+
+    def __init__(self, taps=None, vhosts=None):
+        self.taps = [] if taps is None else taps
+        self.vhosts = [] if vhosts is None else vhosts
 
 
 def wants_vhost(domain, iface, host_caps):
@@ -71,6 +73,13 @@ def _standalone_tap_netdev(iface, helper):
             raise UsageError("a standalone command line for a bridge needs the bridge helper's path "
                              "(--bridge-helper PATH)")
         return {"type": "bridge", "br": iface.source.bridge, "helper": helper}
+    if iface.type == "network":
+        raise UnsupportedError("<interface type='network'> cannot be in a standalone command line: its bridge is "
+                               "known once `virtnet net-start` made it; use <interface type='bridge'> with "
+                               "that bridge's name", line=iface.line)
+    if iface.type == "direct":
+        raise UnsupportedError("<interface type='direct'> cannot be in a standalone command line: QEMU cannot "
+                               "create a macvtap; `virtnet start` creates it and passes its fds", line=iface.line)
     props = {"type": "tap"}
     if iface.target_dev:
         props["ifname"] = iface.target_dev  # a '%d' template is filled in by the kernel
@@ -133,6 +142,9 @@ def netdev_props(domain, iface, *, fds, paths, standalone=False, helper=None, ho
     kind = iface.type
     if not iface.kind.driven:
         raise unsupported_type(iface)
+    if kind == "network" and iface.source is not None and iface.source.portgroup:
+        raise UnsupportedError(f"<source portgroup='{iface.source.portgroup}'>: virtnet's networks have no "
+                               "portgroups; remove portgroup=", line=iface.line)
     if iface.kind.tap:
         if standalone:
             props = _standalone_tap_netdev(iface, helper)
@@ -190,8 +202,10 @@ def device_props(domain, iface, queues=None):
             if value is not None:
                 props[attr] = value == "on"
         for offloads, names in ((iface.host_offloads, HOST_OFFLOAD_PROPS), (iface.guest_offloads, GUEST_OFFLOAD_PROPS)):
+            if offloads is None:
+                continue
             for attr, prop in names:
-                value = getattr(offloads, attr) if offloads is not None else None
+                value = getattr(offloads, attr)
                 if value is not None:
                     props[prop] = value == "on"
         if queues > 1:

@@ -50,8 +50,9 @@ class QMPClient:
             raise
         return self
 
-    def execute(self, command, arguments=None):
-        """Run one command and return its `return` value; an error reply raises HostError."""
+    def execute(self, command, arguments=None, fds=()):
+        """Run one command and return its `return` value; an error reply raises HostError. FDS are
+        passed along with the command (SCM_RIGHTS), as `getfd` wants its descriptor."""
         if self._sock is None:
             raise HostError(f"QMP {self.path}: not connected")
         self._next_id += 1
@@ -60,7 +61,7 @@ class QMPClient:
         if arguments:
             request["arguments"] = arguments
         deadline = time.monotonic() + self.timeout
-        self._send(json.dumps(request).encode() + b"\n", deadline, command)
+        self._send(json.dumps(request).encode() + b"\n", deadline, command, fds)
         while True:
             reply = self._read_message(deadline, f"the reply to {command!r}")
             if "event" in reply:
@@ -78,6 +79,28 @@ class QMPClient:
                 raise HostError(f"QMP {command}: unexpected reply {_short(reply)}")
             return reply["return"]
 
+    def wait_event(self, name, match, timeout):
+        """The first event NAME whose data MATCH(data) accepts, among those already received and
+        those arriving within TIMEOUT seconds; None when none came in time."""
+        for event in list(self.events):
+            if event.get("event") == name and match(event.get("data") or {}):
+                self.events.remove(event)
+                return event
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                message = self._read_message(deadline, f"the event {name}")
+            except HostError:
+                if time.monotonic() >= deadline:
+                    return None
+                raise
+            if "event" not in message:
+                continue  # a late reply to a command that timed out
+            if message["event"] == name and match(message.get("data") or {}):
+                return message
+            self.events.append(message)
+        return None
+
     def close(self):
         if self._sock is not None:
             self._sock.close()
@@ -92,9 +115,12 @@ class QMPClient:
     def __exit__(self, *exc_info):
         self.close()
 
-    def _send(self, data, deadline, what):
+    def _send(self, data, deadline, what, fds=()):
         try:
             self._sock.settimeout(_remaining(deadline))
+            if fds:  # the descriptors ride on the first byte; the rest follows as usual
+                sent = socket.send_fds(self._sock, [data], list(fds))
+                data = data[sent:]
             self._sock.sendall(data)
         except socket.timeout:
             raise HostError(f"QMP {self.path}: timed out sending {what!r}") from None
