@@ -4,8 +4,9 @@ QEMU and from the host, with nothing left.
 
 The guest boots without a NIC and watches for new ones (tg.watch=1): each gets 192.0.2.15/24 and
 pings 192.0.2.2, which is, in turn, the host side of a managed tap, an administrator's tap
-(managed='no'), a bridge, SLIRP's gateway, and a small responder at the far end of a socket
-backend (it answers ARP and ping in the socket's framing: a 4-byte length, then the frame).
+(managed='no'), a bridge, SLIRP's gateway, a small responder at the far end of a socket backend
+(it answers ARP and ping in the socket's framing: a 4-byte length, then the frame), and the bridge
+of a virtnet network. (tests/test_macvtap.py hot-plugs a macvtap the same way.)
 """
 
 import re
@@ -75,6 +76,15 @@ while True:
 """
 
 
+# An isolated network (no forwarding, no DHCP) whose bridge is the host the guest pings.
+NETWORK = f"""<network>
+  <name>hpnet</name>
+  <bridge name='hpnet0'/>
+  <ip address='{HOST_IP}' prefix='24'/>
+</network>
+"""
+
+
 def count(guest, pattern):
     regex = re.compile(pattern)
     return sum(1 for line in guest.lines() if regex.match(line))
@@ -118,6 +128,8 @@ def test_a_nic_of_each_kind_is_plugged_in_passes_pings_and_goes_again(lab, tmp_p
                  "  <ip family='ipv4' address='192.0.2.0' prefix='24'/>\n  <model type='virtio'/>\n</interface>\n",
         "socket": "<interface type='server'>\n  <mac address='52:54:00:0c:00:05'/>\n"
                   "  <source address='127.0.0.1' port='5999'/>\n  <model type='virtio'/>\n</interface>\n",
+        "network": "<interface type='network'>\n  <mac address='52:54:00:0c:00:06'/>\n"
+                   "  <source network='hpnet'/>\n  <model type='virtio'/>\n</interface>\n",
     }
     for cycle, (kind, xml) in enumerate(devices.items(), start=1):
         mac = re.search(r"mac address='([^']+)'", xml).group(1)
@@ -127,6 +139,9 @@ def test_a_nic_of_each_kind_is_plugged_in_passes_pings_and_goes_again(lab, tmp_p
         if kind == "bridge":
             ip("-n", ns, "addr", "add", f"{HOST_IP}/24", "dev", "hpbr0")
             ip("-n", ns, "link", "set", "hpbr0", "up")
+        if kind == "network":  # an isolated virtnet network whose bridge has the address
+            ok(virtnet(d, "net-define", write(tmp_path / "hpnet.xml", NETWORK)))
+            ok(virtnet(d, "net-start", "hpnet", netns=ns))
         responder = None
         if kind == "socket":
             responder = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", RESPONDER, HOST_IP,
@@ -162,6 +177,8 @@ def test_a_nic_of_each_kind_is_plugged_in_passes_pings_and_goes_again(lab, tmp_p
         if kind == "bridge":
             ip("-n", ns, "link", "set", "hpbr0", "down")
             ip("-n", ns, "addr", "del", f"{HOST_IP}/24", "dev", "hpbr0")
+        if kind == "network":
+            ok(virtnet(d, "net-destroy", "hpnet"))
         assert_unchanged_but_qemu(ns, before)
 
     guest.destroy()

@@ -180,7 +180,9 @@ def test_make_demo_installs_again_only_when_the_install_inputs_change(tmp_path):
     (tmp_path / ".venv" / ".virtnet-installed").touch()
 
     def dry_run():
-        return run(["make", "-n", "demo"], cwd=tmp_path, env={**os.environ, "MAKEFLAGS": ""}).stdout.splitlines()
+        # As a reader runs it, not as a sub-make of `make test` (which would announce its directory).
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+        return run(["make", "-n", "--no-print-directory", "demo"], cwd=tmp_path, env=env).stdout.splitlines()
 
     assert dry_run() == [".venv/bin/virtnet xml2argv examples/net-eth-unmanaged-tap.xml"]
     (tmp_path / "virtnet" / "cli.py").touch()  # the man page and completions come from the parser

@@ -112,6 +112,8 @@ def _undo(store, name, record, undo, nl):
                 f.write(undo["value"])
     elif kind == "remove_dir":
         shutil.rmtree(undo["path"], ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(undo["path"]))  # .networks/, once the last network's folder is gone
     else:
         raise HostError(f"unknown undo {kind!r} in the record of network '{name}'")
 
