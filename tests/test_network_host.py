@@ -361,3 +361,27 @@ def test_net_destroy_after_the_namespace_was_deleted_stops_dnsmasq_and_removes_t
     assert ok(virtnet(dirs, "net-destroy", "natnet")) == "Network 'natnet' destroyed\n"
     assert dnsmasq_pids(dirs.runtime) == []
     assert not (dirs.runtime / ".networks").exists() and os.listdir(dirs.state / "networks" / "running") == []
+
+
+def test_the_networks_bandwidth_shapes_its_bridge_and_net_destroy_removes_it(ns, dirs, tmp_path):
+    """<network><bandwidth>: the bridge's egress (to the guests) and, through an ifb device, its
+    ingress (from them) get libvirt's HTB, as a tap's <bandwidth> does."""
+    bandwidth = ("  <bandwidth>\n    <inbound average='1000' peak='2000' burst='64'/>\n"
+                 "    <outbound average='500'/>\n  </bandwidth>\n")
+    define(dirs, tmp_path, nat_xml(extra=bandwidth))
+    ok(virtnet(dirs, "net-start", "natnet", netns=ns))
+    root = subprocess.run(["tc", "-n", ns, "-j", "qdisc", "show", "dev", "vnbr0", "root"], capture_output=True,
+                          text=True, check=True).stdout
+    classes = subprocess.run(["tc", "-n", ns, "class", "show", "dev", "vnbr0"], capture_output=True, text=True,
+                             check=True).stdout
+    assert '"kind":"htb"' in root.replace(" ", ""), root
+    assert "rate 8Mbit ceil 16Mbit" in classes, classes  # 1000 and 2000 kbps: 1000 bytes/s each, as tc reads kbps
+    ingress = subprocess.run(["tc", "-n", ns, "filter", "show", "dev", "vnbr0", "ingress"], capture_output=True,
+                             text=True, check=True).stdout
+    assert "mirred" in ingress and "ifb-vnbr0" in ingress, ingress
+    ifb_classes = subprocess.run(["tc", "-n", ns, "class", "show", "dev", "ifb-vnbr0"], capture_output=True,
+                                 text=True, check=True).stdout
+    assert "rate 4Mbit" in ifb_classes, ifb_classes
+    ok(virtnet(dirs, "net-destroy", "natnet"))
+    assert "ifb-vnbr0" not in links(ns)
+    assert_clean(ns, dirs)

@@ -110,6 +110,10 @@ def _undo(store, name, record, undo, nl):
         if not _forwarding_still_needed(store, name, undo["version"], record.get("netns")):
             with open(FORWARDING[undo["version"]], "w") as f:
                 f.write(undo["value"])
+    elif kind == "unshape_outbound":
+        from virtnet.host import shaping
+
+        shaping.unshape_outbound(undo["bridge"], undo["ifb"])  # the bridge's own qdiscs go with it
     elif kind == "remove_dir":
         shutil.rmtree(undo["path"], ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -274,6 +278,7 @@ def _set_up(network, nl, paths, starter):
         nl.set_up(name)
         for route in network.routes:
             nl.add_route(name, route.address, route.prefix, route.gateway, route.metric)
+        _shape(network, name, starter)
     elif not nl.exists(network.bridge_name):
         raise HostError(f"network '{network.name}' forwards to bridge '{network.bridge_name}', which does not exist "
                         "in this network namespace; create it first")
@@ -285,6 +290,29 @@ def _set_up(network, nl, paths, starter):
         firewall.load(network)
     if dnsmasq.needs_dnsmasq(network):
         _start_dnsmasq(network, paths, starter)
+
+
+def _shape(network, bridge, starter):
+    """The network's <bandwidth> on its bridge, as libvirt applies it (host.shaping, the same tc
+    setup as a tap's): inbound, to the guests, on the bridge's egress; outbound, from them, on its
+    ingress, through an ifb device where the kernel has one, else policed."""
+    if network.inbound is None and network.outbound is None:
+        return
+    from virtnet.host import shaping
+    from virtnet.host.plan import ShapeInbound, ShapeOutbound
+    from virtnet.hostcaps import probe
+
+    caps = probe(tc=True)
+    sfq = shaping.CAP_SFQ in caps
+    rates = network.inbound
+    if rates is not None and rates.average:
+        shaping.shape_inbound(ShapeInbound("", bridge, rates.average, rates.peak, rates.burst, sfq))
+    rates = network.outbound
+    if rates is not None and rates.average:
+        ifb = shaping.ifb_name(bridge) if shaping.CAP_IFB in caps else None
+        if ifb:
+            starter.will({"kind": "unshape_outbound", "bridge": bridge, "ifb": ifb})
+        shaping.shape_outbound(ShapeOutbound("", bridge, rates.average, rates.peak, rates.burst, ifb, sfq))
 
 
 def start(store, name, netns_name=None):
