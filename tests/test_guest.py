@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from lxml import etree
 
 import guestfiles
 from hostcases import QEMU, fails, ok, virtnet, write
@@ -460,3 +461,41 @@ def test_refused_guest_elements_are_explained_in_one_line(top, words):
     with pytest.raises(XMLInputError) as caught:
         load(domain_text("refused", top="\n  " + top))
     assert words in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_xml2argv_places_the_nvram_in_the_state_dir_start_would_use(tmp_path):
+    """A UEFI guest's variable store lives under the state directory: xml2argv names the one given
+    with --state-dir (or $VIRTNET_STATE_DIR), as start uses it."""
+    import subprocess
+    import sys
+
+    from hostcases import REPO, cli_env
+
+    xml = REPO / "testdata" / "xml2argv" / "guest-uefi-secure.xml"
+    name = etree.parse(str(xml)).findtext("name")
+    for argv, env in ((["--state-dir", str(tmp_path / "a")], {}), ([], {"VIRTNET_STATE_DIR": str(tmp_path / "b")})):
+        result = subprocess.run([sys.executable, "-m", "virtnet", *argv, "xml2argv", str(xml)], capture_output=True,
+                                text=True, env={**cli_env(), **env})
+        assert result.returncode == 0, result.stderr
+        where = tmp_path / ("a" if argv else "b") / "nvram" / f"{name}_VARS.fd"
+        assert str(where) in result.stdout, result.stdout
+
+
+def test_undefine_of_a_uefi_guest_neither_drops_nor_keeps_its_variable_store_unasked(dirs):
+    """As virsh: with the NVRAM file its first start made, undefine wants --nvram or --keep-nvram."""
+    from hostcases import REPO
+
+    xml = REPO / "testdata" / "xml2argv" / "guest-uefi-secure.xml"
+    name = etree.parse(str(xml)).findtext("name")
+    variables = dirs.state / "nvram" / f"{name}_VARS.fd"
+    for flag, kept in (("--keep-nvram", True), ("--nvram", False)):
+        ok(virtnet(dirs, "define", xml))
+        variables.parent.mkdir(parents=True, exist_ok=True)
+        variables.write_bytes(b"the guest's UEFI variables")
+        line = fails(virtnet(dirs, "undefine", name))
+        assert line == (f"virtnet: error: domain '{name}' has a UEFI variable store, {variables}; `virtnet undefine "
+                        f"{name} --nvram` removes it with the definition, `--keep-nvram` keeps it")
+        assert name in ok(virtnet(dirs, "list", "--all")) and variables.exists()
+        assert ok(virtnet(dirs, "undefine", name, flag)) == f"Domain '{name}' has been undefined\n"
+        assert variables.exists() == kept and name not in ok(virtnet(dirs, "list", "--all"))
+    assert fails(virtnet(dirs, "undefine", name, "--nvram", "--keep-nvram"), code=2)

@@ -183,6 +183,11 @@ def _host_verbs(verbs):
              "removed all the same.",
              "virtnet destroy web; virtnet undefine web")
     p.add_argument("name", metavar="NAME")
+    nvram = p.add_mutually_exclusive_group()
+    nvram.add_argument("--nvram", action="store_true", default=None,
+                       help="also remove a UEFI guest's variable store (without it or --keep-nvram, undefine "
+                       "refuses while the store exists, as virsh does)")
+    nvram.add_argument("--keep-nvram", dest="nvram", action="store_false", default=None, help="keep the variable store")
     p = verb("list", "list domains: name, state, interfaces",
              "List the running domains (with --all, the shut-off ones too) with their interface\n"
              "types, like `virsh list`. A domain whose QEMU has died is cleaned up first and shown\n"
@@ -641,10 +646,11 @@ def cmd_xml2argv(args):
     from pathlib import Path
 
     from virtnet import convert
-    from virtnet.runpaths import default_runtime_dir
+    from virtnet.runpaths import default_runtime_dir, default_state_dir
 
     caps = parse_host_caps(args.host_caps)
     runtime_dir = Path(args.runtime_dir) if args.runtime_dir else default_runtime_dir()
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()  # a UEFI guest's NVRAM, as start
     files = _expand_files(args.file)
     out = []
     for path in files:
@@ -657,7 +663,7 @@ def cmd_xml2argv(args):
             helper = find_helper()
         result = convert.xml2argv(loaded, runtime_dir=runtime_dir, host_caps=caps, syntax=args.syntax,
                                   standalone=args.standalone, network_only=args.network_only,
-                                  bridge_helper=helper)
+                                  bridge_helper=helper, state_dir=state_dir)
         _print_diagnostics(result.warnings)
         if len(files) > 1:
             out.append(f"# {path}\n")
@@ -696,7 +702,7 @@ def cmd_undefine(args):
         # A domain whose QEMU died is not running any more; a damaged record of another domain is
         # skipped with a warning.
         runner.reap_dead(store)
-        domains.undefine(store, args.name)
+        domains.undefine(store, args.name, nvram=args.nvram)
     print(f"Domain '{args.name}' has been undefined")
     return 0
 
@@ -1165,6 +1171,9 @@ class _OneVerb:
 class _NoParser:
     def add_argument(self, *args, **kwargs):
         pass
+
+    def add_mutually_exclusive_group(self, *args, **kwargs):
+        return self
 
 
 _VALUE_OPTIONS = ("--state-dir", "--runtime-dir", "--netns")  # the global options that take a value

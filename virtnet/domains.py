@@ -129,16 +129,43 @@ def define(store, loaded):
     return existing is None
 
 
-def undefine(store, name):
+def undefine(store, name, nvram=None):
     """Forget a stopped domain. The caller reaps dead domains first (runner.reap_dead), so that one
     whose QEMU died counts as stopped. Its file or its index entry is enough: a definition that no
-    longer loads, or an index entry whose file was deleted by hand, is removed too."""
+    longer loads, or an index entry whose file was deleted by hand, is removed too.
+
+    A UEFI guest's variable store (its NVRAM file, made by its first start) is its state, so as
+    libvirt does, undefine refuses to leave it behind unasked: NVRAM True removes it with the
+    definition, False keeps it, None refuses while it exists."""
+    import os
+
     from virtnet import livestate
 
     with store.lock():
         if livestate.load(store, name) is not None:  # a damaged record: that error, in doubt
             raise StoreError(f"domain '{name}' is running; `virtnet destroy {name}` first")
+        variables = _nvram_file(store, name)
+        if variables is not None and nvram is None:
+            raise StoreError(f"domain '{name}' has a UEFI variable store, {variables}; `virtnet undefine {name} "
+                             "--nvram` removes it with the definition, `--keep-nvram` keeps it")
         store.remove_domain(name)  # "no domain named …" when there is neither
+        if variables is not None and nvram:
+            os.unlink(variables)
+
+
+def _nvram_file(store, name):
+    """The NVRAM file of defined domain NAME when it exists, else None (a definition that no longer
+    loads has none virtnet can find)."""
+    import os
+
+    from virtnet.errors import VirtnetError
+    from virtnet.qemu.machine import nvram_path
+
+    try:
+        path = nvram_path(load_defined(store, name).domain, store.state_dir)
+    except VirtnetError:
+        return None
+    return path if path is not None and os.path.isfile(path) else None
 
 
 def load_defined(store, name):
