@@ -117,17 +117,17 @@ def _attach_live(store, name, state, domain, node, *, unprivileged, bridge_helpe
     from virtnet.conf import identity, pci
     from virtnet.conf.domain import Domain
     from virtnet.conf.format import format_domain
-    from virtnet.host import bridgehelper
+    from virtnet.host import bridgehelper, netns
     from virtnet.host.executor import Executor
-    from virtnet.host import netns
     from virtnet.host.netlink import Netlink
     from virtnet.host.plan import hotplug_plan, tap_names, teardown_order, teardown_with
     from virtnet.hostcaps import probe
+    from virtnet.network import ports
     from virtnet.qemu.hotplug import DeviceMonitor
     from virtnet.runpaths import DomainPaths
 
     node = copy.deepcopy(node)
-    if pci.address_in_use(domain, node) if node.find("address") is not None else False:
+    if pci.address_in_use(domain, node):
         address = node.find("address")
         raise XMLInputError(f"<address type='pci' bus='{address.get('bus')}' slot='{address.get('slot')}'>: another "
                             f"device of domain '{name}' has this address; leave <address> out for a free one",
@@ -139,8 +139,6 @@ def _attach_live(store, name, state, domain, node, *, unprivileged, bridge_helpe
     paths = DomainPaths(Path(state.runtime_dir).parent, name)
     helper = bridgehelper.helper_for(domain, unprivileged=unprivileged, override=bridge_helper) \
         if iface.type in ("bridge", "network") else None
-    from virtnet.network import ports
-
     ports.attach(store, domain, [iface])  # type='network': the active network's bridge, or an error naming net-start
     before = list(state.teardown)
     with netns.inside_if_elsewhere(state.netns), Netlink() as nl:
@@ -149,6 +147,7 @@ def _attach_live(store, name, state, domain, node, *, unprivileged, bridge_helpe
             running = qmp.execute("query-status").get("status") == "running"
             plan = hotplug_plan(domain, iface, names_in_use=nl.link_names() | runner.reserved_tap_names(store),
                                 host_caps=probe(tc=True), bridge_helper=helper, paths=paths, vcpus_running=running)
+
             def journal(inverses):
                 state.teardown = teardown_with(before, inverses)
                 livestate.save(store, name, state)
