@@ -7,8 +7,8 @@ VIRTNET := $(VENV)/bin/virtnet
 SEED := examples/net-eth-unmanaged-tap.xml
 # Debian packages the tests drive for real: QEMU (and its bridge helper), qemu-img, passt, libvirt's
 # virt-xml-validate, iproute2, setcap, nft (clean-traffic filters, networks), dnsmasq (networks).
-APT_PACKAGES := qemu-system-x86 qemu-utils passt libvirt-clients libxml2-utils iproute2 libcap2-bin nftables dnsmasq-base
-APT_PROBES := /usr/bin/qemu-system-x86_64 /usr/bin/qemu-img /usr/bin/passt /usr/bin/virt-xml-validate /usr/bin/xmllint /usr/sbin/ip /usr/sbin/setcap /usr/sbin/nft /usr/sbin/dnsmasq
+APT_PACKAGES := qemu-system-x86 qemu-utils passt libvirt-clients libxml2-utils iproute2 libcap2-bin nftables dnsmasq-base python3-pip
+APT_PROBES := /usr/bin/qemu-system-x86_64 /usr/bin/qemu-img /usr/bin/passt /usr/bin/virt-xml-validate /usr/bin/xmllint /usr/sbin/ip /usr/sbin/setcap /usr/sbin/nft /usr/sbin/dnsmasq /usr/bin/pip3
 # The tests also run a current passt (Debian 13's, built from its source package) beside Debian 12's;
 # tools/build-passt.sh builds it once into $(VIRTNET_TEST_CACHE) (root only; outside the repository).
 BUILD_PASST := tools/build-passt.sh

@@ -357,6 +357,17 @@ def _first_line(text):
     return text.strip().splitlines()[0] if text.strip() else ""
 
 
+def refused(kind, case, error, expected_path, expected_kind, stricter):
+    """The Result of a case virtnet refused with ERROR: libvirt refuses it too, or virtnet is
+    stricter on purpose (STRICTER says why), or it refuses what libvirt takes."""
+    if expected_kind == "err":
+        return Result(kind, case, "both-reject",
+                      f"libvirt: {_first_line(expected_path.read_text())} | virtnet: {_message(error)}")
+    if case in stricter:
+        return Result(kind, case, "virtnet-stricter", f"{_message(error)} [{stricter[case]}]")
+    return Result(kind, case, "virtnet-rejects", _message(error))
+
+
 def check_argv_case(corpus, case):
     if case in OUT_OF_SCOPE:
         return Result("argv", case, "out-of-scope", OUT_OF_SCOPE[case])
@@ -365,12 +376,7 @@ def check_argv_case(corpus, case):
     try:
         domain, argv = virtnet_network_argv(source)
     except VirtnetError as e:
-        if expected_kind == "err":
-            return Result("argv", case, "both-reject",
-                          f"libvirt: {_first_line(expected_path.read_text())} | virtnet: {_message(e)}")
-        if case in STRICTER:
-            return Result("argv", case, "virtnet-stricter", f"{_message(e)} [{STRICTER[case]}]")
-        return Result("argv", case, "virtnet-rejects", _message(e))
+        return refused("argv", case, e, expected_path, expected_kind, STRICTER)
     except Exception as e:  # a crash is a finding of its own, reported rather than raised
         return Result("argv", case, "virtnet-crashes", f"{type(e).__name__}: {e}")
     if expected_kind == "err":
@@ -677,12 +683,7 @@ def check_guest_case(corpus, case):
     try:
         domain, command = virtnet_guest_command(source)
     except VirtnetError as e:
-        if expected_kind == "err":
-            return Result("guest", case, "both-reject",
-                          f"libvirt: {_first_line(expected_path.read_text())} | virtnet: {_message(e)}")
-        if case in GUEST_STRICTER:
-            return Result("guest", case, "virtnet-stricter", f"{_message(e)} [{GUEST_STRICTER[case]}]")
-        return Result("guest", case, "virtnet-rejects", _message(e))
+        return refused("guest", case, e, expected_path, expected_kind, GUEST_STRICTER)
     except Exception as e:
         return Result("guest", case, "virtnet-crashes", f"{type(e).__name__}: {e}")
     if expected_kind == "err":
@@ -859,12 +860,7 @@ def check_storage_argv_case(corpus, case):
         domain = _storage_domain(corpus, case, notes)
         argv = build_argv(domain, DomainPaths(RUNTIME_DIR, domain.name), ArgvOptions(host_caps=HOST_CAPS))
     except VirtnetError as e:
-        if expected_kind == "err":
-            return Result("disk", case, "both-reject",
-                          f"libvirt: {_first_line(expected_path.read_text())} | virtnet: {_message(e)}")
-        if case in STORAGE_STRICTER:
-            return Result("disk", case, "virtnet-stricter", f"{_message(e)} [{STORAGE_STRICTER[case]}]")
-        return Result("disk", case, "virtnet-rejects", _message(e))
+        return refused("disk", case, e, expected_path, expected_kind, STORAGE_STRICTER)
     except Exception as e:
         return Result("disk", case, "virtnet-crashes", f"{type(e).__name__}: {e}")
     if expected_kind == "err":
