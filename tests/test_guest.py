@@ -10,7 +10,6 @@ start refuses a domain whose dropped elements hold data unless --allow-dropped.
 """
 
 import json
-import os
 import shutil
 import socket
 import tempfile
@@ -20,7 +19,7 @@ import pytest
 from lxml import etree
 
 import guestfiles
-from hostcases import QEMU, fails, ok, virtnet, write
+from hostcases import QEMU, fails, ok, require_qemu, virtnet, write
 from virtnet import convert
 from virtnet.conf import guest as model
 from virtnet.conf.load import load_file, load_text
@@ -35,11 +34,6 @@ from virtnet.runpaths import DomainPaths
 REPO = Path(__file__).resolve().parents[1]
 ARGV_DIR = REPO / "testdata" / "xml2argv"
 XML_DIR = REPO / "testdata" / "xml2xml"
-
-
-def require_qemu():
-    if not os.access(QEMU, os.X_OK):
-        pytest.skip(f"needs QEMU at {QEMU} (Debian: qemu-system-x86)")
 
 
 def domain_text(name, *, top="", os_extra="", devices="", dtype="qemu", machine_type="pc", attrs=""):

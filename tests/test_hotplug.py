@@ -256,8 +256,8 @@ def test_scope_rules_for_transient_and_running_domains(ns, dirs, tmp_path):
     path = write(tmp_path / "tr.xml", acpi_xml("tr"))
     ok(virtnet(d, "create", path, "--paused", netns=ns))
     line = fails(virtnet(d, "attach-interface", "tr", "user", "--config"))
-    assert line == ("virtnet: error: domain 'tr' was started by create and has no definition to change; use "
-                    "--live, or `virtnet define` it first")
+    assert line == ("virtnet: error: domain 'tr' was started by create and has no definition to change; change "
+                    "the running guest (--live), or `virtnet define` it first")
     # --live and --config together on a defined, running domain: both get the same MAC.
     ok(virtnet(d, "destroy", "tr"))
     ok(virtnet(d, "define", path))

@@ -26,7 +26,10 @@ DNSMASQ = "/usr/sbin/dnsmasq"
 def _needs_dnsmasq_and_nft(ns):
     for tool, package in ((DNSMASQ, "dnsmasq-base"), ("/usr/sbin/nft", "nftables")):
         if not os.access(tool, os.X_OK):
-            pytest.skip(f"needs {tool} (Debian: apt install {package}; `make test` installs it as root)")
+            reason = f"needs {tool} (Debian: apt install {package}; `make test` installs it as root)"
+            if os.geteuid() == 0:
+                pytest.fail(reason, pytrace=False)
+            pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)

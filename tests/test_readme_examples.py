@@ -14,8 +14,6 @@ The convention, which README.md follows:
   as `make guest` does.
 - A section that writes qemu-bridge-helper's ACL (/etc/qemu/bridge.conf) has the file to itself
   meanwhile (tests/test_bridge_helper.py's `bridge_conf`), and the one there before back afterwards.
-- A section (or a `##` chapter) that needs what a namespace cannot give is named in ELSEWHERE with
-  the tests that run its commands; it is skipped with that reason, never silently.
 
 How a session runs, so that it is the reader's and touches nothing else:
 
@@ -52,7 +50,6 @@ TIMEOUT = 180
 
 GUEST_EXAMPLES = ("examples/web.xml", "examples/quickstart.xml")  # they boot the tiny guest (`make guest`)
 BRIDGE_ACL = "/etc/qemu/bridge.conf"  # qemu-bridge-helper's ACL: a section that writes it owns it meanwhile
-ELSEWHERE = {}
 
 
 class Block:
@@ -67,9 +64,6 @@ def console_blocks(text):
         if block is None:
             if line.startswith("#") and re.match(r"#{2,3} ", line):
                 heading = line.lstrip("#").strip()
-                if line.startswith("## "):
-                    chapter = heading
-                CHAPTER[heading] = chapter
             elif line.strip() == "```console":
                 block, start = [], number
             continue
@@ -93,7 +87,6 @@ def console_blocks(text):
 
 
 NOT_SESSIONS = []  # lines of ```console blocks that do not start with a command
-CHAPTER = {}  # heading: the `##` heading it is under (itself for a `##` one)
 SECTIONS = console_blocks(README.read_text())
 
 
@@ -115,13 +108,11 @@ def matches(expected, actual):
 
 @pytest.mark.parametrize("heading", list(SECTIONS), ids=lambda h: re.sub(r"\W+", "-", h).strip("-"))
 def test_readme_console_section(heading, tmp_path, request):
-    elsewhere = ELSEWHERE.get(heading) or ELSEWHERE.get(CHAPTER[heading])
-    if elsewhere:
-        pytest.skip(f"`{heading}`: {elsewhere}")
     if os.geteuid() != 0:
         pytest.skip(f"`## {heading}`: runs in a network namespace of its own, which needs root")
     if not (VENV_BIN / "virtnet").exists():
-        pytest.skip("no .venv/bin/virtnet: the README's examples come after `make demo`, which creates it")
+        pytest.fail("no .venv/bin/virtnet: the README's examples come after `make demo`, which creates it",
+                    pytrace=False)
     blocks = SECTIONS[heading]
     commands = [entry for block in blocks for entry in block.commands]
     wants_alice = any("alice" in command for _, command, _ in commands)

@@ -165,18 +165,19 @@ class Result:
 
 # -- locating the corpus and its cases ------------------------------------------------------------
 
-def find_corpus(explicit=None):
-    """The corpus directory: EXPLICIT, else DEFAULT_CORPUS next to the repository or the cwd."""
+def find_corpus(explicit=None, default=DEFAULT_CORPUS, marker="xml2argv", what="a libvirt corpus"):
+    """The corpus directory: EXPLICIT, else DEFAULT next to the repository or the cwd; a corpus is
+    known by its MARKER folder (network_conformance.py looks for libvirt's network corpus so)."""
     if explicit:
         path = Path(explicit)
-        if not (path / "xml2argv").is_dir():
-            raise UsageError(f"{explicit}: not a libvirt corpus (no xml2argv/ folder inside)")
+        if not (path / marker).is_dir():
+            raise UsageError(f"{explicit}: not {what} (no {marker}/ folder inside)")
         return path
-    candidates = [REPO / DEFAULT_CORPUS, Path.cwd() / DEFAULT_CORPUS]
+    candidates = [REPO / default, Path.cwd() / default]
     for path in candidates:
-        if (path / "xml2argv").is_dir():
+        if (path / marker).is_dir():
             return path
-    raise UsageError("libvirt's corpus was not found in " + " or ".join(str(p) for p in candidates)
+    raise UsageError(f"{what[0].upper()}{what[1:]} was not found in " + " or ".join(str(p) for p in candidates)
                      + "; pass its directory")
 
 
@@ -450,8 +451,7 @@ def compare_interfaces(source_root, libvirt_root, virtnet_root):
                 mac = element.find("mac")
                 if mac is not None:
                     mac.set("address", "<generated>")
-        changed = [line for line in difflib.unified_diff(canonical_lines(a), canonical_lines(b), lineterm="", n=0)
-                   if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+        changed = changed_lines(canonical_lines(a), canonical_lines(b))
         if changed:
             theirs_only = "".join(line[1:].strip() for line in changed if line[0] == "-")
             ours_only = "".join(line[1:].strip() for line in changed if line[0] == "+")
@@ -1021,9 +1021,14 @@ def check_storage_xml_case(corpus, case):
     return Result("disk-xml", case, "match", "", notes)
 
 
+def changed_lines(theirs, ours):
+    """The lines of a unified diff from THEIRS to OURS that differ (`-` theirs, `+` ours)."""
+    return [line for line in difflib.unified_diff(theirs, ours, lineterm="", n=0)
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+
+
 def _element_diff(label, a, b):
-    changed = [line for line in difflib.unified_diff(canonical_lines(a), canonical_lines(b), lineterm="", n=0)
-               if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    changed = changed_lines(canonical_lines(a), canonical_lines(b))
     if not changed:
         return []
     theirs_only = "".join(line[1:].strip() for line in changed if line[0] == "-")
@@ -1126,10 +1131,14 @@ def regressions(results, baseline):
 
 def report(directory=None, *, tsv=False, baseline=None, out=None):
     """Run the corpus and write the table (or the TSV) to OUT. Returns the exit status."""
+    results = run_corpus(find_corpus(directory))
+    return write_report(results, format_tsv(results) if tsv else format_table(results), baseline, out)
+
+
+def write_report(results, text, baseline=None, out=None):
+    """Write TEXT (the table or TSV of RESULTS); with BASELINE, also the regressions from it (exit 1)."""
     out = out or sys.stdout
-    corpus = find_corpus(directory)
-    results = run_corpus(corpus)
-    out.write(format_tsv(results) if tsv else format_table(results))
+    out.write(text)
     if baseline:
         problems = regressions(results, read_baseline(baseline))
         if problems:
@@ -1152,20 +1161,26 @@ def build_parser():
 
 def main(argv=None):
     """The command line. Returns the exit status (0 ok, 1 regression or failure, 2 usage)."""
+    return run_main(build_parser(), report, argv)
+
+
+def run_main(parser, report, argv):
+    """A corpus tool's command line: PARSER's arguments (dir, --baseline, --tsv) to REPORT, with
+    one-line errors and the exit statuses of main."""
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as e:
         return e.code
     try:
         return report(args.dir, tsv=args.tsv, baseline=args.baseline)
     except VirtnetError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:
         return 1
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
-        print(f"{PROG}: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
 
 

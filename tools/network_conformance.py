@@ -21,8 +21,6 @@ The status words, the table and the baseline rules are tools/conformance.py's.
 """
 
 import argparse
-import difflib
-import os
 import sys
 from pathlib import Path
 
@@ -34,7 +32,7 @@ for folder in (TOOLS, REPO):
 
 import conformance  # noqa: E402  (tools/conformance.py: statuses, baseline, element lines)
 
-from virtnet.errors import UsageError, VirtnetError  # noqa: E402
+from virtnet.errors import VirtnetError  # noqa: E402
 
 PROG = "network_conformance.py"
 DEFAULT_CORPUS = conformance.DEFAULT_CORPUS / "network"
@@ -66,15 +64,7 @@ LIBVIRT_REJECTS = ("routed-network-no-dns-extra-elements", "open-network-with-fo
 
 
 def find_corpus(explicit=None):
-    if explicit:
-        path = Path(explicit)
-        if not (path / "networkxml2xmlin").is_dir():
-            raise UsageError(f"{explicit}: not libvirt's network corpus (no networkxml2xmlin/ folder inside)")
-        return path
-    for path in (REPO / DEFAULT_CORPUS, Path.cwd() / DEFAULT_CORPUS):
-        if (path / "networkxml2xmlin").is_dir():
-            return path
-    raise UsageError(f"libvirt's network corpus was not found in {REPO / DEFAULT_CORPUS}; pass its directory")
+    return conformance.find_corpus(explicit, DEFAULT_CORPUS, "networkxml2xmlin", "libvirt's network corpus")
 
 
 def _load(path):
@@ -99,6 +89,8 @@ def check_xml_case(corpus, case):
             return Result("net-xml", case, "out-of-scope", OUT_OF_SCOPE[case])
         status = "both-reject" if case in LIBVIRT_REJECTS else "virtnet-rejects"
         return Result("net-xml", case, status, _first_line(error))
+    except Exception as e:  # a crash is a finding of its own, reported rather than raised
+        return Result("net-xml", case, "virtnet-crashes", f"{type(e).__name__}: {e}")
     if case in OUT_OF_SCOPE:
         return Result("net-xml", case, "out-of-scope", OUT_OF_SCOPE[case] + " (yet virtnet accepted it)")
     if case in LIBVIRT_REJECTS or not expected.exists():
@@ -107,8 +99,7 @@ def check_xml_case(corpus, case):
     mine = conformance.canonical_lines(conformance._parse(ours.encode()))
     if theirs == mine:
         return Result("net-xml", case, "match")
-    changed = [line.strip() for line in difflib.unified_diff(theirs, mine, lineterm="", n=0)
-               if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    changed = [line.strip() for line in conformance.changed_lines(theirs, mine)]
     return Result("net-xml", case, "differs", "; ".join(changed)[:300])
 
 
@@ -135,12 +126,13 @@ def check_conf_case(corpus, case):
         if case in STRICTER:
             return Result("net-conf", case, "virtnet-stricter", STRICTER[case])
         return Result("net-conf", case, "virtnet-rejects", _first_line(error))
+    except Exception as e:
+        return Result("net-conf", case, "virtnet-crashes", f"{type(e).__name__}: {e}")
     notes = []
     theirs, mine = _conf_lines((base / f"{case}.conf").read_text()), _conf_lines(ours)
     if any(PLACEHOLDER in line for line in theirs):
         notes.append("hosts file paths")
-    diffs = [line.strip() for line in difflib.unified_diff(theirs, mine, lineterm="", n=0)
-             if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    diffs = [line.strip() for line in conformance.changed_lines(theirs, mine)]
     hostsfile = base / f"{case}.hostsfile"
     if hostsfile.exists() and hostsfile.read_text() != hosts:
         diffs.append("hostsfile differs")
@@ -172,24 +164,16 @@ def format_table(results):
 
 TSV_HEADER = """\
 # virtnet against libvirt's network test corpus: kind, case, status (see tools/network_conformance.py).
-# tests/test_network_conformance.py fails when a case moves to any status but match or both-reject.
+# tests/test_network.py fails when a case moves to any status but match or both-reject.
 # Re-record after an intended change:
 #   python tools/network_conformance.py --tsv > tests/network_conformance_baseline.tsv
 """
 
 
 def report(directory=None, *, tsv=False, baseline=None, out=None):
-    out = out or sys.stdout
     results = run_corpus(find_corpus(directory))
-    out.write(TSV_HEADER + "".join(f"{r.kind}\t{r.case}\t{r.status}\n" for r in results) if tsv
-              else format_table(results))
-    if baseline:
-        problems = conformance.regressions(results, conformance.read_baseline(baseline))
-        if problems:
-            out.write(f"\nregressions from {baseline}:\n" + "".join(f"  {p}\n" for p in problems))
-            return 1
-        out.write(f"no regressions from {os.fspath(baseline)}\n")
-    return 0
+    text = TSV_HEADER + "".join(f"{r.kind}\t{r.case}\t{r.status}\n" for r in results) if tsv else format_table(results)
+    return conformance.write_report(results, text, baseline, out)
 
 
 def main(argv=None):
@@ -198,15 +182,7 @@ def main(argv=None):
     parser.add_argument("dir", metavar="DIR", nargs="?", help=f"the corpus (default: {DEFAULT_CORPUS})")
     parser.add_argument("--baseline", metavar="FILE", help="also exit 1 on a regression from this TSV")
     parser.add_argument("--tsv", action="store_true", help="print kind, case and status as a baseline TSV")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:
-        return e.code
-    try:
-        return report(args.dir, tsv=args.tsv, baseline=args.baseline)
-    except VirtnetError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return e.exit_code
+    return conformance.run_main(parser, report, argv)
 
 
 if __name__ == "__main__":

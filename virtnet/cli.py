@@ -791,10 +791,9 @@ def cmd_plan(args):
             names = nl.link_names()
     try:
         helper = helper_for(loaded.domain)
-        if any(iface.type == "network" for iface in loaded.domain.interfaces):
-            from virtnet.network import ports
+        from virtnet.network import ports
 
-            ports.attach(_store(args), loaded.domain)  # the active network's bridge, as start resolves it
+        ports.attach(_store(args), loaded.domain)  # type='network': the active network's bridge, as start
     except VirtnetError as e:
         raise e.located(loaded.filename) from None
     result = convert.plan(loaded, args.format, names_in_use=names, host_caps=probe(tc=True), bridge_helper=helper,

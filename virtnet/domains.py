@@ -137,8 +137,6 @@ def undefine(store, name, nvram=None):
     A UEFI guest's variable store (its NVRAM file, made by its first start) is its state, so as
     libvirt does, undefine refuses to leave it behind unasked: NVRAM True removes it with the
     definition, False keeps it, None refuses while it exists."""
-    import os
-
     from virtnet import livestate
 
     with store.lock():
@@ -156,8 +154,6 @@ def undefine(store, name, nvram=None):
 def _nvram_file(store, name):
     """The NVRAM file of defined domain NAME when it exists, else None (a definition that no longer
     loads has none virtnet can find)."""
-    import os
-
     from virtnet.errors import VirtnetError
     from virtnet.qemu.machine import nvram_path
 
@@ -166,6 +162,24 @@ def _nvram_file(store, name):
     except VirtnetError:
         return None
     return path if path is not None and os.path.isfile(path) else None
+
+
+def changed_definition(store, name, change):
+    """Domain NAME's definition with CHANGE(domain) applied to its model, loaded again (so checked by
+    the whole pipeline) and ready for define. The verbs that change a definition (attach, detach,
+    domif-setlink, domiftune) all go through here. A domain started by create has none to change."""
+    from virtnet import livestate
+    from virtnet.conf.format import format_domain
+    from virtnet.conf.load import load_text
+    from virtnet.conf.xmlmodel import thaw
+
+    store.read_domain(name)  # no such domain: that error first
+    if livestate.is_transient(store, name):
+        raise StoreError(f"domain '{name}' was started by create and has no definition to change; change the "
+                         f"running guest (--live), or `virtnet define` it first")
+    domain = thaw(load_defined(store, name).domain)
+    change(domain)
+    return load_text(format_domain(domain), f"{store.state_dir}/domains/{name}.xml")  # generated aliases dropped
 
 
 def load_defined(store, name):

@@ -41,11 +41,6 @@ def scope(store, name, *, live=False, config=False, current=False, persistent=Fa
     if live and not running:
         store.read_domain(name)  # no such domain: that error instead
         raise StoreError(f"domain '{name}' is not running; without --live the change goes to its definition")
-    if config:
-        store.read_domain(name)
-        if livestate.is_transient(store, name):
-            raise StoreError(f"domain '{name}' was started by create and has no definition to change; use --live, "
-                             f"or `virtnet define` it first")
     return live, config
 
 
@@ -66,7 +61,8 @@ def attach(store, name, element, filename, *, live, config, unprivileged=False, 
             defined = domains.load_defined(store, name).domain
             checked, warnings = checked_interface(element, filename, defined, macs_in_use)
             _refuse_duplicates(store, name, defined, checked, filename, others_too=False)  # define checks those
-            definition = _changed_definition(store, name, lambda devices: _insert(devices, copy.deepcopy(checked)))
+            definition = domains.changed_definition(
+                store, name, lambda domain: _insert(domain.node.find("devices"), copy.deepcopy(checked)))
             element = checked  # the running guest gets the same MAC
         if live:
             state = runner.require_running(store, name, "attach a device to")
@@ -193,17 +189,6 @@ def _insert(devices, node):
     node.tail = None
 
 
-def _changed_definition(store, name, change):
-    """Domain NAME's stored XML with CHANGE(devices element) applied, loaded (so checked) for define."""
-    from lxml import etree
-
-    from virtnet.conf.load import load_text
-
-    root = etree.fromstring(store.read_domain(name).encode())  # as stored: no generated aliases
-    change(root.find("devices"))
-    return load_text(etree.tostring(root, encoding="unicode"), f"{store.state_dir}/domains/{name}.xml")
-
-
 # --- detach -------------------------------------------------------------------------------------------
 
 
@@ -216,8 +201,7 @@ def detach(store, name, select, *, live, config, timeout):
     definition = None
     with store.lock():
         if config:
-            iface = select(domains.load_defined(store, name).domain)
-            definition = _changed_definition(store, name, lambda devices: devices.remove(_same_node(devices, iface)))
+            definition = domains.changed_definition(store, name, lambda domain: _remove(select(domain).node))
         if live:
             state = runner.require_running(store, name, "detach a device from")
             domain = thaw(livestate.live_domain(store, name))
@@ -226,10 +210,8 @@ def detach(store, name, select, *, live, config, timeout):
             domains.define(store, definition)
 
 
-def _same_node(devices, iface):
-    """The <interface> of the copy DEVICES at IFACE's position among the interfaces."""
-    interfaces = iface.node.getparent().findall("interface")
-    return devices.findall("interface")[interfaces.index(iface.node)]
+def _remove(node):
+    node.getparent().remove(node)
 
 
 def _detach_live(store, name, state, domain, iface, timeout):

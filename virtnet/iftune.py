@@ -150,16 +150,11 @@ def _tune_live(store, name, spec, changes):
 def _tune_config(store, name, spec, changes):
     """Define domain NAME again with the new <bandwidth> (define's checks apply)."""
     from virtnet import domains
-    from virtnet.conf.format import format_domain
-    from virtnet.conf.load import load_text
-    from virtnet.conf.xmlmodel import thaw
     from virtnet.liveif import find_interface
 
-    if livestate.is_transient(store, name):
-        raise UsageError(f"domain '{name}' was started by create and has no definition to change; use --live")
-    domain = thaw(domains.load_defined(store, name).domain)
-    iface = find_interface(domain, spec)
-    _check(iface, changes, name, live=False)
-    for direction, rates in changes.items():
-        set_rates(iface.node, direction, rates)
-    domains.define(store, load_text(format_domain(domain), f"{store.state_dir}/domains/{name}.xml"))
+    def change(domain):
+        iface = find_interface(domain, spec)
+        _check(iface, changes, name, live=False)
+        for direction, rates in changes.items():
+            set_rates(iface.node, direction, rates)
+    domains.define(store, domains.changed_definition(store, name, change))

@@ -10,7 +10,7 @@ has been set up again, and so does virtnet's.
 
 from virtnet import livestate, runner
 from virtnet.conf.mac import is_mac, normal
-from virtnet.errors import HostError, StoreError
+from virtnet.errors import HostError
 
 # virsh domifstat's lines, in its order: (the name it prints, the guest's view of the tap's counter).
 # The tap's receive side is what the guest sends, so each counter is read from the other direction.
@@ -61,15 +61,10 @@ def set_link(store, name, spec, up, *, config=False):
 
 def _set_link_in_definition(store, name, spec, up):
     from virtnet import domains
-    from virtnet.conf.format import format_domain
-    from virtnet.conf.load import load_text
 
-    store.read_domain(name)  # no such domain: that error first
-    if livestate.is_transient(store, name):
-        raise StoreError(f"domain '{name}' was started by create and has no definition to change; leave out --config")
-    domain = domains.load_defined(store, name).domain
-    find_interface(domain, spec).link_state = "up" if up else "down"
-    domains.define(store, load_text(format_domain(domain), f"{store.state_dir}/domains/{name}.xml"))
+    def change(domain):
+        find_interface(domain, spec).link_state = "up" if up else "down"
+    domains.define(store, domains.changed_definition(store, name, change))
 
 
 def get_link(store, name, spec, *, config=False):

@@ -15,16 +15,13 @@ before it reaches the rules.
 """
 
 import hashlib
-import os
 import re
-import shutil
-import subprocess
 
 from virtnet.errors import HostError
+from virtnet.host import nft
 
 FILTERS = ("clean-traffic",)
 PARAMETERS = ("IP",)
-NFT_TIMEOUT = 30
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")  # what may appear quoted in a rule
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _IPV4_RE = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
@@ -73,28 +70,11 @@ def ruleset(family, table, ifname, mac, ips):
             f"table {family} {table} {{\n  chain from_guest {{\n    {hook}\n{body}  }}\n}}\n")
 
 
-def _nft(script, what):
-    nft = shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p)), None)
-    if nft is None:
-        raise HostError(f"cannot {what}: needs nftables' `nft` command (Debian: apt install nftables)")
-    try:
-        result = subprocess.run([nft, "-f", "-"], input=script, capture_output=True, text=True, timeout=NFT_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        raise HostError(f"cannot {what}: nft did not finish within {NFT_TIMEOUT} s") from None
-    return result
-
-
 def apply(a):
     """Load the rules of an ApplyFilter action."""
-    result = _nft(ruleset(a.family, a.table, a.ifname, a.mac, a.ips), f"filter {a.ifname}")
-    if result.returncode != 0:
-        detail = (result.stderr.strip().splitlines() or ["no output"])[0]
-        raise HostError(f"cannot load the nftables rules of {a.device} ({a.table}): {detail}")
+    nft.load(ruleset(a.family, a.table, a.ifname, a.mac, a.ips), f"load the nftables rules of {a.device} ({a.table})")
 
 
 def remove(family, table):
-    """Delete TABLE; one already gone (with its namespace, or by hand) is fine."""
-    result = _nft(f"table {family} {table}\ndelete table {family} {table}\n", f"remove table {table}")
-    if result.returncode != 0:
-        detail = (result.stderr.strip().splitlines() or ["no output"])[0]
-        raise HostError(f"cannot remove the nftables table {family} {table}: {detail}")
+    """Delete the table of a RemoveFilter action."""
+    nft.delete_table(family, table)

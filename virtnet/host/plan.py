@@ -710,8 +710,6 @@ def _network(iface, namer, names_in_use, bridge_helper, warnings):
     MTU, so the tap gets it), isolated when the network says <port isolated='yes'>. The caller has
     resolved the network (virtnet.network.ports.attach: iface.network_port), naming net-start when it
     is not active."""
-    from virtnet.errors import HostError
-
     port = getattr(iface, "network_port", None)
     if port is None:
         network = iface.source.network if iface.source is not None else None
@@ -753,12 +751,19 @@ def _passt(iface, paths):
 SHAPED_TYPES = ("ethernet", "bridge", "network")
 
 
+def _tap_of(actions, kinds=None):
+    """The tap the ACTIONS create or open (only those of KINDS when given), else None: a macvtap or
+    the bridge helper's tap is not one virtnet shapes or filters."""
+    kinds = kinds or (CreateTap, AttachTap)
+    return next((a.ifname for a in actions if isinstance(a, kinds)), None)
+
+
 def filter_actions(domain, iface, actions, warnings):
     """<filterref> (clean-traffic, checked by conf.checks) on the tap the ACTIONS create or open."""
     if iface.filter_name is None:
         return []
-    tap = next((a.ifname for a in actions if isinstance(a, (CreateTap, AttachTap))), None)
-    if tap is None or iface.type not in SHAPED_TYPES:
+    tap = _tap_of(actions)
+    if tap is None:
         warnings.append(f"{iface.ids.alias}: <filterref> is not applied: virtnet filters only taps it creates or "
                         "opens by name (not qemu-bridge-helper's, nor macvtap)")
         return []
@@ -779,7 +784,7 @@ def coalesce_actions(iface, actions, warnings):
     frames = iface.coalesce_rx_frames
     if not frames:
         return []
-    tap = next((a.ifname for a in actions if isinstance(a, CreateTap)), None)
+    tap = _tap_of(actions, (CreateTap,))
     if tap is None:
         what = "an administrator's tap (managed='no')" if iface.unmanaged else "this interface's device"
         warnings.append(f"{iface.ids.alias}: <coalesce> is not applied: virtnet sets it only on taps it creates, "
@@ -792,8 +797,8 @@ def shaping_actions(iface, actions, host_caps, warnings):
     """<bandwidth> on the tap the ACTIONS create or open (host.shaping), once it exists."""
     if iface.inbound is None and iface.outbound is None:
         return []
-    tap = next((a.ifname for a in actions if isinstance(a, (CreateTap, AttachTap))), None)
-    if tap is None or iface.type not in SHAPED_TYPES:
+    tap = _tap_of(actions)
+    if tap is None:
         warnings.append(f"{iface.ids.alias}: <bandwidth> is not applied: virtnet shapes only taps it creates or "
                         "opens by name (not qemu-bridge-helper's, nor macvtap)")
         return []

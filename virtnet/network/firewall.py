@@ -14,10 +14,10 @@ import ipaddress
 import re
 
 from virtnet.errors import HostError
+from virtnet.host import nft
 from virtnet.network.paths import table_name
 
 _IFNAME_RE = re.compile(r"[A-Za-z0-9_.@-]{1,15}")
-NFT_TIMEOUT = 30
 
 
 def _ifname(name):
@@ -87,23 +87,6 @@ def _masquerade(network, ipword, subnet, oif):
     return rules
 
 
-def _nft(script, what):
-    from virtnet.host.nwfilter import _nft as run
-
-    return run(script, what)
-
-
 def load(network):
     table = table_name(network.name)
-    result = _nft(ruleset(network), f"load the nftables table {table}")
-    if result.returncode != 0:
-        detail = (result.stderr.strip().splitlines() or ["no output"])[0]
-        raise HostError(f"cannot load the nftables rules of network '{network.name}' ({table}): {detail}")
-
-
-def remove(table):
-    """Delete TABLE (family inet) if it exists."""
-    result = _nft(f"table inet {table} {{}}\ndelete table inet {table}\n", f"remove table {table}")
-    if result.returncode != 0:
-        detail = (result.stderr.strip().splitlines() or ["no output"])[0]
-        raise HostError(f"cannot remove the nftables table inet {table}: {detail}")
+    nft.load(ruleset(network), f"load the nftables rules of network '{network.name}' ({table})")

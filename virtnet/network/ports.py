@@ -35,10 +35,12 @@ def resolve(store, name):
 
 def attach(store, domain, interfaces=None):
     """Give each type='network' interface of DOMAIN (or of INTERFACES) its network_port, for the plan."""
+    wanted = [i for i in (interfaces if interfaces is not None else domain.interfaces) if i.type == "network"]
+    if not wanted:
+        return  # nothing to resolve: no network module, no reaping
     from virtnet.network import runner
 
     with store.lock():
         runner.reap(store)
-    for iface in interfaces if interfaces is not None else domain.interfaces:
-        if iface.type == "network":
-            iface.network_port = resolve(store, iface.source.network)
+    for iface in wanted:
+        iface.network_port = resolve(store, iface.source.network)

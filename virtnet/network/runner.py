@@ -24,6 +24,7 @@ import time
 
 from virtnet import livestate
 from virtnet.errors import HostError, StoreError
+from virtnet.host import nft
 from virtnet.network import defs, dnsmasq, firewall
 from virtnet.network.paths import NetworkPaths, table_name
 
@@ -105,7 +106,7 @@ def _undo(store, name, record, undo, nl):
     elif kind == "stop_dnsmasq":
         _stop_dnsmasq(undo)
     elif kind == "delete_table":
-        firewall.remove(undo["table"])
+        nft.delete_table("inet", undo["table"])
     elif kind == "restore_forwarding":
         if not _forwarding_still_needed(store, name, undo["version"], record.get("netns")):
             with open(FORWARDING[undo["version"]], "w") as f:
