@@ -379,8 +379,7 @@ STAGES = (("virtnet.conf.xmlparse", "read_source", "read file"),
           ("virtnet.qemu.argv", "build_command", "build argv (props)"),
           ("virtnet.qemu.argv", "build_argv", "build argv (props)"),
           ("virtnet.qemu.render", "shell_lines", "render (shell quoting)"),
-          ("virtnet.qemu.argv", "warnings", "unrendered-device warnings"),
-          ("virtnet.qemu.argv", "unrendered_devices", "unrendered-device warnings"))
+          ("virtnet.qemu.argv", "warnings", "unrendered-device warnings"))
 
 
 def _child_phases_batch(folder):

@@ -89,7 +89,8 @@ def test_the_cli_agrees_and_generated_scripts_only_create_the_planned_taps(seed)
     assert not summary.failures, _verdict(summary)
     assert summary.cli_runs == CLI_RUNS
     if fuzz.netns_available() is None:
-        assert summary.netns_runs == SCRIPT_RUNS, summary.text()
+        # As many as asked for, unless the sample holds fewer documents with taps to pre-create.
+        assert summary.netns_runs == min(SCRIPT_RUNS, summary.with_taps), summary.text()
 
 
 # -- the fuzzer itself --------------------------------------------------------------------------------

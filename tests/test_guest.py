@@ -228,7 +228,7 @@ def test_ps2_input_and_the_chipsets_controllers_are_not_dropped():
     assert [d.what for d in argvmod.unrendered(domain)] == ["<controller type='usb'>"]
 
 
-def test_disks_are_dropped_with_data_until_storage_renders_them(monkeypatch):
+def test_disks_virtnet_cannot_render_are_dropped_with_data():
     text = domain_text("disk", devices="\n    <disk type='network' device='disk'><source protocol='nbd' "
                                        "name='x'><host name='h'/></source><target dev='vda' bus='virtio'/></disk>")
     domain = load(text).domain
@@ -236,9 +236,6 @@ def test_disks_are_dropped_with_data_until_storage_renders_them(monkeypatch):
     assert dropped and dropped[0].data
     with pytest.raises(UnsupportedError, match=r"^<disk type='network'> \(line 10\): not rendered.*--allow-dropped"):
         argvmod.check_dropped(domain)
-    # Without a storage module (before disks were rendered) every <disk> counts as dropped.
-    monkeypatch.setattr(argvmod, "_storage_unrendered", lambda domain: None)
-    assert [d.what for d in argvmod.unrendered(domain) if d.data] == ["<disk type='network'>"]
 
 
 def test_lifecycle_actions_qemu_cannot_carry_out_are_named():

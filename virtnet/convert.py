@@ -130,18 +130,21 @@ def plan(loaded, fmt="text", *, runtime_dir, names_in_use=frozenset(), host_caps
     if owner is None and fmt in ("sh", "networkd"):
         raise UsageError(f"the {fmt} format needs the owner of the pre-created taps")
     domain, filename = loaded.domain, loaded.filename
-    from virtnet.qemu.argv import ArgvOptions, build_command, check_dropped, warnings as argv_warnings
+    from virtnet.qemu.argv import ArgvOptions, build_command, check_dropped, unrendered
+    from virtnet.qemu.argv import warnings as argv_warnings
 
+    paths = DomainPaths(runtime_dir, domain.name)
     try:
         # What start would refuse while building QEMU's command line, plan refuses too (pure).
-        build_command(domain, DomainPaths(runtime_dir, domain.name), ArgvOptions(host_caps=frozenset(host_caps)))
+        build_command(domain, paths, ArgvOptions(host_caps=frozenset(host_caps)))
         built = build_plan(domain, names_in_use=frozenset(names_in_use), host_caps=frozenset(host_caps),
-                           paused=paused, bridge_helper=bridge_helper, paths=DomainPaths(runtime_dir, domain.name))
+                           paused=paused, bridge_helper=bridge_helper, paths=paths)
     except VirtnetError as e:
         raise e.located(filename) from None
-    warnings = [Diagnostic(filename, line, message) for line, message in argv_warnings(domain)]
+    dropped = unrendered(domain)
+    warnings = [Diagnostic(filename, line, message) for line, message in argv_warnings(domain, dropped)]
     try:
-        check_dropped(domain)
+        check_dropped(domain, dropped)
     except VirtnetError as e:
         warnings.append(Diagnostic(filename, e.line, e.message))  # start refuses it without --allow-dropped
     warnings += [Diagnostic(filename, None, message) for message in built.warnings]

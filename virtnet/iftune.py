@@ -105,11 +105,10 @@ def current(store, name, spec, *, config):
 def _tune_live(store, name, spec, changes):
     from virtnet.conf.format import format_domain
     from virtnet.conf.xmlmodel import thaw
-    from virtnet.host import shaping
-    from virtnet.host.executor import Executor, Outcome
     from virtnet.host import netns
+    from virtnet.host.executor import Executor
     from virtnet.host.netlink import Netlink
-    from virtnet.host.plan import AttachTap, UnshapeInbound, UnshapeOutbound, shaping_actions, teardown_with
+    from virtnet.host.plan import AttachTap, Plan, UnshapeInbound, UnshapeOutbound, shaping_actions, teardown_with
     from virtnet.hostcaps import probe
     from virtnet.liveif import find_interface
 
@@ -127,20 +126,17 @@ def _tune_live(store, name, spec, changes):
     warnings = []
     actions = shaping_actions(iface, [AttachTap(iface.ids.alias, tap)], probe(tc=True), warnings)
     with netns.inside_if_elsewhere(state.netns), Netlink() as nl:
-        # As libvirt: what was there goes, then the whole <bandwidth> is applied anew.
-        shaping.unshape_inbound(tap)
-        for action in old:
-            if isinstance(action, UnshapeOutbound):
-                shaping.unshape_outbound(action.ifname, action.ifb)
-        shaping.unshape_outbound(tap, None)
+        # As libvirt: what was there goes (what was recorded, then the tap's own qdiscs), then the
+        # whole <bandwidth> is applied anew, through the executor as at start.
+        executor = Executor(nl)
+        errors = executor.teardown(old + [UnshapeInbound(iface.ids.alias, tap), UnshapeOutbound(iface.ids.alias, tap)])
         state.teardown = [a for a in state.teardown if a not in old]
-        executor, outcome = Executor(nl), Outcome()
         try:
-            for action in actions:
-                executor.run(action, outcome)
+            if errors:
+                raise HostError(f"domain '{name}': removing the shaping of {tap} failed: " + "; ".join(errors))
+            outcome = executor.setup(Plan(actions))  # rolled back if any step fails
         except BaseException:
-            state.teardown = teardown_with(state.teardown, outcome.inverses)
-            livestate.save(store, name, state)  # what was applied is still undone by destroy
+            livestate.save(store, name, state)
             raise
         state.teardown = teardown_with(state.teardown, outcome.inverses)
         livestate.save(store, name, state, format_domain(domain, live=True))

@@ -38,11 +38,7 @@ def _fill_macs(domain):
             if value != written[index]:
                 iface.mac = value
             continue
-        attempt = 0
-        new = mac.generated(domain.uuid, index)
-        while new in used:
-            attempt += 1
-            new = mac.generated(domain.uuid, f"{index}.{attempt}")
+        new = mac.unused(domain.uuid, index, used)
         used.add(new)
         iface.mac = new
 

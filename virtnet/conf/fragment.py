@@ -8,6 +8,7 @@ from lxml import etree
 
 from virtnet.conf import xmlparse
 from virtnet.conf import mac
+from virtnet.conf.iftypes import SOCKET_TYPES
 from virtnet.errors import XMLInputError
 
 DEVICE_TAGS = ("interface",)  # the devices virtnet attaches and detaches
@@ -56,12 +57,7 @@ def _new_mac(node, context, macs_in_use):
     """A generated MAC for a device added to CONTEXT: as defaults does for a whole domain, from the
     uuid and the device's position, and one that nothing in use has."""
     used = {mac.normal(i.mac) for i in context.interfaces if i.mac} | {mac.normal(m) for m in macs_in_use}
-    position, attempt = len(context.interfaces), 0
-    new = mac.generated(context.uuid, position)
-    while new in used:
-        attempt += 1
-        new = mac.generated(context.uuid, f"{position}.{attempt}")
-    node.find("mac").set("address", new)
+    node.find("mac").set("address", mac.unused(context.uuid, len(context.interfaces), used))
 
 
 def matching_interfaces(domain, element):
@@ -102,7 +98,6 @@ def _same_address(mine, wanted):
 # attach-interface TYPE SOURCE: where SOURCE goes for each type (virsh's mapping, and virtnet's for
 # the types virsh's attach-interface does not take).
 SOURCE_OF_TYPE = {"bridge": "bridge", "network": "network", "direct": "dev", "vhostuser": "path"}
-SOCKET_TYPES = ("server", "client", "mcast", "udp")
 NO_SOURCE_TYPES = ("ethernet", "user")
 
 

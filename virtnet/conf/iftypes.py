@@ -56,4 +56,3 @@ def phrase(type_names):
 
 DRIVEN = names(driven=True)
 SOCKET_TYPES = names(socket=True)
-TAP_TYPES = names(tap=True)

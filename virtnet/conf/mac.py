@@ -31,6 +31,16 @@ def generated(seed, index):
     return QEMU_OUI + "".join(f":{b:02x}" for b in digest[:3])
 
 
+def unused(seed, position, used):
+    """A generated MAC for the interface at POSITION that USED does not hold (libvirt's rule: a MAC
+    is unique among a domain's interfaces; callers add more that must be avoided)."""
+    new, attempt = generated(seed, position), 0
+    while new in used:
+        attempt += 1
+        new = generated(seed, f"{position}.{attempt}")
+    return new
+
+
 def host_side(guest_mac):
     """A tap's own MAC: the guest's with the first octet FE (FA if the guest's already is FE),
     so the host never sees its own address and a bridge never adopts the tap's MAC."""

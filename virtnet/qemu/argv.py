@@ -23,18 +23,14 @@ from lxml import etree
 from virtnet.conf.guest import QEMU_NS, VIRTIO_SERIAL
 from virtnet.errors import UnsupportedError
 from virtnet.qemu import chardevs, machine, netprops, render, storage
-# The machine part's names, as this module has always offered them (plan, launch and tests use them).
-from virtnet.qemu.machine import (
-    DEFAULT_EMULATOR, DEFAULT_STATE_DIR, MEMORY_BACKEND_ID, UNIT_TO_KIB, check_shared_memory, memory_backend,
-    memory_kib, qmp_chardev_value, qmp_options, shared_memory, skeleton)
+# The machine part's names that the plan, convert and tests take from here.
+from virtnet.qemu.machine import DEFAULT_EMULATOR, DEFAULT_STATE_DIR, check_shared_memory, qmp_options
 from virtnet.qemu.netprops import HostFds
 from virtnet.record import Record
 
 __all__ = ["ArgvOptions", "Command", "Dropped", "build_argv", "build_command", "check_dropped", "network_options",
-           "placeholder_fds", "prepare_host", "qemu_commandline_args", "qemu_env", "unrendered", "unrendered_devices",
-           "warnings", "DEFAULT_EMULATOR", "DEFAULT_STATE_DIR", "MEMORY_BACKEND_ID", "UNIT_TO_KIB",
-           "check_shared_memory", "memory_backend", "memory_kib", "qmp_chardev_value", "qmp_options",
-           "shared_memory", "skeleton"]
+           "placeholder_fds", "prepare_host", "qemu_commandline_args", "qemu_env", "unrendered", "warnings",
+           "DEFAULT_EMULATOR", "DEFAULT_STATE_DIR", "check_shared_memory", "qmp_options"]
 
 FIRST_FD = 3  # xml2argv numbers descriptors from 3, as if stdin/stdout/stderr were the only ones open
 
@@ -126,7 +122,8 @@ def qemu_env(domain):
 
 def build_command(domain, paths, options):
     """The argv and environment. For xml2argv, options.fds is filled with placeholders when empty."""
-    check_shared_memory(domain)
+    if options.network_only:
+        check_shared_memory(domain)  # else machine.options checks it, with the rest of the machine
     if not options.fds and not options.standalone:
         options.fds = placeholder_fds(domain, options.host_caps)
     network = network_options(domain, paths, options)
@@ -265,38 +262,8 @@ _TOP_SCANS = {"os": _scan_os, "features": _scan_features, "cpu": _scan_cpu, "clo
               "memoryBacking": _scan_memory_backing}
 
 
-def _storage_unrendered(domain):
-    """The <disk> and <controller> elements virtnet.qemu.storage leaves out, or None while there is
-    no storage module (then every <disk> is dropped)."""
-    try:
-        from virtnet.qemu import storage
-    except ImportError:
-        return None
-    unrendered = getattr(storage, "unrendered", None)
-    if unrendered is None:
-        return None
-    found = {getattr(item, "node", item): "" for item in unrendered(domain)}
-    reasons = getattr(storage, "unrendered_reasons", None)
-    if reasons is not None:
-        found.update((getattr(node, "node", node), why) for node, why in reasons(domain))
-    return found
-
-
-def _machine_controller(domain, node):
-    """A controller the machine type itself provides (the root bus, the chipset's IDE/SATA/FDC), or
-    a USB controller that is explicitly none: nothing to render."""
-    kind, model, index = node.get("type"), node.get("model"), node.get("index", "0")
-    if kind == "pci" and model in ("pci-root", "pcie-root") and index == "0":
-        return True
-    if kind == "usb" and model == "none":
-        return True
-    if index == "0" and node.find("address") is None:
-        return (kind in ("ide", "fdc") and not domain.is_q35) or (kind == "sata" and domain.is_q35)
-    return False
-
-
 def _scan_devices(domain, node, found):
-    storage = _storage_unrendered(domain)
+    left_out = storage.unrendered(domain)  # {element: why} of the disks and controllers
     for child in _children(node):
         tag = child.tag
         if tag == "interface":
@@ -309,13 +276,11 @@ def _scan_devices(domain, node, found):
             continue
         if tag == "controller" and child.get("type") == VIRTIO_SERIAL:
             continue
-        if tag in ("disk", "controller") and storage is not None:
-            if child in storage:
-                why = storage[child]
+        if tag in ("disk", "controller"):
+            if child in left_out:
+                why = left_out[child]
                 why = f"{why} is not rendered" if why and why != _label(child) else ""
                 found.append(Dropped(_label(child), child.sourceline, data=tag == "disk", why=why))
-            continue
-        if tag == "controller" and _machine_controller(domain, child):
             continue
         if tag == "input" and child.get("bus", "ps2") == "ps2" and child.get("type") in ("mouse", "keyboard"):
             continue  # the i8042 of pc and q35 machines
@@ -363,11 +328,6 @@ def _listing(items):
         where = f"line {first[(what, why)]}" + (f"; {why}" if why else "")
         parts.append(f"{what} ({where})" + (f" ×{count}" if count > 1 else ""))
     return ", ".join(parts)
-
-
-def unrendered_devices(domain):
-    """The dropped elements as 'TAG (line N)' words (what benchmarks and older callers read)."""
-    return [part for part in _listing(unrendered(domain)).split(", ") if part]
 
 
 def warnings(domain, dropped=None):

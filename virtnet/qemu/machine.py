@@ -39,7 +39,6 @@ FEATURE_POLICY = {"force": "on", "require": "on", "optional": "on", "disable": "
 # (catchup is kvm-pit's own default: libvirt passes nothing for it, and no tickpolicy means delay.)
 PIT_TICK_POLICY = {None: "delay", "delay": "delay", "discard": "discard"}
 RTC_TRACK = {"guest": "vm", "wall": "host", "realtime": "rt"}
-BOOT_DEVS = ("hd", "cdrom", "fd", "network")
 _DEVICE_BOOT = etree.XPath("boolean(devices/*/boot)")  # compiled once: find() with '*' runs ElementPath in Python
 
 
@@ -438,11 +437,6 @@ def options(domain, paths, *, syntax="json", standalone=False, state_dir=DEFAULT
     argv += pm_options(domain)
     argv += boot_options(domain)
     return argv, env
-
-
-def skeleton(domain, paths, syntax="json", standalone=False, state_dir=DEFAULT_STATE_DIR):
-    """The machine part of the command line (without its environment)."""
-    return options(domain, paths, syntax=syntax, standalone=standalone, state_dir=state_dir)[0]
 
 
 # ---------------------------------------------------------------- host side, at start

@@ -34,7 +34,6 @@ RENDERED_CHILDREN = frozenset({"driver", "source", "target", "readonly", "sharea
                                "address"})
 RENDERED_DRIVER_ATTRS = frozenset({"name", "type", "cache", "discard", "io", "detect_zeroes", "error_policy",
                                    "rerror_policy", "queues", "queue_size"})
-VIRTIO_ONLY_DRIVER_ATTRS = ("queues", "queue_size")
 RENDERED_SOURCE_ATTRS = frozenset({"file", "dev"})
 RENDERED_TARGET_ATTRS = frozenset({"dev", "bus"})
 # cache= → (write-cache of the device, cache.direct, cache.no-flush) (qemuDomainDiskCachemodeFlags).
@@ -141,21 +140,22 @@ def rendered_disks(domain):
 
 
 def unrendered(domain):
-    """The <disk> and <controller> elements the command line leaves out (controllers the machine
-    provides by itself count as rendered; virtio-serial ones are qemu.chardevs')."""
-    found = [disk.node for disk in domain.disks if why_unrendered(domain, disk) is not None]
-    found += [c.node for c in domain.controllers
-              if c.type != "virtio-serial" and not controller_rendered(domain, c) and not _explicitly_none(c)]
-    return sorted(found, key=lambda node: node.sourceline or 0)
+    """{element: why ('' when its label says it)} of the <disk> and <controller> elements the command
+    line leaves out (controllers the machine provides by itself count as rendered; virtio-serial ones
+    are qemu.chardevs'), each disk checked once."""
+    found = {}
+    for disk in domain.disks:
+        why = why_unrendered(domain, disk)
+        if why is not None:
+            found[disk.node] = why
+    for c in domain.controllers:
+        if c.type != "virtio-serial" and not controller_rendered(domain, c) and not _explicitly_none(c):
+            found[c.node] = ""
+    return found
 
 
 def _explicitly_none(controller):
     return controller.type == "usb" and controller.model == "none"
-
-
-def unrendered_reasons(domain):
-    """[(<disk> element, reason)] for the disks virtnet leaves out."""
-    return [(disk.node, why) for disk in domain.disks if (why := why_unrendered(domain, disk)) is not None]
 
 
 # ---------------------------------------------------------------- controllers
