@@ -55,8 +55,10 @@ endef
 $(INSTALLED): $(PY) $(INSTALL_INPUTS)
 	$(call install_editable,.)
 
-$(TEST_INSTALLED): $(INSTALLED)
+# With the test extras, the install `venv` makes is done as well (one install, both stamps).
+$(TEST_INSTALLED): $(PY) $(INSTALL_INPUTS)
 	$(call install_editable,.[test])
+	touch $(INSTALLED)
 
 venv: $(INSTALLED) ## create .venv and install virtnet editable (with bytecode, man page, completions); again only when setup or the CLI changed
 

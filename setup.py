@@ -17,11 +17,14 @@ SHARE = {  # install folder under the prefix: the generated file
 }
 
 # Domain names for NAME arguments, from `virtnet list --all` (its first two lines are the header).
-_NAMES = "virtnet list --all 2>/dev/null | awk 'NR > 2 {print $1}'"
+# Completers of defined domains and networks: the first column of `virtnet list --all` and of
+# `virtnet net-list --all`, after their two header lines.
+_LISTS = {"domains": "virtnet list --all", "networks": "virtnet net-list --all"}
 PREAMBLE = {
-    "bash": '_shtab_virtnet_domains() {\n  compgen -W "$(%s)" -- "$1"\n}\n' % _NAMES,
-    "zsh": '_virtnet_domains() {\n  local -a names\n  names=(${(f)"$(%s)"})\n  _describe domain names\n}\n'
-           % _NAMES,
+    "bash": "".join('_shtab_virtnet_%s() {\n  compgen -W "$(%s 2>/dev/null | awk \'NR > 2 {print $1}\')" -- "$1"\n}\n'
+                    % (kind, command) for kind, command in _LISTS.items()),
+    "zsh": "".join('_virtnet_%s() {\n  local -a names\n  names=(${(f)"$(%s 2>/dev/null | awk \'NR > 2 {print $1}\')"})'
+                   '\n  _describe %s names\n}\n' % (kind, command, kind) for kind, command in _LISTS.items()),
 }
 
 
@@ -38,11 +41,13 @@ def _mark_completions(parser):
     import shtab
 
     kinds = {"file": shtab.FILE, "target": shtab.FILE, "dir": shtab.DIRECTORY, "state_dir": shtab.DIRECTORY,
-             "runtime_dir": shtab.DIRECTORY, "bridge_helper": shtab.FILE,
-             "name": {"bash": "_shtab_virtnet_domains", "zsh": "_virtnet_domains"}}
-    for sub in [parser, *_verbs(parser).values()]:
+             "runtime_dir": shtab.DIRECTORY, "bridge_helper": shtab.FILE}
+    for verb, sub in [(None, parser), *_verbs(parser).items()]:
+        names = "networks" if verb and verb.startswith("net-") else "domains"  # what NAME is for this verb
         for action in sub._actions:
-            if action.dest in kinds:
+            if action.dest == "name":
+                action.complete = {"bash": f"_shtab_virtnet_{names}", "zsh": f"_virtnet_{names}"}
+            elif action.dest in kinds:
                 action.complete = kinds[action.dest]
 
 

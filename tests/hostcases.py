@@ -53,6 +53,16 @@ def ip(*args, check=True):
     return result
 
 
+def routable(ns):
+    """What Debian 12's passt needs to start in namespace NS: an interface with an address and a
+    default route (a veth whose far end is up)."""
+    ip("-n", ns, "link", "add", "up0", "type", "veth", "peer", "name", "up1")
+    ip("-n", ns, "addr", "add", "198.51.100.1/24", "dev", "up0")
+    ip("-n", ns, "link", "set", "up0", "up")
+    ip("-n", ns, "link", "set", "up1", "up")
+    ip("-n", ns, "route", "add", "default", "via", "198.51.100.2", "dev", "up0")
+
+
 def ip_json(ns, *args):
     out = ip("-n", ns, "-j", *args).stdout
     return json.loads(out) if out.strip() else []

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from hostcases import REPO, assert_clean, ip, links, ok, snapshot, virtnet, write
+from hostcases import REPO, assert_clean, ip, links, ok, routable, snapshot, virtnet, write
 
 SEED = REPO / "examples" / "net-eth-unmanaged-tap.xml"
 
@@ -291,12 +291,7 @@ def test_passt_dhcp_port_forward_into_the_guest_and_tcp_out_to_the_host(lab, lis
     connection the guest half-closed first; a current passt does not, and passes the same way."""
     ns, d = lab.ns, lab.d
     d.runtime.chmod(0o711)  # passt runs as nobody and must reach its socket directory
-    # passt needs an interface with an address and a default route (see tests/test_passt.py).
-    ip("-n", ns, "link", "add", "up0", "type", "veth", "peer", "name", "up1")
-    ip("-n", ns, "addr", "add", "198.51.100.1/24", "dev", "up0")
-    ip("-n", ns, "link", "set", "up0", "up")
-    ip("-n", ns, "link", "set", "up1", "up")
-    ip("-n", ns, "route", "add", "default", "via", "198.51.100.2", "dev", "up0")
+    routable(ns)  # passt needs an interface with an address and a default route
     before = snapshot(ns)
     listener = listeners(ns, "127.0.0.1", 5001)
     nic = virtio(MAC, "      <portForward proto='tcp' address='127.0.0.1'><range start='2222' to='22'/></portForward>\n",

@@ -17,6 +17,7 @@ from hostcases import (
     fails,
     info_network,
     ip,
+    routable,
     links,
     ok,
     qmp,
@@ -270,8 +271,6 @@ def test_scope_rules_for_transient_and_running_domains(ns, dirs, tmp_path):
 
 
 def test_hot_plugged_passt_is_started_and_stopped_with_the_domain(ns, dirs, tmp_path, passt_bin):
-    from test_passt import routable
-
     d = dirs
     nic = write(tmp_path / "nic.xml", "<interface type='user'>\n  <backend type='passt'/>\n"
                                       "  <model type='virtio'/>\n</interface>\n")

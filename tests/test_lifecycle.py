@@ -34,13 +34,13 @@ from hostcases import (
     cli_env,
     domain_xml,
     fails,
-    ip,
     kill,
     links,
     live_pids,
     ok,
     python_for,
     qmp,
+    routable,
     snapshot,
     user_env,
     virtnet,
@@ -339,15 +339,6 @@ def reports(path):
     except FileNotFoundError:
         return []
     return [line[len("TG: "):].rstrip("\r") for line in text.splitlines() if line.startswith("TG: ")]
-
-
-def routable(ns):
-    """What Debian 12's passt needs to start: an interface with an address and a default route."""
-    ip("-n", ns, "link", "add", "up0", "type", "veth", "peer", "name", "up1")
-    ip("-n", ns, "addr", "add", "198.51.100.1/24", "dev", "up0")
-    ip("-n", ns, "link", "set", "up0", "up")
-    ip("-n", ns, "link", "set", "up1", "up")
-    ip("-n", ns, "route", "add", "default", "via", "198.51.100.2", "dev", "up0")
 
 
 def test_a_guest_that_powers_off_goes_at_once_and_is_cleaned_up_quietly(ns, dirs, tmp_path, image):

@@ -33,6 +33,7 @@ from hostcases import (
     fails,
     info_network,
     ip,
+    routable,
     live_state,
     ok,
     qmp,
@@ -45,15 +46,6 @@ from virtnet.host.plan import build_plan
 from virtnet.runpaths import DomainPaths
 
 NOBODY = 65534
-
-
-def routable(ns):
-    """What passt needs to start: an interface with an address and a default route."""
-    ip("-n", ns, "link", "add", "up0", "type", "veth", "peer", "name", "up1")
-    ip("-n", ns, "addr", "add", "198.51.100.1/24", "dev", "up0")
-    ip("-n", ns, "link", "set", "up0", "up")
-    ip("-n", ns, "link", "set", "up1", "up")
-    ip("-n", ns, "route", "add", "default", "via", "198.51.100.2", "dev", "up0")
 
 
 def load(xml):

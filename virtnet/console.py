@@ -23,7 +23,7 @@ import socket
 import sys
 from pathlib import Path
 
-from virtnet.errors import HostError, StoreError
+from virtnet.errors import HostError
 
 ESCAPE = 0x1D  # Ctrl+]
 ESCAPE_NAME = "^] (Ctrl + ])"
@@ -33,10 +33,11 @@ _MAX_PENDING = 1 << 20  # bytes typed but not yet taken by the guest before stdi
 
 class Console:
     """Where a domain's console is: ALIAS (serial0, …), LABEL (QEMU's chardev id), KIND ('pty' or
-    'unix') and PATH."""
+    'unix') and PATH; RUNTIME_DIR: the domain's runtime folder (its session lock lives there)."""
 
-    def __init__(self, alias, label, kind, path):
+    def __init__(self, alias, label, kind, path, runtime_dir):
         self.alias, self.label, self.kind, self.path = alias, label, kind, path
+        self.runtime_dir = runtime_dir
 
 
 def _candidates(domain):
@@ -75,14 +76,10 @@ def _choose(name, domain, devname):
 def find(store, name, devname=None):
     """The Console of running domain NAME (--devname DEVNAME, else its first console)."""
     from virtnet import livestate, runner
-    from virtnet.conf.load import load_live
 
     with store.lock():
         state = runner.require_running(store, name, "attach to its console")
-    text = livestate.live_xml(store, name)
-    if text is None:
-        raise StoreError(f"domain '{name}' has no live XML in {store.running_dir}")
-    domain = load_live(text, f"{store.running_dir}/{name}.xml").domain
+        domain = livestate.live_domain(store, name)
     alias, chardev = _choose(name, domain, devname)
     what = f"<{chardev.kind} type='{chardev.type}'> ({alias})"
     if chardev.type == "file":
@@ -103,8 +100,8 @@ def find(store, name, devname=None):
     if chardev.type == "pty":
         if not filename.startswith("pty:"):
             raise HostError(f"domain '{name}': QEMU reports '{filename}' for {label}, not a pty")
-        return Console(alias, label, "pty", filename[len("pty:"):])
-    return Console(alias, label, "unix", chardev.source_path or _unix_path(filename))
+        return Console(alias, label, "pty", filename[len("pty:"):], state.runtime_dir)
+    return Console(alias, label, "unix", chardev.source_path or _unix_path(filename), state.runtime_dir)
 
 
 def _unix_path(filename):
@@ -279,13 +276,8 @@ def _drain(fd, pending, timeout=1.0):
 
 def attach(store, name, devname=None):
     """The `console` verb: find, lock, open, relay. Returns the exit status."""
-    from virtnet import livestate
-
     console = find(store, name, devname)
-    state = livestate.load(store, name)
-    if state is None:
-        raise StoreError(f"domain '{name}' is not running")
-    with _session_lock(name, state.runtime_dir):
+    with _session_lock(name, console.runtime_dir):
         fd, sock = _open(name, console)
         try:
             sys.stderr.write(f"Connected to domain '{name}' ({console.alias}, {console.path})\n"

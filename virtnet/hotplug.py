@@ -14,7 +14,6 @@ MAC or target dev of another domain).
 """
 
 import copy
-from pathlib import Path
 
 from virtnet import livestate, runner
 from virtnet.conf.xmlmodel import thaw
@@ -120,7 +119,6 @@ def _attach_live(store, name, state, domain, node, *, unprivileged, bridge_helpe
     from virtnet.hostcaps import probe
     from virtnet.network import ports
     from virtnet.qemu.hotplug import DeviceMonitor
-    from virtnet.runpaths import DomainPaths
 
     node = copy.deepcopy(node)
     if pci.address_in_use(domain, node):
@@ -132,7 +130,7 @@ def _attach_live(store, name, state, domain, node, *, unprivileged, bridge_helpe
     domain = identity.prepare(Domain(domain.node))  # fresh wrappers; the new NIC gets the next alias
     iface = next(i for i in domain.interfaces if i.node is node)
     pci.hotplug_address(domain, node)
-    paths = DomainPaths(Path(state.runtime_dir).parent, name)
+    paths = state.paths
     helper = bridgehelper.helper_for(domain, unprivileged=unprivileged, override=bridge_helper) \
         if iface.type in ("bridge", "network") else None
     ports.attach(store, domain, [iface])  # type='network': the active network's bridge, or an error naming net-start

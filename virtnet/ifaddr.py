@@ -14,7 +14,6 @@ escaped, and anything malformed is left out.
 
 import ipaddress
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from virtnet import liveif, livestate, runner
 from virtnet.errors import HostError
@@ -77,7 +76,6 @@ def agent_socket(name, domain, state):
     """The unix socket of the domain's guest agent channel, or a HostError saying why there is none."""
     from virtnet.qemu.agent import AGENT_CHANNEL
     from virtnet.qemu.chardevs import channel_socket_path
-    from virtnet.runpaths import DomainPaths
 
     channel = next((c for c in domain.channels if c.target_type == "virtio" and c.target_name == AGENT_CHANNEL), None)
     if channel is None:
@@ -89,8 +87,7 @@ def agent_socket(name, domain, state):
     if channel.source_mode == "connect":
         raise HostError(f"domain '{name}': QEMU connects its guest agent channel to {channel.source_path} itself; "
                         "ask the program listening there, or use <source mode='bind'> for virtnet to reach the agent")
-    runtime = Path(state.runtime_dir)
-    return channel.source_path or channel_socket_path(DomainPaths(runtime.parent, runtime.name), channel)
+    return channel.source_path or channel_socket_path(state.paths, channel)
 
 
 def from_agent(name, domain, state, timeout=AGENT_TIMEOUT):

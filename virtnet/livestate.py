@@ -40,6 +40,16 @@ class LiveState:
     starter: list | None = None  # process_identity() of the start in progress; None once started
 
     @property
+    def paths(self):
+        """The DomainPaths start used (a later command may run with another --runtime-dir)."""
+        from pathlib import Path
+
+        from virtnet.runpaths import DomainPaths
+
+        folder = Path(self.runtime_dir)
+        return DomainPaths(folder.parent, folder.name)
+
+    @property
     def starting(self):
         return self.starter is not None
 

@@ -121,7 +121,7 @@ def exit_reason(state):
     lines = []
     with contextlib.suppress(OSError):
         lines = [line.strip() for line in
-                 (Path(state.runtime_dir) / "qemu.log").read_text(errors="replace").splitlines() if line.strip()]
+                 state.paths.log.read_text(errors="replace").splitlines() if line.strip()]
     last = lines[-1] if lines else None
     for line in reversed(lines[-5:]):
         match = _TERMINATED.search(line)
@@ -187,21 +187,22 @@ def check_runtime_dir(path):
                         "--runtime-dir, e.g. a directory of your own")
 
 
-def _make_domain_dir(paths):
-    """The domain's own runtime directory, new (a leftover of ours is replaced; anything else refused)."""
+def make_private_dir(path):
+    """A domain's (or a network's) own runtime directory PATH, new and 0700 (a leftover of ours is
+    replaced; anything else refused)."""
     try:
-        info = os.lstat(paths.dir)
+        info = os.lstat(path)
     except FileNotFoundError:
         info = None
     if info is not None:
         if stat.S_ISDIR(info.st_mode) and not stat.S_ISLNK(info.st_mode) and info.st_uid == os.geteuid():
-            shutil.rmtree(paths.dir, ignore_errors=True)  # left by an earlier run whose record is gone
+            shutil.rmtree(path, ignore_errors=True)  # left by an earlier run whose record is gone
         else:
-            raise HostError(f"{paths.dir} exists and is not a directory of yours; remove it")
+            raise HostError(f"{path} exists and is not a directory of yours; remove it")
     try:
-        os.mkdir(paths.dir, 0o700)
+        os.mkdir(path, 0o700)
     except OSError as e:
-        raise HostError(f"cannot create the runtime directory {paths.dir}: {e.strerror}") from None
+        raise HostError(f"cannot create the runtime directory {path}: {e.strerror}") from None
 
 
 def _guest_warnings(loaded, paths, state_dir, allow_dropped):
@@ -268,7 +269,7 @@ def start(store, name, *, paused=False, netns_name=None, unprivileged=False, bri
             # whose reaping removes the folder, never a folder nobody knows of.
             livestate.save(store, name, state)
             try:
-                _make_domain_dir(paths)
+                make_private_dir(paths.dir)
             except BaseException:
                 livestate.forget(store, name)
                 raise

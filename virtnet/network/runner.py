@@ -17,7 +17,6 @@ import contextlib
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -191,20 +190,13 @@ class _Starter:
             defs.files(self.store).write_runtime(self.name, self.record)
 
 
-def _make_runtime_dir(paths):
-    from virtnet.runner import check_runtime_dir
+def _make_runtime_dir(store, paths):
+    """RUNTIME_DIR/.networks/NAME, checked as a domain's runtime folder is (ours, 0700, no symlink)."""
+    from virtnet.runner import check_runtime_dir, make_private_dir
 
-    check_runtime_dir(paths.dir.parent.parent)
-    try:
-        paths.dir.parent.mkdir(mode=0o700, exist_ok=True)
-        info = os.lstat(paths.dir.parent)
-        if stat.S_ISLNK(info.st_mode) or info.st_uid != os.geteuid():
-            raise HostError(f"{paths.dir.parent} is not a directory of yours; remove it")
-        if os.path.lexists(paths.dir):
-            shutil.rmtree(paths.dir)  # left by a network whose record is gone
-        os.mkdir(paths.dir, 0o700)
-    except OSError as e:
-        raise HostError(f"cannot create the runtime directory {paths.dir}: {e.strerror}") from None
+    check_runtime_dir(store.runtime_dir)
+    check_runtime_dir(paths.dir.parent)
+    make_private_dir(paths.dir)
 
 
 def _write(path, text):
@@ -329,7 +321,7 @@ def start(store, name, netns_name=None):
             raise StoreError(f"network '{name}' is already active")
         if network.dnsmasq_options:
             dnsmasq.config(network, paths)  # refuses them, before anything is done
-        _make_runtime_dir(paths)
+        _make_runtime_dir(store, paths)
         record = {"netns": netns_name, "bridge": network.bridge_name, "port_isolated": network.port_isolated,
                   "starting": True,
                   "starter": livestate.process_identity(os.getpid()), "teardown": [],
