@@ -143,6 +143,17 @@ def _example(*lines):
     return ("example:\n" if len(lines) == 1 else "examples:\n") + "".join(f"  {line}\n" for line in lines)
 
 
+def _verb(verbs, name, help, description, *examples, domain=False):
+    """A verb's sub-parser: its help, description and example lines, the common options, and with
+    DOMAIN the NAME of the domain it acts on."""
+    p = verbs.add_parser(name, help=help, description=description, epilog=_example(*examples),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    if domain:
+        p.add_argument("name", metavar="NAME", help="the domain")
+    _common(p)
+    return p
+
+
 def _check_verbs(verbs):
     p = verbs.add_parser(
         "golden", help="compare (or rewrite) a folder of golden cases",
@@ -165,11 +176,8 @@ def _check_verbs(verbs):
 
 
 def _host_verbs(verbs):
-    def verb(name, help, description, *examples):
-        p = verbs.add_parser(name, help=help, description=description, epilog=_example(*examples),
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
-        _common(p)
-        return p
+    def verb(*args):
+        return _verb(verbs, *args)
 
     p = verb("define", "store a domain definition (canonical form, MACs and PCI addresses filled in)",
              "Check FILE and store it as a defined domain (like `virsh define`). Redefining a domain\n"
@@ -246,11 +254,8 @@ def _host_verbs(verbs):
 
 
 def _network_verbs(verbs):
-    def verb(name, help, description, *examples):
-        p = verbs.add_parser(name, help=help, description=description, epilog=_example(*examples),
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
-        _common(p)
-        return p
+    def verb(*args):
+        return _verb(verbs, *args)
 
     p = verb("net-define", "store a virtual network definition (canonical form)",
              "Check FILE (libvirt's network XML) and store it as a defined network, like `virsh\n"
@@ -325,11 +330,8 @@ SHUTDOWN_TIMEOUT = 60.0  # seconds; runner.DEFAULT_SHUTDOWN_TIMEOUT (not importe
 
 def _lifecycle_verbs(verbs):
     """create, shutdown, reboot, reset and console: virsh's lifecycle verbs."""
-    def verb(name, help, description, example):
-        p = verbs.add_parser(name, help=help, description=description, epilog=f"example:\n  {example}",
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
-        _common(p)
-        return p
+    def verb(*args):
+        return _verb(verbs, *args)
 
     p = verb("create", "start a domain from a file without defining it (a transient domain)",
              "Start the domain in FILE as `start` would, without keeping its definition (like `virsh\n"
@@ -410,12 +412,8 @@ ATTACH_TYPES = ("bridge", "network", "direct", "ethernet", "user", "server", "cl
 
 def _device_verbs(verbs):
     """attach-device, attach-interface, detach-device, detach-interface, suspend and resume."""
-    def verb(name, help, description, example):
-        p = verbs.add_parser(name, help=help, description=description, epilog=f"example:\n  {example}",
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("name", metavar="NAME", help="the domain")
-        _common(p)
-        return p
+    def verb(*args):
+        return _verb(verbs, *args, domain=True)
 
     def scope_options(p, persistent):
         p.add_argument("--live", action="store_true", help="change the running guest")
@@ -525,12 +523,8 @@ def _tuning_verbs(verbs):
 
 def _interface_verbs(verbs):
     """domif-setlink, domif-getlink, domifstat and domifaddr: virsh's verbs for a running guest's NICs."""
-    def verb(name, help, description, example):
-        p = verbs.add_parser(name, help=help, description=description, epilog=f"example:\n  {example}",
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("name", metavar="NAME")
-        _common(p)
-        return p
+    def verb(*args):
+        return _verb(verbs, *args, domain=True)
 
     iface_help = "the interface: its target dev (the tap, as domiflist shows it) or its MAC address"
     config_help = "the stored definition, even while the domain runs (--persistent is the same)"

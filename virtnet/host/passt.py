@@ -40,16 +40,15 @@ import ipaddress
 import os
 import pwd
 import re
-import select
 import shlex
 import shutil
-import signal
 import stat
 import subprocess
 import tempfile
 import time
 
 from virtnet.errors import HostError
+from virtnet.host import process
 
 PASST = "passt"
 DEBIAN_PACKAGE = "passt"
@@ -277,7 +276,7 @@ def stop(entry, *, timeout=STOP_TIMEOUT):
     pid = entry.get("pid") or _read_pid(pid_path)
     try:
         if pid and is_running(pid, socket_path):
-            _terminate(pid, timeout)
+            process.terminate(pid, timeout, "passt")
     finally:
         _remove_files(socket_path, _repair_socket(socket_path), pid_path)
         if entry.get("dir"):
@@ -297,26 +296,6 @@ def _stop_by_pidfile(pid_path, socket_path):
         stop({"socket": str(socket_path), "pidfile": str(pid_path)})
     except HostError:
         pass
-
-
-def _terminate(pid, timeout):
-    try:
-        pidfd = os.pidfd_open(pid)  # pins the process: a reused pid never gets our signal
-    except ProcessLookupError:
-        return
-    try:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                signal.pidfd_send_signal(pidfd, sig)
-            except ProcessLookupError:
-                return
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            if poller.poll(timeout * 1000):
-                return
-        raise HostError(f"passt pid {pid} survived SIGKILL for {timeout:g}s")
-    finally:
-        os.close(pidfd)
 
 
 def is_running(pid, socket_path):

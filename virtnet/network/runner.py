@@ -16,10 +16,8 @@ the sysctl only when no other active network of the namespace still forwards.
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 from virtnet import livestate
 from virtnet.errors import HostError, StoreError
@@ -28,6 +26,7 @@ from virtnet.network import defs, dnsmasq, firewall
 from virtnet.network.paths import NetworkPaths, table_name
 
 DNSMASQ_TIMEOUT = 30
+DNSMASQ_STOP_TIMEOUT = 5  # seconds for each signal
 FORWARDING = {4: "/proc/sys/net/ipv4/ip_forward", 6: "/proc/sys/net/ipv6/conf/all/forwarding"}
 
 
@@ -63,25 +62,10 @@ def _dnsmasq_pids(pid_path, conf_path):
 
 
 def _stop_dnsmasq(undo):
-    pids = _dnsmasq_pids(undo["pid_file"], undo["conf"])
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_running(pid) for pid in pids):
-        time.sleep(0.01)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    from virtnet.host import process
 
-
-def _running(pid):
-    """Whether PID runs (dnsmasq daemonized, so it is not our child: a zombie waits for its reaper)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return False
+    for pid in _dnsmasq_pids(undo["pid_file"], undo["conf"]):
+        process.terminate(pid, DNSMASQ_STOP_TIMEOUT, "dnsmasq")
 
 
 def _forwarding_still_needed(store, name, version, netns_name):
