@@ -1,13 +1,30 @@
-"""Shared host fixtures: a fresh network namespace per test, entered or not."""
+"""Shared host fixtures: a fresh network namespace per test, entered or not; and the loader of
+the scripts in tools/ that tests drive."""
 
+import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
 from virtnet.host import netns as host_netns
+
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
+
+
+def load_tool(filename):
+    """tools/FILENAME, a script rather than a package module, loaded by path (once per process)."""
+    name = "virtnet_tools_" + Path(filename).stem.replace("-", "_")
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, TOOLS / filename)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before it runs: its dataclasses and pickled functions look it up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def require_host_privileges():
@@ -68,7 +85,6 @@ __all__ = ["dirs", "inside", "ns", "unprivileged_user"]
 # `passt` it finds in PATH, so a test selects one by putting its directory first in PATH.
 
 from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 PASST_CACHE = Path(os.environ.get("VIRTNET_TEST_CACHE", "/var/cache/virtnet-test"))
 PASSTS = ("debian12", "current")

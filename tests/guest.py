@@ -13,7 +13,6 @@ from that file.
 """
 
 import fcntl
-import importlib.util
 import json
 import os
 import re
@@ -25,10 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_host_privileges
-from hostcases import QEMU, REPO, alive, cli_env, ok, require_qemu, virtnet
+from conftest import load_tool, require_host_privileges
+from hostcases import QEMU, alive, cli_env, ok, require_qemu, virtnet
 
-TOOL = REPO / "tools" / "tiny-guest.py"
 PREFIX = "TG: "
 MEMORY_MIB = 96
 # How long a guest may take to report. Under TCG on a loaded 2-core machine the guest reports
@@ -36,13 +34,6 @@ MEMORY_MIB = 96
 REPORT_TIMEOUT = 150.0
 KVM_PROBE_TIMEOUT = 6.0  # a working KVM reaches /init's first report in about a second
 LINGER = 900  # the guest stays up after its last report until the test destroys it
-
-
-def load_builder():
-    spec = importlib.util.spec_from_file_location("tiny_guest_builder", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass(frozen=True)
@@ -94,7 +85,7 @@ def virtnet_renders_kernel(workdir):
 
 def prepare(workdir):
     """Build (or find) the image, decide the accelerator: the session's record as a dict."""
-    builder = load_builder()
+    builder = load_tool("tiny-guest.py")
     try:
         info = builder.ensure_image()
     except (builder.BuildError, OSError) as e:

@@ -280,6 +280,12 @@ def live_pids(marker, program=None):
     return found
 
 
+def uids_of(pid):
+    """Process PID's real, effective, saved and filesystem UIDs, as /proc/PID/status lists them."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(line for line in f if line.startswith("Uid:")).split()[1:]
+
+
 def qemu_pids(marker):
     return live_pids(marker)
 
@@ -412,6 +418,39 @@ def assert_clean(ns, d, name, before, pid=None):
     assert d.record(name) is None, f"the runtime record of '{name}' is still there: {d.record(name)}"
     assert d.running_records() == [], f"runtime records left: {d.running_records()}"
     assert d.runtime_entries() == [], f"left in the runtime dir: {d.runtime_entries()}"
+
+
+# --- the seed case: a domain on the tap an administrator pre-created ------------------------------
+
+SEED = REPO / "examples" / "net-eth-unmanaged-tap.xml"
+SEED_NAME = "QEMUGuest1"
+SEED_TAP = "mytap0"
+
+
+def precreate_taps(d, ns, xml, owner, workdir):
+    """The administrator's part: the script `plan --format sh --owner OWNER` writes for XML, run as
+    root in NS. Returns the script's path (running it again must change nothing)."""
+    script = write(Path(workdir) / "precreate.sh", ok(virtnet(d, "plan", "--format", "sh", "--owner", owner, xml)))
+    ok(ip("netns", "exec", ns, "sh", str(script), check=False))
+    return script
+
+
+def assert_tap_as_left(ns, name, tap, before, when):
+    """WHEN (say "after destroy"), tap NAME in NS is still TAP as the administrator left it (MAC,
+    MTU, flags but the carrier ones, owner, master), and NS is as it was BEFORE."""
+    now = links(ns).get(name)
+    assert now == tap, f"tap {name} {when}: {now}, not as the administrator left it: {tap}"
+    assert_unchanged(ns, before, f"the namespace, {when}")
+
+
+def destroy_leaves_the_tap(space, domain, pid, tap_name, tap, before):
+    """SPACE's user destroys DOMAIN: its QEMU (PID) is gone, the administrator's tap and the
+    namespace are as they were BEFORE, and nothing of the domain is left in SPACE."""
+    ok(space.virtnet("destroy", domain))
+    assert not alive(pid), f"QEMU {pid} is still running"
+    assert_tap_as_left(space.ns, tap_name, tap, before, "after destroy")
+    left = os.listdir(space.runtime) + os.listdir(space.state / "running")
+    assert left == [], f"left in {space.work}: {left}"
 
 
 # --- a real unprivileged user ---------------------------------------------------------------------

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from hostcases import (
-    user_workspace,
     alive,
     assert_clean,
     domain_xml,
@@ -33,6 +32,8 @@ from hostcases import (
     qmp,
     snapshot,
     tap_of_fd,
+    uids_of,
+    user_workspace,
     virtnet,
     write,
 )
@@ -418,8 +419,7 @@ def test_a_non_root_user_starts_a_bridge_domain_with_a_capable_copy_of_the_helpe
         live = live_state(state, "hu")
         pid, tap = live.pid, live.taps["net0"]
         assert out == f"Domain 'hu' started (paused): QEMU pid {pid}, {tap}\n"
-        with open(f"/proc/{pid}/status") as f:
-            assert next(line for line in f if line.startswith("Uid:")).split()[1:] == [str(uid)] * 4
+        assert uids_of(pid) == [str(uid)] * 4
         assert links(ns)[tap].master == "br0"
         with qmp(live.qmp) as client:
             [peer] = info_network(client)["net0"]["backends"]

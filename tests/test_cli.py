@@ -22,6 +22,21 @@ def test_standard_input_is_accepted_as_dash():
     assert '"driver":"virtio-net-pci"' in result.stdout and '"type":"tap"' in result.stdout
 
 
+def test_a_refused_file_stops_the_batch_before_standard_input_is_read():
+    """Files are loaded a chunk at a time, but standard input only once the files before it are:
+    with a refused file first, the verb ends at once, its input still open and unread."""
+    process = subprocess.Popen([sys.executable, "-m", "virtnet", "xml2argv", str(BAD), "-"], cwd=REPO,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        status = process.wait(timeout=30)  # stdin stays open: a read of it would block until the timeout
+        stderr = process.stderr.read()
+    finally:
+        process.kill()
+        for stream in (process.stdin, process.stdout, process.stderr):
+            stream.close()
+    assert status == 1 and "net-bridge-unmanaged.xml:14: " in stderr
+
+
 def test_rejected_input_exits_1_with_one_line_and_no_traceback():
     result = virtnet("xml2argv", str(BAD.relative_to(REPO)))
     assert result.returncode == 1
@@ -99,6 +114,56 @@ def test_batch_conversion_prefixes_each_file(tmp_path):
                      str(REPO / "testdata" / "xml2argv" / "net-user.xml"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("# ") == 2 and result.stdout.index(str(SEED)) < result.stdout.index("net-user.xml")
+
+
+def test_a_batch_stops_at_the_first_refused_file_whatever_stage_refuses_it(tmp_path):
+    """A batch is loaded stage by stage (all files parsed and validated, then checked, ...), yet
+    the error is the first refused file's, as one by one: here the semantic error of b.xml, not
+    the schema error of the later c.xml, which an earlier stage finds first."""
+    cases = REPO / "testdata" / "xml2argv"
+    (tmp_path / "a.xml").write_bytes(SEED.read_bytes())
+    (tmp_path / "b.xml").write_bytes((cases / "controller-duplicate.xml").read_bytes())
+    (tmp_path / "c.xml").write_bytes((cases / "disk-bad-bus.xml").read_bytes())
+    alone = virtnet("xml2argv", str(tmp_path / "b.xml"))
+    assert alone.returncode == 1 and "appears twice" in alone.stderr
+    batch = virtnet("xml2argv", str(tmp_path))
+    assert (batch.returncode, batch.stdout) == (1, "")
+    assert batch.stderr.endswith(alone.stderr) and batch.stderr.count("virtnet: error: ") == 1
+    (tmp_path / "b.xml").unlink()
+    batch = virtnet("xml2argv", str(tmp_path))
+    assert batch.returncode == 1 and "bus='nvme' is not valid" in batch.stderr
+
+
+def test_loading_a_batch_gives_each_file_what_loading_it_alone_gives(monkeypatch):
+    """load_files, across chunk boundaries (a chunk of 2 here), against load_file file by file:
+    the same domains and warnings, the same errors at every stage."""
+    from virtnet.conf import load
+    from virtnet.conf.format import format_domain
+    from virtnet.errors import VirtnetError
+
+    cases = REPO / "testdata" / "xml2argv"
+    paths = [str(cases / f"{name}.xml") for name in ("net-user", "controller-duplicate", "disk-bad-bus",
+                                                      "net-eth-unmanaged-tap", "no-such-file")]
+    paths.append(str(cases / "net-bridge-e1000-driver.xml"))  # a warning: its <driver> is dropped
+
+    def alone(path):
+        try:
+            loaded = load.load_file(path)
+        except VirtnetError as error:
+            return str(error)
+        return format_domain(loaded.domain), loaded.warnings
+
+    def batched(outcome):
+        if isinstance(outcome, VirtnetError):
+            return str(outcome)
+        return format_domain(outcome.domain), outcome.warnings
+
+    monkeypatch.setattr(load, "BATCH_CHUNK", 2)
+    outcomes = list(load.load_files(paths))
+    assert [path for path, _ in outcomes] == paths
+    assert [batched(outcome) for _, outcome in outcomes] == [alone(path) for path in paths]
+    assert sum(isinstance(outcome, VirtnetError) for _, outcome in outcomes) == 3
+    assert outcomes[-1][1].warnings
 
 
 def test_a_directory_without_domains_is_an_error(tmp_path):

@@ -7,7 +7,6 @@ tests below also check that those rules can tell a difference when there is one.
 """
 
 import contextlib
-import importlib.util
 import io
 import shutil
 import subprocess
@@ -16,20 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TOOLS, load_tool
+
 REPO = Path(__file__).resolve().parents[1]
-TOOL = REPO / "tools" / "conformance.py"
-
-
-def _load_tool():
-    """tools/conformance.py is a script, not a package module: load it by path."""
-    spec = importlib.util.spec_from_file_location("virtnet_tools_conformance", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-conf = _load_tool()
+TOOL = TOOLS / "conformance.py"
+conf = load_tool(TOOL.name)
 main = conf.main
 CORPUS = REPO / conf.DEFAULT_CORPUS
 BASELINE = REPO / "tests" / "conformance_baseline.tsv"

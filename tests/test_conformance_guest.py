@@ -2,25 +2,14 @@
 command line: the cases virtnet agrees on must keep agreeing, and the comparison must notice a
 difference. The rules live in tools/conformance.py (kind 'guest' in its table and baseline)."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import load_tool
+
 REPO = Path(__file__).resolve().parents[1]
-TOOL = REPO / "tools" / "conformance.py"
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("virtnet_tools_conformance_guest", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-conf = _load_tool()
+conf = load_tool("conformance.py")
 CORPUS = REPO / conf.DEFAULT_CORPUS
 
 AGREEING = ("serial-pty-chardev", "serial-file-log", "serial-unix-chardev", "serial-tcp-telnet-chardev",

@@ -14,29 +14,17 @@ replays it. A failure names the seed and the document index (`python tools/fuzz.
 """
 
 import hashlib
-import importlib.util
 import os
 import random
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import load_tool
+
 REPO = Path(__file__).resolve().parents[1]
-TOOL = REPO / "tools" / "fuzz.py"
-
-
-def _load_tool():
-    """tools/fuzz.py is a script, not a package module: load it by path."""
-    spec = importlib.util.spec_from_file_location("virtnet_tools_fuzz", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = _load_tool()
+fuzz = load_tool("fuzz.py")
 
 FIXED_SEED = 20251126
 

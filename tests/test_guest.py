@@ -20,10 +20,10 @@ from lxml import etree
 
 import guestfiles
 from hostcases import QEMU, fails, ok, require_qemu, virtnet, write
+from test_golden import ARGV_DIR, XML_DIR, unexercised_attributes
 from virtnet import convert
 from virtnet.conf import guest as model
 from virtnet.conf.load import load_file, load_text
-from virtnet.conf.xmlparse import parse_file
 from virtnet.errors import HostError, UnsupportedError, XMLInputError
 from virtnet.qemu import argv as argvmod
 from virtnet.qemu import machine
@@ -32,8 +32,6 @@ from virtnet.qemu.launch import launch, stop
 from virtnet.runpaths import DomainPaths
 
 REPO = Path(__file__).resolve().parents[1]
-ARGV_DIR = REPO / "testdata" / "xml2argv"
-XML_DIR = REPO / "testdata" / "xml2xml"
 
 
 def domain_text(name, *, top="", os_extra="", devices="", dtype="qemu", machine_type="pc", attrs=""):
@@ -89,22 +87,9 @@ def _guest_objects(domain):
 
 
 def test_every_modelled_guest_attribute_is_exercised_by_a_golden():
-    from virtnet.conf.domain import Domain
-
-    seen = set()
-    for path in sorted(ARGV_DIR.glob("*.xml")) + sorted(XML_DIR.glob("*.xml")):
-        if path.name.endswith(".out.xml"):
-            continue
-        try:
-            _, tree = parse_file(str(path))
-        except XMLInputError:
-            continue
-        for cls, objs in _guest_objects(Domain(tree.getroot())).items():
-            for name, prop in cls.declared_props().items():
-                if any(prop.raw(obj) is not None for obj in objs):
-                    seen.add((cls.__name__, name))
-    missing = [f"{cls.__name__}.{name} ({prop.path})" for cls in model.MODEL_CLASSES
-               for name, prop in cls.declared_props().items() if (cls.__name__, name) not in seen]
+    sources = [path for path in sorted(ARGV_DIR.glob("*.xml")) + sorted(XML_DIR.glob("*.xml"))
+               if not path.name.endswith(".out.xml")]
+    missing = unexercised_attributes(model, sources, _guest_objects)
     assert not missing, "modelled but exercised by no golden input: " + ", ".join(missing)
 
 

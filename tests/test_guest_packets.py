@@ -16,9 +16,7 @@ import sys
 
 import pytest
 
-from hostcases import REPO, assert_clean, ip, links, ok, routable, snapshot, virtnet, write
-
-SEED = REPO / "examples" / "net-eth-unmanaged-tap.xml"
+from hostcases import SEED, assert_clean, ip, links, precreate_taps, routable, snapshot
 
 MAC = "52:54:00:d0:00:01"
 MAC2 = "52:54:00:d0:00:02"
@@ -218,8 +216,7 @@ def test_seed_precreated_tap_carries_the_guests_packets_and_is_left_untouched(la
     """The seed case as root: the administrator's tap (from `plan --format sh`), given an address
     by the administrator; the guest pings it through the tap virtnet only opened."""
     ns, d, tmp_path = lab.ns, lab.d, lab.tmp_path
-    script = write(tmp_path / "precreate.sh", ok(virtnet(d, "plan", "--format", "sh", "--owner", "root", SEED)))
-    ok(ip("netns", "exec", ns, "sh", str(script), check=False))
+    precreate_taps(d, ns, SEED, "root", tmp_path)
     ip("-n", ns, "addr", "add", "192.0.2.1/24", "dev", "mytap0")
     before = snapshot(ns)
 

@@ -21,25 +21,26 @@ import pytest
 from guest import Guest, add_boot, cmdline_for
 from hostcases import (
     QEMU,
-    REPO,
+    SEED,
+    SEED_NAME,
+    SEED_TAP,
     Dirs,
-    alive,
     assert_clean,
-    assert_unchanged,
+    assert_tap_as_left,
+    destroy_leaves_the_tap,
     ip,
     links,
     live_state,
     ok,
+    precreate_taps,
     snapshot,
+    uids_of,
     user_workspace,
     virtnet,
     write,
 )
 from test_guest_packets import Listener, host_ping, link_stats
 
-SEED = REPO / "examples" / "net-eth-unmanaged-tap.xml"
-SEED_NAME = "QEMUGuest1"
-TAP = "mytap0"
 SEED_MAC = "fe:11:22:33:44:55"
 
 
@@ -71,10 +72,9 @@ def test_a_user_boots_the_seed_domain_on_the_precreated_tap_and_packets_pass_bot
 
         # The administrator's part, as root in the namespace: the script plan writes for USER, and
         # an address on the tap for the host's end.
-        script = write(space.work / "precreate.sh", ok(virtnet(dirs, "plan", "--format", "sh", "--owner", user, xml)))
-        ok(ip("netns", "exec", ns, "sh", str(script), check=False))
-        ip("-n", ns, "addr", "add", "192.0.2.1/24", "dev", TAP)
-        tap = links(ns)[TAP]
+        precreate_taps(dirs, ns, xml, user, space.work)
+        ip("-n", ns, "addr", "add", "192.0.2.1/24", "dev", SEED_TAP)
+        tap = links(ns)[SEED_TAP]
         tun = dict(tap.tun)
         assert (tap.mac, tap.kind, tap.up) == ("fa:11:22:33:44:55", "tun", True)
         assert (tun["type"], tun["vnet_hdr"], tun["multi_queue"], tun["persist"], tun["user"]) == (
@@ -84,9 +84,8 @@ def test_a_user_boots_the_seed_domain_on_the_precreated_tap_and_packets_pass_bot
         ok(space.virtnet("define", xml))
         out = ok(space.virtnet("start", SEED_NAME))
         pid = live_state(space.state, SEED_NAME).pid
-        assert out == f"Domain '{SEED_NAME}' started: QEMU pid {pid}, {TAP}\n"
-        with open(f"/proc/{pid}/status") as f:
-            assert next(line for line in f if line.startswith("Uid:")).split()[1:] == [str(space.uid)] * 4
+        assert out == f"Domain '{SEED_NAME}' started: QEMU pid {pid}, {SEED_TAP}\n"
+        assert uids_of(pid) == [str(space.uid)] * 4
 
         guest = Guest(image, Dirs(space.state, space.runtime), SEED_NAME, serial, ns)
         guest.pid = pid
@@ -96,16 +95,10 @@ def test_a_user_boots_the_seed_domain_on_the_precreated_tap_and_packets_pass_bot
         assert report["ping 192.0.2.1"].startswith("ok "), report
         reply = host_ping(ns, "192.0.2.2")
         assert reply.stdout.strip() == "2/2", reply.stdout + reply.stderr
-        assert link_stats(ns, TAP)["rx"]["packets"] > 0
+        assert link_stats(ns, SEED_TAP)["rx"]["packets"] > 0
         # While QEMU uses it: the administrator's tap, MAC, MTU, flags and owner as they were.
-        assert links(ns)[TAP] == tap
-        assert_unchanged(ns, before, "the namespace, while the guest runs")
-
-        ok(space.virtnet("destroy", SEED_NAME))
-        assert not alive(pid)
-        assert links(ns)[TAP] == tap  # still there, exactly as the administrator left it
-        assert_unchanged(ns, before, "the namespace, after destroy")
-        assert os.listdir(space.runtime) == [] and os.listdir(space.state / "running") == []
+        assert_tap_as_left(ns, SEED_TAP, tap, before, "while the guest runs")
+        destroy_leaves_the_tap(space, SEED_NAME, pid, SEED_TAP, tap, before)
 
 
 # --- 2. virt-install's domains -------------------------------------------------------------------------

@@ -5,11 +5,9 @@ Everything runs through the real CLI. Generated scripts are checked with `sh -n`
 as root inside a fresh network namespace, to prove that nothing but the intended commands runs.
 """
 
-import os
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -21,11 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 SEED = REPO / "testdata" / "xml2argv" / "net-eth-unmanaged-tap.xml"
 PASST = REPO / "examples" / "passt.xml"
 VERBS = ["validate", "xml2xml", "xml2argv", "plan", "define"]
-
-needs_root_netns = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("ip") is None or not os.path.exists("/dev/net/tun"),
-    reason="needs root, ip(8) and /dev/net/tun to run scripts in a network namespace")
-
 
 def virtnet(*args, stdin=None, state=None):
     extra = ["--state-dir", str(state / "state"), "--runtime-dir", str(state / "run")] if state else []
@@ -58,16 +51,6 @@ def assert_one_line_refusal(result, path, line=None):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     prefix = f"virtnet: error: {path}:" + (f"{line}: " if line else "")
     assert result.stderr.startswith(prefix), result.stderr
-
-
-@pytest.fixture
-def netns():
-    name = f"vnhard-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
 def in_ns(ns, *argv, **kwargs):
@@ -144,8 +127,7 @@ def test_the_store_refuses_hidden_and_control_names():
 
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="needs sh")
-@needs_root_netns
-def test_shell_metacharacters_in_a_valid_name_never_run(tmp_path, netns):
+def test_shell_metacharacters_in_a_valid_name_never_run(tmp_path, outside_netns):
     marker = tmp_path / "MARKER"
     name = "x'; touch MARKER; echo '$(touch MARKER)`touch MARKER` \"$(touch MARKER)\""  # no '/' in a name
     path = name_variant(tmp_path, name.replace("'", "&apos;"))
@@ -154,10 +136,10 @@ def test_shell_metacharacters_in_a_valid_name_never_run(tmp_path, netns):
     script = tmp_path / "precreate.sh"
     script.write_text(result.stdout)
     assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
-    run = in_ns(netns, "sh", str(script), cwd=tmp_path)
+    run = in_ns(outside_netns, "sh", str(script), cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert not marker.exists()
-    assert link_field(netns, "mytap0", "address") == "fa:11:22:33:44:55"
+    assert link_field(outside_netns, "mytap0", "address") == "fa:11:22:33:44:55"
 
 
 # --- 2. the pre-create script only configures a tap it created ------------------------------------
@@ -172,41 +154,38 @@ def precreate_script(tmp_path, owner="root"):
     return script
 
 
-@needs_root_netns
-def test_an_existing_device_that_is_not_a_tap_is_refused_and_left_alone(tmp_path, netns):
+def test_an_existing_device_that_is_not_a_tap_is_refused_and_left_alone(tmp_path, outside_netns):
     script = precreate_script(tmp_path)
-    assert in_ns(netns, "ip", "link", "add", "mytap0", "address", "02:00:00:00:00:01", "type", "veth",
+    assert in_ns(outside_netns, "ip", "link", "add", "mytap0", "address", "02:00:00:00:00:01", "type", "veth",
                  "peer", "name", "mypeer0").returncode == 0
-    run = in_ns(netns, "sh", str(script))
+    run = in_ns(outside_netns, "sh", str(script))
     assert run.returncode == 1
     assert "mytap0 already exists and is not a tap" in run.stderr
-    assert link_field(netns, "mytap0", "address") == "02:00:00:00:00:01"
-    assert link_field(netns, "mytap0", "operstate") == "down"
+    assert link_field(outside_netns, "mytap0", "address") == "02:00:00:00:00:01"
+    assert link_field(outside_netns, "mytap0", "operstate") == "down"
 
 
-@needs_root_netns
-def test_an_existing_tap_of_another_owner_is_refused_and_left_alone(tmp_path, netns):
+def test_an_existing_tap_of_another_owner_is_refused_and_left_alone(tmp_path, outside_netns):
     script = precreate_script(tmp_path, owner="root")
-    assert in_ns(netns, "ip", "tuntap", "add", "dev", "mytap0", "mode", "tap", "user", "nobody").returncode == 0
-    before = link_field(netns, "mytap0", "address")
-    run = in_ns(netns, "sh", str(script))
+    assert in_ns(outside_netns, "ip", "tuntap", "add", "dev", "mytap0", "mode", "tap", "user", "nobody").returncode == 0
+    before = link_field(outside_netns, "mytap0", "address")
+    run = in_ns(outside_netns, "sh", str(script))
     assert run.returncode == 1
     assert "tap mytap0 already exists but is not owned by root" in run.stderr
-    assert link_field(netns, "mytap0", "address") == before != "fa:11:22:33:44:55"
-    assert "UP" not in in_ns(netns, "ip", "-br", "link", "show", "mytap0").stdout.split("<")[-1]
+    assert link_field(outside_netns, "mytap0", "address") == before != "fa:11:22:33:44:55"
+    assert "UP" not in in_ns(outside_netns, "ip", "-br", "link", "show", "mytap0").stdout.split("<")[-1]
 
 
-@needs_root_netns
-def test_an_existing_tap_of_the_owner_is_accepted_unchanged_and_a_new_one_is_set_up(tmp_path, netns):
+def test_an_existing_tap_of_the_owner_is_accepted_unchanged_and_a_new_one_is_set_up(tmp_path, outside_netns):
     script = precreate_script(tmp_path, owner="root")
-    run = in_ns(netns, "sh", str(script))  # creates it
+    run = in_ns(outside_netns, "sh", str(script))  # creates it
     assert run.returncode == 0, run.stderr
-    assert link_field(netns, "mytap0", "address") == "fa:11:22:33:44:55"
-    assert link_field(netns, "mytap0", "owner") == "0"
-    assert in_ns(netns, "ip", "link", "set", "dev", "mytap0", "address", "02:00:00:00:00:09").returncode == 0
-    run = in_ns(netns, "sh", str(script))  # exists, right owner: kept as it is
+    assert link_field(outside_netns, "mytap0", "address") == "fa:11:22:33:44:55"
+    assert link_field(outside_netns, "mytap0", "owner") == "0"
+    assert in_ns(outside_netns, "ip", "link", "set", "dev", "mytap0", "address", "02:00:00:00:00:09").returncode == 0
+    run = in_ns(outside_netns, "sh", str(script))  # exists, right owner: kept as it is
     assert run.returncode == 0, run.stderr
-    assert link_field(netns, "mytap0", "address") == "02:00:00:00:00:09"
+    assert link_field(outside_netns, "mytap0", "address") == "02:00:00:00:00:09"
 
 
 @pytest.mark.parametrize("fmt", ["sh", "networkd"])

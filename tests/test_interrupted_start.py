@@ -50,6 +50,16 @@ def define(d, tmp_path, name, xml):
     ok(virtnet(d, "define", write(tmp_path / f"{name}.xml", xml)))
 
 
+def define_with_open_runtime_dir(d, tmp_path, name, mode):
+    """Define a domain NAME without interfaces, and make a directory of MODE (say 0o1777) for its
+    runtime dir, one others can write; returns the directory."""
+    define(d, tmp_path, name, domain_xml(name, ""))
+    runtime = tmp_path / f"{name}-runtime"
+    runtime.mkdir()
+    runtime.chmod(mode)  # mkdir's mode would go through the umask
+    return runtime
+
+
 def spawn_start(d, name, ns):
     return subprocess.Popen(cli_argv(d, "start", name, "--paused", netns=ns), env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -158,10 +168,7 @@ def test_a_hung_script_is_killed_with_the_processes_it_started(tmp_path):
 
 def test_a_runtime_dir_others_can_write_or_a_symlinked_domain_dir_is_refused(ns, dirs, tmp_path):
     d = dirs
-    define(d, tmp_path, "rt", domain_xml("rt", ""))
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
+    shared = define_with_open_runtime_dir(d, tmp_path, "rt", 0o1777)
     result = virtnet(d, "--runtime-dir", shared, "start", "rt", "--paused", netns=ns)
     assert "must be owned by you and writable by nobody else" in fails(result)
     assert os.listdir(shared) == [] and d.running_records() == []
@@ -185,9 +192,6 @@ def test_a_runtime_dir_others_can_write_or_a_symlinked_domain_dir_is_refused(ns,
 def test_cli_flags_after_the_verb_reach_the_runtime_dir_check(ns, dirs, tmp_path):
     """--runtime-dir works after the verb too (the README promises both places)."""
     d = dirs
-    define(d, tmp_path, "rt2", domain_xml("rt2", ""))
-    shared = tmp_path / "open"
-    shared.mkdir()
-    shared.chmod(0o777)
+    shared = define_with_open_runtime_dir(d, tmp_path, "rt2", 0o777)
     assert "writable by nobody else" in fails(virtnet(d, "start", "rt2", "--runtime-dir", shared, netns=ns))
     assert not links(ns).keys() - {"lo"}

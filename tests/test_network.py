@@ -5,7 +5,6 @@ regression from tests/network_conformance_baseline.tsv; skipped, saying so, when
 absent)."""
 
 import contextlib
-import importlib.util
 import io
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_tool
 from virtnet.errors import XMLInputError
 from virtnet.network import dnsmasq
 from virtnet.network.format import format_network
@@ -20,7 +20,6 @@ from virtnet.network.load import load_text
 from virtnet.network.paths import NetworkPaths, safe_id, table_name
 
 REPO = Path(__file__).resolve().parents[1]
-TOOL = REPO / "tools" / "network_conformance.py"
 BASELINE = REPO / "tests" / "network_conformance_baseline.tsv"
 
 DEFAULT = """<network>
@@ -36,15 +35,7 @@ DEFAULT = """<network>
 """
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("virtnet_tools_network_conformance", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _tool()
+tool = load_tool("network_conformance.py")
 CORPUS = REPO / tool.DEFAULT_CORPUS
 
 

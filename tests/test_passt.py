@@ -22,8 +22,6 @@ import pytest
 
 import hostops
 from hostcases import (
-    user_workspace,
-    live_pids,
     REPO,
     alive,
     assert_clean,
@@ -33,11 +31,14 @@ from hostcases import (
     fails,
     info_network,
     ip,
-    routable,
+    live_pids,
     live_state,
     ok,
     qmp,
+    routable,
     snapshot,
+    uids_of,
+    user_workspace,
     virtnet,
     write,
 )
@@ -184,8 +185,7 @@ def test_passt_serves_each_nic_forwards_ports_and_is_gone_after_destroy(ns, pdir
         pid = entry.pid
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             assert [a.decode() for a in f.read().split(b"\0")[1:-1]] == args
-        with open(f"/proc/{pid}/status") as f:
-            assert next(line for line in f if line.startswith("Uid:")).split()[1:] == [str(NOBODY)] * 4
+        assert uids_of(pid) == [str(NOBODY)] * 4
         assert open(entry.pidfile).read().strip() == str(pid)
         assert os.path.exists(entry.socket) and passt.is_running(pid, entry.socket)
         # The passt this test selected (or its .avx2 twin, which it runs on CPUs that have AVX2).
@@ -354,8 +354,7 @@ def test_a_user_without_privileges_runs_passt_as_itself(ns, tmp_path, unprivileg
         ok(as_user("start", "pu", "--paused"))
         live = live_state(state, "pu")
         [entry] = live.passts
-        with open(f"/proc/{entry.pid}/status") as f:
-            assert next(line for line in f if line.startswith("Uid:")).split()[1:] == [str(uid)] * 4
+        assert uids_of(entry.pid) == [str(uid)] * 4
         assert os.stat(entry.socket).st_uid == uid
         assert stat.S_IMODE(os.stat(runtime / "pu").st_mode) == 0o700  # nobody else needs to get in
         reply = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CONNECT, "127.0.0.1", "2222"],

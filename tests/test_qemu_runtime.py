@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import uuid
 from contextlib import contextmanager
 
@@ -18,6 +19,7 @@ import hostops
 from hostcases import live_pids
 
 from virtnet.errors import HostError
+from virtnet.host.process import command_line, is_alive, process_state, start_time
 from virtnet.qemu.argv import qmp_options
 from virtnet.qemu.launch import is_running, launch, stop
 from virtnet.qemu.qmp import QMPClient
@@ -181,6 +183,25 @@ def test_is_running_needs_both_a_live_pid_and_its_socket_path(shared_qemu):
     assert is_running(launched.pid, qmp_path)
     assert not is_running(launched.pid, qmp_path + "2")
     assert not is_running(os.getpid(), qmp_path)
+
+
+def test_proc_stat_is_read_past_a_command_name_holding_spaces_and_parentheses(tmp_path):
+    sleeper = tmp_path / "x) Z (y"  # the command name mimics a zombie's state field
+    shutil.copy(shutil.which("sleep"), sleeper)
+    child = subprocess.Popen([str(sleeper), "30"])
+    try:
+        for _ in range(500):  # the exec may not have finished when Popen returns
+            if command_line(child.pid) != [b""]:
+                break
+            time.sleep(0.01)
+        assert process_state(child.pid) in ("R", "S")
+        assert is_alive(child.pid) and start_time(child.pid) > 0
+        assert command_line(child.pid)[:2] == [os.fsencode(sleeper), b"30"]
+    finally:
+        child.kill()
+        child.wait()
+    assert process_state(child.pid) is None and start_time(child.pid) is None
+    assert command_line(child.pid) is None and not is_alive(child.pid)
 
 
 def test_a_second_client_is_served_after_the_first_closes(shared_qemu):

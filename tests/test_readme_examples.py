@@ -124,9 +124,9 @@ def test_readme_console_section(heading, tmp_path, request):
         request.getfixturevalue("bridge_conf")(None)  # none until the section writes it; restored after
     if any(example in command for _, command, _ in commands for example in GUEST_EXAMPLES):
         request.getfixturevalue("tiny_guest")  # built once per run
-        from guest import load_builder
+        from conftest import load_tool
 
-        load_builder().ensure_image(link=True)  # what `make guest` does: the examples' kernel paths
+        load_tool("tiny-guest.py").ensure_image(link=True)  # what `make guest` does: the examples' kernel paths
 
     work, out = tmp_path / "work", tmp_path / "out"
     work.mkdir()

@@ -285,3 +285,68 @@ def test_frozen_classes_are_made_once_per_model_class():
     a, b = freeze(_domain()), freeze(_domain())
     assert type(a) is type(b) is xmlmodel._frozen_class(Domain)
     assert type(a).__name__ == "Domain" and isinstance(a, Domain)
+
+
+def test_frozen_sub_objects_wrap_the_elements_found():
+    domain = freeze(_domain())
+    iface = domain.interfaces[0]
+    assert iface.source.node is iface.node.find("source")
+    assert iface.address is None and iface.host_offloads is None and iface.guest_ips == []
+    assert domain.interfaces[1].source is None
+    xml = "<domain><devices><interface><address type='pci' bus='0x01' slot='3'/></interface></devices></domain>"
+    address = freeze(Domain(etree.fromstring(xml))).interfaces[0].address
+    assert (address.type, address.bus, address.slot, address.function) == ("pci", 1, 3, None)
+    assert "_snap" not in address.__dict__, "a class that reads only its own attributes takes no snapshot"
+
+
+def test_clark_name_paths_are_plain_and_read_alike():
+    root = etree.fromstring(
+        "<d xmlns:q='urn:q'><x/><q:cmd><q:arg v='a'/></q:cmd><q:cmd/><q:cmd><q:arg v='b'/></q:cmd></d>")
+
+    class Doc(XMLObject):
+        cmd = Child("{urn:q}cmd", XMLObject)
+        cmds = Children("{urn:q}cmd", XMLObject)
+        args = Children("{urn:q}cmd/{urn:q}arg", XMLObject)
+
+    assert Doc.cmd.tag == "{urn:q}cmd" and Doc.args.steps == ["{urn:q}cmd", "{urn:q}arg"]
+    for d in (Doc(root), freeze(Doc(root))):
+        assert d.cmd.node is root.find("{urn:q}cmd")
+        assert [c.node for c in d.cmds] == root.findall("{urn:q}cmd")
+        assert [c.node for c in d.args] == root.findall("{urn:q}cmd/{urn:q}arg")
+
+
+class _Counted(XMLObject):
+    made = 0
+    v = Prop("@v")
+
+    def __init__(self, node):
+        super().__init__(node)
+        _Counted.made += 1
+
+
+class _Outer(XMLObject):
+    inner = Child("a", _Counted)
+    inners = Children("a", _Counted)
+
+
+def test_model_classes_with_their_own_init_are_frozen_through_it():
+    _Counted.made = 0
+    outer = freeze(_Outer(etree.fromstring("<x><a v='1'/><a v='2'/></x>")))
+    assert outer.inner.v == "1" and [a.v for a in outer.inners] == ["1", "2"]
+    assert _Counted.made == 3 and is_frozen(outer.inner) and all(is_frozen(a) for a in outer.inners)
+    outer.inner.v = "3"
+    assert not is_frozen(outer) and outer.inner.v == "3"
+
+
+class _Nested(XMLObject):
+    v = Prop("@v")
+
+
+_Nested.inner = Child("n", _Nested)  # a model class naming itself
+_Nested.inner.__set_name__(_Nested, "inner")
+
+
+def test_a_model_class_may_name_itself():
+    outer = freeze(_Nested(etree.fromstring("<n v='1'><n v='2'><n v='3'/></n></n>")))
+    assert (outer.v, outer.inner.v, outer.inner.inner.v, outer.inner.inner.inner) == ("1", "2", "3", None)
+    assert type(outer.inner) is type(outer)

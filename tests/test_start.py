@@ -16,9 +16,8 @@ import pytest
 from lxml import etree
 
 from hostcases import (
+    SEED,
     alive,
-    kill,
-    wait_dead,
     assert_clean,
     assert_unchanged,
     cli_argv,
@@ -28,14 +27,17 @@ from hostcases import (
     fails,
     info_network,
     ip,
+    kill,
     links,
     ok,
     pci_slot,
+    precreate_taps,
     qemu_pids,
     qmp,
     snapshot,
     tap_of_fd,
     virtnet,
+    wait_dead,
     write,
 )
 
@@ -433,29 +435,10 @@ def test_an_emulator_that_cannot_run_is_a_clear_error(ns, dirs, tmp_path):
 
 
 def seed_xml(queues):
+    """The seed domain (examples/net-eth-unmanaged-tap.xml), its NIC given QUEUES queues."""
+    nic_model = "<model type='virtio'/>"
     driver = f"\n      <driver queues='{queues}'/>" if queues > 1 else ""
-    return f"""\
-<domain type='qemu'>
-  <name>QEMUGuest1</name>
-  <uuid>c7a5fdbd-edaf-9455-926a-d65c16db1809</uuid>
-  <memory unit='KiB'>219100</memory>
-  <currentMemory unit='KiB'>219100</currentMemory>
-  <vcpu placement='static'>1</vcpu>
-  <os>
-    <type arch='i686' machine='pc'>hvm</type>
-    <boot dev='hd'/>
-  </os>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <interface type='ethernet'>
-      <mac address='fe:11:22:33:44:55'/>
-      <target dev='mytap0' managed='no'/>
-      <model type='virtio'/>{driver}
-    </interface>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-"""
+    return SEED.read_text().replace(nic_model, nic_model + driver, 1)
 
 
 @pytest.mark.parametrize("queues", [1, 2])
@@ -463,9 +446,7 @@ def test_seed_precreated_tap_from_plan_sh_is_used_and_left_untouched(ns, dirs, t
     d = dirs
     xml = write(tmp_path / "seed.xml", seed_xml(queues))
 
-    # The administrator's part: the script `plan --format sh` writes, run as root in the namespace.
-    script = write(tmp_path / "precreate.sh", ok(virtnet(d, "plan", "--format", "sh", "--owner", "root", xml)))
-    ok(ip("netns", "exec", ns, "sh", str(script), check=False))
+    script = precreate_taps(d, ns, xml, "root", tmp_path)
     tap = links(ns)["mytap0"]
     tun = dict(tap.tun)
     assert (tap.mac, tap.up, tap.kind) == ("fa:11:22:33:44:55", True, "tun")

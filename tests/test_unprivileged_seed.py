@@ -15,26 +15,25 @@ import os
 import shutil
 
 from hostcases import (
-    REPO,
-    alive,
+    SEED,
+    SEED_NAME,
+    SEED_TAP,
+    assert_tap_as_left,
     assert_unchanged,
+    destroy_leaves_the_tap,
     fails,
     info_network,
     ip,
     links,
     live_state,
     ok,
+    precreate_taps,
     qmp,
     snapshot,
     tap_of_fd,
+    uids_of,
     user_workspace,
-    virtnet,
-    write,
 )
-
-SEED = REPO / "examples" / "net-eth-unmanaged-tap.xml"
-NAME = "QEMUGuest1"
-TAP = "mytap0"
 
 
 def host_tun():
@@ -74,14 +73,13 @@ def test_a_user_runs_the_seed_domain_on_the_tap_root_precreated_and_the_tap_is_l
         xml.chmod(0o644)
 
         # The administrator's part: the script plan writes for USER, run as root in the namespace.
-        script = write(space.work / "precreate.sh", ok(virtnet(dirs, "plan", "--format", "sh", "--owner", user, xml)))
-        ok(ip("netns", "exec", ns, "sh", str(script), check=False))
+        precreate_taps(dirs, ns, xml, user, space.work)
         # ... and, as administrators do, the tap on a bridge and with an MTU of their own, so
         # that "left as it was" covers a master and a non-default MTU too.
         ip("-n", ns, "link", "add", "br0", "type", "bridge")
-        ip("-n", ns, "link", "set", "dev", TAP, "mtu", "1400", "master", "br0")
+        ip("-n", ns, "link", "set", "dev", SEED_TAP, "mtu", "1400", "master", "br0")
         ip("-n", ns, "link", "set", "dev", "br0", "up")
-        tap = links(ns)[TAP]
+        tap = links(ns)[SEED_TAP]
         tun = dict(tap.tun)
         assert (tap.mac, tap.mtu, tap.master, tap.kind, tap.up) == ("fa:11:22:33:44:55", 1400, "br0", "tun", True)
         assert (tun["type"], tun["vnet_hdr"], tun["multi_queue"], tun["persist"], tun["user"]) == (
@@ -96,39 +94,32 @@ def test_a_user_runs_the_seed_domain_on_the_tap_root_precreated_and_the_tap_is_l
             assert seen == ["666", f"{os.major(rdev):x}:{os.minor(rdev):x}"]
             refused = dataclasses.replace(space, tun_dir=None)
             ok(refused.virtnet("define", xml))
-            error = fails(refused.virtnet("start", NAME, "--paused"))
-            assert (f"cannot open /dev/net/tun for tap '{TAP}': Permission denied; "
+            error = fails(refused.virtnet("start", SEED_NAME, "--paused"))
+            assert (f"cannot open /dev/net/tun for tap '{SEED_TAP}': Permission denied; "
                     "give this user read-write access to /dev/net/tun") in error
             assert_unchanged(ns, before, "the namespace, after a refused start")
-            assert live_state(space.state, NAME) is None and os.listdir(space.runtime) == []
+            assert live_state(space.state, SEED_NAME) is None and os.listdir(space.runtime) == []
         else:
             ok(space.virtnet("define", xml))
 
-        out = ok(space.virtnet("start", NAME, "--paused"))
-        live = live_state(space.state, NAME)
+        out = ok(space.virtnet("start", SEED_NAME, "--paused"))
+        live = live_state(space.state, SEED_NAME)
         pid = live.pid
-        assert out == f"Domain '{NAME}' started (paused): QEMU pid {pid}, {TAP}\n"
-        with open(f"/proc/{pid}/status") as f:
-            assert next(line for line in f if line.startswith("Uid:")).split()[1:] == [str(space.uid)] * 4
+        assert out == f"Domain '{SEED_NAME}' started (paused): QEMU pid {pid}, {SEED_TAP}\n"
+        assert uids_of(pid) == [str(space.uid)] * 4
         # QEMU holds one fd attached to the tap, and it is the one its NIC's backend uses.
-        assert list(tap_fds(pid).values()) == [TAP]
+        assert list(tap_fds(pid).values()) == [SEED_TAP]
         with qmp(live.qmp) as client:
             nic = info_network(client)["net0"]
             assert client.execute("query-status")["running"] is False
         assert (nic["model"], nic["macaddr"]) == ("virtio-net-pci", "fe:11:22:33:44:55")
         [peer] = nic["backends"]
-        assert peer["type"] == "tap" and tap_of_fd(pid, int(peer["fd"])) == TAP
+        assert peer["type"] == "tap" and tap_of_fd(pid, int(peer["fd"])) == SEED_TAP
         if space.private_tun:
             assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
         # While QEMU uses it: the same MAC, MTU, flags (carrier ones masked), owner and master.
-        assert links(ns)[TAP] == tap
-        assert_unchanged(ns, before, "the namespace, while QEMU runs")
-
-        ok(space.virtnet("destroy", NAME))
-        assert not alive(pid)
-        assert links(ns)[TAP] == tap  # still there, exactly as the administrator left it
-        assert_unchanged(ns, before, "the namespace, after destroy")
-        assert os.listdir(space.runtime) == [] and os.listdir(space.state / "running") == []
+        assert_tap_as_left(ns, SEED_TAP, tap, before, "while QEMU runs")
+        destroy_leaves_the_tap(space, SEED_NAME, pid, SEED_TAP, tap, before)
         assert mounts_about("/dev/net") == dev_net_mounts and mounts_about(space.work) == []
 
     # The host's node and mount table are as they were: the private node lived and died with the

@@ -336,22 +336,23 @@ def _message(error):
     return f"line {error.line}: {error.message}" if error.line else error.message
 
 
-def virtnet_network_argv(path):
-    """virtnet's network options for a domain file, as xml2argv --network-only builds them."""
+def virtnet_network_argv(corpus, case, notes):
+    """(domain, argv): virtnet's network options for xml2argv/CASE.xml, as xml2argv --network-only
+    builds them."""
     from virtnet.conf.load import load_file
     from virtnet.qemu.argv import ArgvOptions, build_argv
     from virtnet.runpaths import DomainPaths
 
-    domain = load_file(str(path)).domain
+    domain = load_file(str(Path(corpus) / "xml2argv" / (case + ".xml"))).domain
     options = ArgvOptions(network_only=True, host_caps=HOST_CAPS)
     return domain, build_argv(domain, DomainPaths(RUNTIME_DIR, domain.name), options)
 
 
-def virtnet_canonical_xml(path):
+def virtnet_canonical_xml(corpus, case, notes):
     from virtnet.conf.format import format_domain
     from virtnet.conf.load import load_file
 
-    return format_domain(load_file(str(path)).domain)
+    return format_domain(load_file(str(Path(corpus) / "xml2argv" / (case + ".xml"))).domain)
 
 
 def _first_line(text):
@@ -369,30 +370,47 @@ def refused(kind, case, error, expected_path, expected_kind, stricter):
     return Result(kind, case, "virtnet-rejects", _message(error))
 
 
-def check_argv_case(corpus, case):
-    if case in OUT_OF_SCOPE:
-        return Result("argv", case, "out-of-scope", OUT_OF_SCOPE[case])
-    expected_path, expected_kind = argv_expectation(corpus, case)
-    source = Path(corpus) / "xml2argv" / (case + ".xml")
-    try:
-        domain, argv = virtnet_network_argv(source)
-    except VirtnetError as e:
-        return refused("argv", case, e, expected_path, expected_kind, STRICTER)
-    except Exception as e:  # a crash is a finding of its own, reported rather than raised
-        return Result("argv", case, "virtnet-crashes", f"{type(e).__name__}: {e}")
-    if expected_kind == "err":
-        return Result("argv", case, "virtnet-accepts", f"libvirt: {_first_line(expected_path.read_text())}")
+def check_case(kind, corpus, case, *, out_of_scope, stricter, expectation, convert, compare):
+    """The Result of one case of KIND, whatever the corpus: out of scope (OUT_OF_SCOPE says why),
+    refused by virtnet (see refused(); STRICTER), a crash, accepted where libvirt refuses, or else
+    the differences COMPARE(corpus, case, made, expected_path, notes) finds in what
+    CONVERT(corpus, case, notes) made. EXPECTATION(corpus, case) gives libvirt's
+    (expected_path, 'args'|'err'|'xml'); it is asked only for a case in scope."""
+    if case in out_of_scope:
+        return Result(kind, case, "out-of-scope", out_of_scope[case])
+    expected_path, expected_kind = expectation(corpus, case)
     notes = []
-    if expected_path.name.endswith(".x86_64-7.2.0.args"):
+    try:
+        made = convert(corpus, case, notes)
+    except VirtnetError as e:
+        return refused(kind, case, e, expected_path, expected_kind, stricter)
+    except Exception as e:  # a crash is a finding of its own, reported rather than raised
+        return Result(kind, case, "virtnet-crashes", f"{type(e).__name__}: {e}")
+    if expected_kind == "err":
+        return Result(kind, case, "virtnet-accepts", f"libvirt: {_first_line(expected_path.read_text())}")
+    diffs = compare(corpus, case, made, expected_path, notes)
+    return Result(kind, case, "differs" if diffs else "match", "; ".join(diffs), notes)
+
+
+def is_seven_two(expected_path):
+    """Whether libvirt's expectation is the one for QEMU 7.2 (kept where latest has none)."""
+    return expected_path.name.endswith(".x86_64-7.2.0.args")
+
+
+def check_argv_case(corpus, case):
+    return check_case("argv", corpus, case, out_of_scope=OUT_OF_SCOPE, stricter=STRICTER,
+                      expectation=argv_expectation, convert=virtnet_network_argv, compare=compare_network_argv)
+
+
+def compare_network_argv(corpus, case, made, expected_path, notes):
+    domain, argv = made
+    if is_seven_two(expected_path):
         notes.append("QEMU 7.2 expectation")
     kvm = domain.type == "kvm"
     theirs = normalise(network_options(args_file_tokens(expected_path.read_text())),
                        libvirt_side=True, kvm=kvm, notes=notes)
     ours = normalise(network_options(argv), libvirt_side=False, kvm=kvm, notes=notes)
-    diffs = compare_options(theirs, ours)
-    if diffs:
-        return Result("argv", case, "differs", "; ".join(diffs), notes)
-    return Result("argv", case, "match", "", notes)
+    return compare_options(theirs, ours)
 
 
 # -- canonical XML ----------------------------------------------------------------------------------
@@ -462,23 +480,21 @@ def compare_interfaces(source_root, libvirt_root, virtnet_root):
 
 
 def check_xml_case(corpus, case):
-    if case in OUT_OF_SCOPE:
-        return Result("xml", case, "out-of-scope", OUT_OF_SCOPE[case])
+    return check_case("xml", corpus, case, out_of_scope=OUT_OF_SCOPE, stricter=STRICTER,
+                      expectation=canonical_xml_expectation, convert=virtnet_canonical_xml,
+                      compare=compare_canonical_xml)
+
+
+def canonical_xml_expectation(corpus, case):
+    return Path(corpus) / "xml2xml" / (case + ".x86_64-latest.xml"), "xml"
+
+
+def compare_canonical_xml(corpus, case, ours, expected_path, notes):
     source = Path(corpus) / "xml2argv" / (case + ".xml")
-    expected = Path(corpus) / "xml2xml" / (case + ".x86_64-latest.xml")
-    try:
-        ours = virtnet_canonical_xml(source)
-    except VirtnetError as e:
-        if case in STRICTER:
-            return Result("xml", case, "virtnet-stricter", f"{_message(e)} [{STRICTER[case]}]")
-        return Result("xml", case, "virtnet-rejects", _message(e))
-    except Exception as e:
-        return Result("xml", case, "virtnet-crashes", f"{type(e).__name__}: {e}")
-    diffs, notes = compare_interfaces(_parse(source.read_bytes()), _parse(expected.read_bytes()),
+    diffs, found = compare_interfaces(_parse(source.read_bytes()), _parse(expected_path.read_bytes()),
                                       _parse(ours.encode()))
-    if diffs:
-        return Result("xml", case, "differs", "; ".join(diffs), notes)
-    return Result("xml", case, "match", "", notes)
+    notes += found
+    return diffs
 
 
 # -- guest cases: libvirt's domain/ corpus, the whole command line ----------------------------------
@@ -676,20 +692,13 @@ def _normalise_guest(keyed, domain, libvirt_side, notes):
 
 
 def check_guest_case(corpus, case):
-    if case in GUEST_OUT_OF_SCOPE:
-        return Result("guest", case, "out-of-scope", GUEST_OUT_OF_SCOPE[case])
-    expected_path, expected_kind = guest_expectation(corpus, case)
-    source = Path(corpus) / "domain" / (case + ".xml")
-    try:
-        domain, command = virtnet_guest_command(source)
-    except VirtnetError as e:
-        return refused("guest", case, e, expected_path, expected_kind, GUEST_STRICTER)
-    except Exception as e:
-        return Result("guest", case, "virtnet-crashes", f"{type(e).__name__}: {e}")
-    if expected_kind == "err":
-        return Result("guest", case, "virtnet-accepts", f"libvirt: {_first_line(expected_path.read_text())}")
-    notes = []
-    seven_two = expected_path.name.endswith(".x86_64-7.2.0.args")
+    return check_case("guest", corpus, case, out_of_scope=GUEST_OUT_OF_SCOPE, stricter=GUEST_STRICTER,
+                      expectation=guest_expectation, convert=virtnet_guest_command, compare=compare_guest_command)
+
+
+def compare_guest_command(corpus, case, made, expected_path, notes):
+    domain, command = made
+    seven_two = is_seven_two(expected_path)
     if seven_two:
         notes.append("QEMU 7.2 expectation")
     ours_tokens = [f"{k}={v}" for k, v in command.env.items()] + command.argv
@@ -699,11 +708,8 @@ def check_guest_case(corpus, case):
     # virtnet's own view of what it drops (disks, display devices, ...) decides what else is not compared.
     if elsewhere:
         notes.append("not compared: " + ", ".join(sorted(set(elsewhere))))
-    diffs = [d.replace("-machine -machine", "-machine").replace("-cpu -cpu", "-cpu")
-             for d in compare_options(_as_options(theirs), _as_options(ours))]
-    if diffs:
-        return Result("guest", case, "differs", "; ".join(diffs), notes)
-    return Result("guest", case, "match", "", notes)
+    return [d.replace("-machine -machine", "-machine").replace("-cpu -cpu", "-cpu")
+            for d in compare_options(_as_options(theirs), _as_options(ours))]
 
 
 def _as_options(keyed):
@@ -715,13 +721,14 @@ def _as_options(keyed):
     return out
 
 
-def virtnet_guest_command(path):
-    """virtnet's whole command line (argv and environment) for a domain file, as xml2argv builds it."""
+def virtnet_guest_command(corpus, case, notes):
+    """(domain, command): virtnet's whole command line (argv and environment) for domain/CASE.xml,
+    as xml2argv builds it."""
     from virtnet.conf.load import load_file
     from virtnet.qemu.argv import ArgvOptions, build_command
     from virtnet.runpaths import DomainPaths
 
-    domain = load_file(str(path)).domain
+    domain = load_file(str(Path(corpus) / "domain" / (case + ".xml"))).domain
     options = ArgvOptions(host_caps=HOST_CAPS)
     return domain, build_command(domain, DomainPaths(RUNTIME_DIR, domain.name), options)
 
@@ -849,25 +856,23 @@ def _input_addresses(corpus, case):
 
 
 def check_storage_argv_case(corpus, case):
-    if case in STORAGE_OUT_OF_SCOPE:
-        return Result("disk", case, "out-of-scope", STORAGE_OUT_OF_SCOPE[case])
-    expected_path, expected_kind = guest_expectation(corpus, case)
-    try:
-        from virtnet.qemu.argv import ArgvOptions, build_argv
-        from virtnet.runpaths import DomainPaths
+    return check_case("disk", corpus, case, out_of_scope=STORAGE_OUT_OF_SCOPE, stricter=STORAGE_STRICTER,
+                      expectation=guest_expectation, convert=virtnet_storage_argv, compare=compare_storage_argv)
 
-        notes = []
-        domain = _storage_domain(corpus, case, notes)
-        argv = build_argv(domain, DomainPaths(RUNTIME_DIR, domain.name), ArgvOptions(host_caps=HOST_CAPS))
-    except VirtnetError as e:
-        return refused("disk", case, e, expected_path, expected_kind, STORAGE_STRICTER)
-    except Exception as e:
-        return Result("disk", case, "virtnet-crashes", f"{type(e).__name__}: {e}")
-    if expected_kind == "err":
-        return Result("disk", case, "virtnet-accepts", f"libvirt: {_first_line(expected_path.read_text())}")
+
+def virtnet_storage_argv(corpus, case, notes):
+    from virtnet.qemu.argv import ArgvOptions, build_argv
+    from virtnet.runpaths import DomainPaths
+
+    domain = _storage_domain(corpus, case, notes)
+    return domain, build_argv(domain, DomainPaths(RUNTIME_DIR, domain.name), ArgvOptions(host_caps=HOST_CAPS))
+
+
+def compare_storage_argv(corpus, case, made, expected_path, notes):
+    domain, argv = made
     theirs = storage_options(args_file_tokens(expected_path.read_text()))
     ours = storage_options(argv)
-    if not expected_path.name.endswith(".x86_64-7.2.0.args"):
+    if not is_seven_two(expected_path):
         _with_raw_format_layer(theirs, notes)
     from virtnet.qemu import storage
 
@@ -897,10 +902,7 @@ def check_storage_argv_case(corpus, case):
     if dropped:
         notes.append("not rendered: " + ", ".join(f"{k} ({v})" for k, v in dropped.items()))
     _compare_placement(corpus, case, domain, theirs, ours, notes)
-    diffs = compare_options(_as_options(theirs), _as_options(ours))
-    if diffs:
-        return Result("disk", case, "differs", "; ".join(diffs), notes)
-    return Result("disk", case, "match", "", notes)
+    return compare_options(_as_options(theirs), _as_options(ours))
 
 
 def _drop_overrides(corpus, case, theirs, notes):
@@ -962,22 +964,25 @@ def _storage_elements(root):
 
 
 def check_storage_xml_case(corpus, case):
-    if case in STORAGE_OUT_OF_SCOPE:
-        return Result("disk-xml", case, "out-of-scope", STORAGE_OUT_OF_SCOPE[case])
-    expected = Path(corpus) / "domain" / (case + ".x86_64-latest.xml")
-    if not expected.exists():
+    """The disk-xml Result of CASE, or None where libvirt has no canonical XML for it."""
+    expected, _ = storage_xml_expectation(corpus, case)
+    if case not in STORAGE_OUT_OF_SCOPE and not expected.exists():
         return None
-    try:
-        from virtnet.conf.format import format_domain
+    return check_case("disk-xml", corpus, case, out_of_scope=STORAGE_OUT_OF_SCOPE, stricter=STORAGE_STRICTER,
+                      expectation=storage_xml_expectation, convert=virtnet_storage_xml, compare=compare_storage_xml)
 
-        notes = []
-        ours = format_domain(_storage_domain(corpus, case, notes))
-    except VirtnetError as e:
-        if case in STORAGE_STRICTER:
-            return Result("disk-xml", case, "virtnet-stricter", f"{_message(e)} [{STORAGE_STRICTER[case]}]")
-        return Result("disk-xml", case, "virtnet-rejects", _message(e))
-    except Exception as e:
-        return Result("disk-xml", case, "virtnet-crashes", f"{type(e).__name__}: {e}")
+
+def storage_xml_expectation(corpus, case):
+    return Path(corpus) / "domain" / (case + ".x86_64-latest.xml"), "xml"
+
+
+def virtnet_storage_xml(corpus, case, notes):
+    from virtnet.conf.format import format_domain
+
+    return format_domain(_storage_domain(corpus, case, notes))
+
+
+def compare_storage_xml(corpus, case, ours, expected, notes):
     source = _parse((Path(corpus) / "domain" / (case + ".xml")).read_bytes())
     disks_in, controllers_in = _storage_elements(source)
     their_disks, their_controllers = _storage_elements(_parse(expected.read_bytes()))
@@ -1016,9 +1021,7 @@ def check_storage_xml_case(corpus, case):
                     if src is None:
                         target.attrib.pop("chassis", None)
         diffs += _element_diff(label, a, b)
-    if diffs:
-        return Result("disk-xml", case, "differs", "; ".join(diffs), notes)
-    return Result("disk-xml", case, "match", "", notes)
+    return diffs
 
 
 def changed_lines(theirs, ours):

@@ -70,7 +70,8 @@ FOREIGN_NS = "urn:virtnet-fuzz"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 NETNS_PREFIX = "vnfz"
 PLAIN_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
-EXPECTED_COMMANDS = ("ip", "id", "cat")  # what a pre-create script may run (echo, [ are sh builtins)
+# What a pre-create script may run: ip, id and cat, and tc for a <bandwidth> (echo, [ are sh builtins).
+EXPECTED_COMMANDS = ("ip", "id", "cat", "tc")
 
 # --- characters ----------------------------------------------------------------------------------------
 
@@ -306,6 +307,14 @@ IFACE_FIELDS = [
 IDENTITY_CHILDREN = ("mac", "alias", "address", "target", "boot", "acpi")
 
 
+def drop_identity(iface):
+    """Remove IFACE's IDENTITY_CHILDREN, so that a copied interface gets an identity of its own
+    instead of clashing with the one it was copied from."""
+    for tag in IDENTITY_CHILDREN:
+        for child in iface.findall(tag):
+            iface.remove(child)
+
+
 class Mutator:
     """Applies mutations to one document. Values lxml cannot hold (characters XML forbids) become
     placeholders that serialise() replaces with the raw characters or character references."""
@@ -418,9 +427,7 @@ class Mutator:
         node = rng.choice(ifaces) if ifaces and rng.random() < 0.8 else rng.choice(self.elements()[1:])
         clone = copy.deepcopy(node)
         if clone.tag == "interface" and rng.random() < 0.7:
-            for tag in IDENTITY_CHILDREN:
-                for child in clone.findall(tag):
-                    clone.remove(child)
+            drop_identity(clone)
         node.addnext(clone)
         return f"duplicate {path_of(node)}"
 
@@ -476,9 +483,7 @@ class Mutator:
             old.addnext(donor)
             devices.remove(old)
             return f"replace {path_of(donor)} with a {donor.get('type', 'user')} interface"
-        for tag in IDENTITY_CHILDREN:
-            for child in donor.findall(tag):
-                donor.remove(child)
+        drop_identity(donor)
         devices.append(donor)
         return f"add a {donor.get('type', 'user')} interface"
 

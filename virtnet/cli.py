@@ -647,8 +647,9 @@ def cmd_xml2argv(args):
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()  # a UEFI guest's NVRAM, as start
     files = _expand_files(args.file)
     out = []
-    for path in files:
-        loaded = convert.load(path)
+    for path, loaded in convert.load_many(files):
+        if isinstance(loaded, VirtnetError):
+            raise loaded  # as loading the files one by one would: the first refused file stops the verb
         _print_diagnostics(convert.diagnostics(loaded))
         helper = args.bridge_helper
         if args.standalone and helper is None and any(i.type == "bridge" for i in loaded.domain.interfaces):

@@ -10,9 +10,11 @@ Imports stay lazy, as in the CLI: xml2xml and xml2argv load neither pyroute2 nor
 (only plan's sh and networkd formats use jinja2).
 """
 
-import shlex
-
+# Light modules, imported once here rather than at every conversion of a batch.
+from virtnet.errors import VirtnetError
+from virtnet.qemu.render import shell_lines, shell_word
 from virtnet.record import Record
+from virtnet.runpaths import DomainPaths
 
 PLAN_FORMATS = ("text", "json", "sh", "networkd")
 
@@ -50,6 +52,14 @@ def load(path):
     return load_file(path)
 
 
+def load_many(paths):
+    """Read and check many domain files, in order: yields (path, Loaded), or (path, VirtnetError)
+    for a file load() refuses. Faster than load() file after file for a batch (conf.load.load_files)."""
+    from virtnet.conf.load import load_files
+
+    return load_files(paths)
+
+
 def diagnostics(loaded):
     """The load-time warnings of LOADED as Diagnostics."""
     return [Diagnostic(loaded.filename, line, message) for line, message in loaded.warnings]
@@ -72,10 +82,7 @@ def xml2argv(loaded, *, runtime_dir, host_caps=frozenset(), syntax="json", stand
     (default: /var/lib/virtnet, root's). QEMU's environment (<qemu:env>, a clock's TZ) comes first,
     as NAME=VALUE lines the shell takes as the command's environment.
     """
-    from virtnet.errors import VirtnetError
     from virtnet.qemu.argv import DEFAULT_STATE_DIR, ArgvOptions, build_command, warnings as argv_warnings
-    from virtnet.qemu.render import shell_lines
-    from virtnet.runpaths import DomainPaths
 
     domain, filename = loaded.domain, loaded.filename
     paths = DomainPaths(runtime_dir, domain.name)
@@ -104,7 +111,7 @@ def xml2argv(loaded, *, runtime_dir, host_caps=frozenset(), syntax="json", stand
         if needs_channel_dir(domain):
             warnings.append(Diagnostic(filename, None, f"create {paths.dir}/channel before running this line: "
                                        "QEMU listens there for the unix channels that name no path"))
-    env = "".join(f"{name}={shlex.quote(value)} \\\n" for name, value in command.env.items())
+    env = "".join(f"{name}={shell_word(value)} \\\n" for name, value in command.env.items())
     if command.argv:  # --network-only for a domain without interfaces prints nothing
         lines.append(env + shell_lines(command.argv))
     return Result("".join(lines), warnings)
@@ -120,10 +127,9 @@ def plan(loaded, fmt="text", *, runtime_dir, names_in_use=frozenset(), host_caps
     OWNER is the user that pre-created taps belong to (the sh and networkd formats need it).
     The warnings are those `start` prints about what the plan cannot honour.
     """
-    from virtnet.errors import UsageError, VirtnetError
+    from virtnet.errors import UsageError
     from virtnet.host.plan import build_plan
     from virtnet.host.planformat import render_plan
-    from virtnet.runpaths import DomainPaths
 
     if fmt not in PLAN_FORMATS:
         raise UsageError(f"unknown plan format '{fmt}'; accepted: {', '.join(PLAN_FORMATS)}")

@@ -15,18 +15,15 @@ found by its QMP socket path).
 from dataclasses import dataclass, field
 
 from virtnet.errors import StoreError
+from virtnet.host.process import start_time
 
 RECORD_VERSION = 2
 
 
 def process_identity(pid):
     """(pid, start time in clock ticks): names one process for good, even once the pid is reused."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return [pid, int(fields[19])]
-    except (OSError, IndexError, ValueError):
-        return None
+    started = start_time(pid)
+    return None if started is None else [pid, started]
 
 
 @dataclass

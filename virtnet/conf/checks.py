@@ -1,7 +1,9 @@
 """Semantic rules applied after the schema: one small function per rule.
 
 Each rule yields (line, message) for every violation it finds. `check_domain` runs them all and
-raises the first violation in document order, so a user fixes problems top to bottom.
+raises the first violation in document order, so a user fixes problems top to bottom. A rule
+registered with `rule_about` is skipped for a domain whose devices hold none of the elements it is
+about (it could find nothing there): most domains have no <filterref>, <portForward> or <disk>.
 """
 
 import functools
@@ -25,8 +27,22 @@ QUEUE_SIZES = (256, 512, 1024)  # powers of two that QEMU accepts for virtio-net
 
 
 def rule(func):
+    """Register FUNC, a rule every domain goes through."""
+    func.about = None
     RULES.append(func)
     return func
+
+
+def rule_about(*elements):
+    """Register a rule about some device elements (names of elements below <devices>, at any depth),
+    one of which a domain must have for the rule to find anything: check_domain does not run it
+    where the devices hold none of them. The rule itself stays complete (called on any domain, it
+    finds the same problems): the names only spare the common case its loop over the devices."""
+    def register(func):
+        rule(func).about = frozenset(elements)
+        return func
+
+    return register
 
 
 def _where(iface):
@@ -49,11 +65,15 @@ def _element_name(node):
     return etree.QName(node).localname
 
 
-# A screen for the two per-element text rules below, one XPath pass (C) each: every attribute
-# value, and every text node. When all of them are printable (conf.text.surely_plain), or no value
-# is padded, the rule has nothing to find; otherwise it walks the tree as written, for its message.
+# One screen for the two text rules of plain_values, one XPath pass (C): every attribute value, then
+# the document's string value (its text nodes), joined in C (EXSLT's str:concat) into one string.
+# When it is printable (conf.text.surely_plain) and holds no space, no value has a control character
+# and no attribute value is padded (every other character str.strip removes is non-printable);
+# otherwise a rule walks the tree as written, for its message.
+_ALL_VALUES_JOINED = etree.XPath("concat(str:concat(descendant-or-self::*/@*), string())",
+                                 namespaces={"str": "http://exslt.org/strings"}, smart_strings=False)
+# Where that screen cannot tell (a space somewhere), the padding rule's second look: value by value.
 _ATTRIBUTE_VALUES = etree.XPath("descendant-or-self::*/@*", smart_strings=False)
-_TEXTS = etree.XPath("descendant-or-self::text()", smart_strings=False)
 # Compiled once: find/findall with '*' go through ElementPath (Python) at every call. Same elements,
 # in the same (document) order.
 _DEVICE_ALIASES = etree.XPath("devices/*/alias")
@@ -77,11 +97,20 @@ def _string_text_tags():
 
 
 @rule
-def no_control_characters(domain):
-    """No attribute value or element text holds a control character (free prose excepted)."""
+def plain_values(domain):
+    """Values are used as written (argv, scripts, messages): none holds a control character, and no
+    attribute value is padded with blanks. One screen serves both rules (see _ALL_VALUES_JOINED)."""
     root = domain.node
-    if surely_plain("".join(_ATTRIBUTE_VALUES(root))) and surely_plain("".join(_TEXTS(root))):
-        return
+    joined = _ALL_VALUES_JOINED(root)
+    printable = surely_plain(joined)
+    if not printable:
+        yield from _control_characters(root)
+    if not printable or " " in joined:
+        yield from _padded_attributes(root)
+
+
+def _control_characters(root):
+    """No attribute value or element text holds a control character (free prose excepted)."""
     for node in root.iter(tag=etree.Element):
         if _element_name(node) == "metadata":
             continue
@@ -109,14 +138,13 @@ def no_control_characters(domain):
             )
 
 
-@rule
-def no_padded_attributes(domain):
+def _padded_attributes(root):
     """An attribute value does not begin or end with blanks: the schema reads enumerations as tokens
     (' virtio ' passes as 'virtio'), while virtnet, QEMU and libvirt use the value as written."""
-    values = _ATTRIBUTE_VALUES(domain.node)
+    values = _ATTRIBUTE_VALUES(root)
     if [value.strip() for value in values] == values:
         return
-    for node in domain.node.iter(tag=etree.Element):
+    for node in root.iter(tag=etree.Element):
         if _element_name(node) == "metadata" or any(_element_name(a) == "metadata" for a in node.iterancestors()):
             continue
         for attr, value in node.attrib.items():
@@ -133,13 +161,15 @@ def domain_name_rules(domain):
     if not domain.has("name"):
         return
     name = domain.name or ""
-    line = domain.line_of("name")
     if not name.strip():
-        yield line, "<name> is empty; a domain needs a name (letters, digits, '.', '_', '-', ...)"
+        problem = "<name> is empty; a domain needs a name (letters, digits, '.', '_', '-', ...)"
     elif "/" in name:
-        yield line, f"<name>{visible(name)}</name> contains '/', which a domain name may not"
+        problem = f"<name>{visible(name)}</name> contains '/', which a domain name may not"
     elif name.startswith("."):
-        yield line, f"<name>{visible(name)}</name> starts with '.', which a domain name may not"
+        problem = f"<name>{visible(name)}</name> starts with '.', which a domain name may not"
+    else:
+        return
+    yield domain.line_of("name"), problem
 
 
 @rule
@@ -152,7 +182,7 @@ def machine_name_characters(domain):
         )
 
 
-@rule
+@rule_about("target")
 def managed_is_yes_or_no(domain):
     for iface in domain.interfaces:
         if iface.managed not in (None, "yes", "no"):
@@ -161,7 +191,7 @@ def managed_is_yes_or_no(domain):
             )
 
 
-@rule
+@rule_about("serial", "console", "channel")
 def udp_chardev_has_a_peer(domain):
     for chardev in domain.serials + domain.consoles + domain.channels:
         if chardev.type == "udp" and chardev.udp_sources[0] is None:
@@ -171,7 +201,7 @@ def udp_chardev_has_a_peer(domain):
             )
 
 
-@rule
+@rule_about("target")
 def unmanaged_target_is_a_fixed_name(domain):
     for iface in domain.interfaces:
         if iface.unmanaged and iface.target_dev and "%" in iface.target_dev:
@@ -181,7 +211,7 @@ def unmanaged_target_is_a_fixed_name(domain):
             )
 
 
-@rule
+@rule_about("target")
 def unmanaged_only_on_ethernet(domain):
     for iface in domain.interfaces:
         if iface.unmanaged and not iface.kind.script:
@@ -191,7 +221,7 @@ def unmanaged_only_on_ethernet(domain):
             )
 
 
-@rule
+@rule_about("mac")
 def mac_is_valid_unicast(domain):
     for iface in domain.interfaces:
         address = iface.mac
@@ -209,7 +239,7 @@ def mac_is_valid_unicast(domain):
             )
 
 
-@rule
+@rule_about("target")
 def target_dev_is_an_interface_name(domain):
     for iface in domain.interfaces:
         if iface.target_dev is None:
@@ -219,7 +249,7 @@ def target_dev_is_an_interface_name(domain):
             yield iface.line_of("target"), f"{_where(iface)}: <target dev='{iface.target_dev}'> {problem}"
 
 
-@rule
+@rule_about("source")
 def direct_source_dev_is_an_interface_name(domain):
     for iface in domain.interfaces:
         dev = iface.source.dev if iface.type == "direct" and iface.source is not None else None
@@ -230,7 +260,7 @@ def direct_source_dev_is_an_interface_name(domain):
             yield iface.line_of("source"), f"{_where(iface)}: <source dev='{dev}'> {problem}"
 
 
-@rule
+@rule_about("script", "downscript")
 def scripts_only_on_ethernet(domain):
     for iface in domain.interfaces:
         for tag in ("script", "downscript"):
@@ -241,7 +271,7 @@ def scripts_only_on_ethernet(domain):
                 )
 
 
-@rule
+@rule_about("mtu")
 def mtu_type_and_range(domain):
     for iface in domain.interfaces:
         if not iface.has("mtu"):
@@ -256,7 +286,7 @@ def mtu_type_and_range(domain):
             yield iface.line_of("mtu"), f"{_where(iface)}: <mtu size='{iface.mtu}'> is out of range 68..65535"
 
 
-@rule
+@rule_about("inbound", "outbound")
 def bandwidth_rates(domain):
     """libvirt's rules for <bandwidth>: an average for every rate (floor only inbound, and only on a
     libvirt network, which virtnet does not run)."""
@@ -277,7 +307,7 @@ def bandwidth_rates(domain):
                 yield where[0], f"{where[1]}: burst='{rates.burst}' is more than tc holds ({MAX_BURST_KIB} KiB)"
 
 
-@rule
+@rule_about("filterref")
 def filterref_is_clean_traffic(domain):
     """virtnet renders libvirt's clean-traffic filter itself (host.nwfilter); there is no nwfilter
     daemon for the others."""
@@ -312,7 +342,7 @@ def _ipv4(value):
         return None
 
 
-@rule
+@rule_about("driver")
 def queues_need_tap_or_vhostuser_and_virtio(domain):
     for iface in domain.interfaces:
         queues = iface.queues
@@ -338,7 +368,7 @@ def queues_need_tap_or_vhostuser_and_virtio(domain):
             )
 
 
-@rule
+@rule_about("driver")
 def queue_sizes_are_powers_of_two(domain):
     for iface in domain.interfaces:
         for attr in ("rx_queue_size", "tx_queue_size"):
@@ -350,7 +380,7 @@ def queue_sizes_are_powers_of_two(domain):
                 )
 
 
-@rule
+@rule_about("model")
 def model_name_characters(domain):
     for iface in domain.interfaces:
         model = iface.model_raw
@@ -360,7 +390,7 @@ def model_name_characters(domain):
             )
 
 
-@rule
+@rule_about("interface")
 def vhostuser_needs_virtio(domain):
     for iface in domain.interfaces:
         if iface.type == "vhostuser" and not iface.is_virtio:
@@ -370,11 +400,11 @@ def vhostuser_needs_virtio(domain):
             )
 
 
-@rule
+@rule_about("reconnect")
 def vhostuser_reconnect_only_as_client(domain):
     for iface in domain.interfaces:
-        src = iface.source
-        if iface.type != "vhostuser" or src is None or not src.reconnect_enabled:
+        src = iface.source if iface.type == "vhostuser" else None
+        if src is None or not src.reconnect_enabled:
             continue
         if src.mode == "server":
             yield src.line_of("reconnect"), (
@@ -395,7 +425,7 @@ def _ip(value):
         return None
 
 
-@rule
+@rule_about("source")
 def socket_addresses(domain):
     for iface in domain.interfaces:
         src = iface.source
@@ -419,7 +449,7 @@ def socket_addresses(domain):
                 )
 
 
-@rule
+@rule_about("link")
 def link_state_is_up_or_down(domain):
     for iface in domain.interfaces:
         if iface.link_state not in (None, "up", "down"):
@@ -428,7 +458,7 @@ def link_state_is_up_or_down(domain):
             )
 
 
-@rule
+@rule_about("backend")
 def passt_backend_types(domain):
     for iface in domain.interfaces:
         if iface.uses_passt and not iface.kind.passt:
@@ -438,7 +468,7 @@ def passt_backend_types(domain):
             )
 
 
-@rule
+@rule_about("portForward")
 def port_forward_only_with_passt(domain):
     """<portForward> is passt's (passt_argv turns it into --tcp-ports/--udp-ports): libvirt takes it
     on both interface types passt serves, type='user' and the vhost-user flavour, type='vhostuser'."""
@@ -457,7 +487,7 @@ def port_forward_only_with_passt(domain):
         yield iface.port_forwards[0].line, why
 
 
-@rule
+@rule_about("portForward")
 def port_forward_ranges(domain):
     for iface in domain.interfaces:
         for fwd in iface.port_forwards:
@@ -475,7 +505,7 @@ def port_forward_ranges(domain):
                     yield rng.line, f"<range start='{rng.start}' end='{rng.end}'>: end is below start"
 
 
-@rule
+@rule_about("ip", "route")
 def guest_ips_only_on_user(domain):
     for iface in domain.interfaces:
         ips, routes = iface.guest_ips, iface.guest_routes
@@ -523,7 +553,7 @@ def _host_side_problems(tag, address, prefix, other_attr, other):
             yield f"<source><{tag} {other_attr}='{other}'> is not an IPv{addr.version} address"
 
 
-@rule
+@rule_about("ip", "route")
 def host_addresses_and_routes(domain):
     """<source><ip>/<route> of an ethernet tap: checked here, not discovered after the tap exists."""
     for iface in domain.interfaces:
@@ -542,7 +572,7 @@ def _aliased(domain):
     return list(domain.interfaces) + list(domain.disks) + list(domain.controllers)
 
 
-@rule
+@rule_about("alias")
 def alias_is_user_alias(domain):
     """A device alias given in a definition is a user alias (libvirt's inactive XML keeps no other:
     virtnet would drop it from the canonical XML and the device's ids would change)."""
@@ -562,24 +592,25 @@ def _duplicates(domain, key, describe):
         if value is None:
             continue
         if value in seen:
-            yield iface.line, f"{describe(value)} is used by two interfaces (lines {seen[value]} and {iface.line})"
+            yield iface.line, (f"{describe(value)} is used by two interfaces (lines {seen[value].line} and "
+                               f"{iface.line})")
         else:
-            seen[value] = iface.line
+            seen[value] = iface
 
 
-@rule
+@rule_about("mac")
 def unique_macs(domain):
     # A virtio failover pair (<teaming>) shares one MAC by design: the transient member names the
     # persistent one's alias, and only the persistent one counts.
     def key(iface):
         if not iface.mac or (iface.teaming_type == "transient" and iface.teaming_persistent):
             return None
-        return mac.normal(iface.mac) if mac.is_mac(iface.mac) else iface.mac
+        return mac.normalized(iface.mac) or iface.mac
 
     yield from _duplicates(domain, key, lambda v: f"MAC address {v}")
 
 
-@rule
+@rule_about("backend")
 def custom_tap_path_only_for_taps(domain):
     for iface in domain.interfaces:
         if iface.backend_tap is not None and not iface.kind.tap_path:
@@ -589,7 +620,7 @@ def custom_tap_path_only_for_taps(domain):
             )
 
 
-@rule
+@rule_about("target")
 def unique_target_devs(domain):
     def kept_name(iface):
         dev = iface.target_dev
@@ -606,7 +637,7 @@ def _two(first, second):
         if first == second else "devices"
 
 
-@rule
+@rule_about("alias")
 def unique_aliases(domain):
     seen = {}
     for device in _aliased(domain):
@@ -620,11 +651,13 @@ def unique_aliases(domain):
             seen[alias] = (device.node.tag, device.line)
 
 
-@rule
+@rule_about("address")
 def unique_pci_addresses(domain):
     """No two devices at one PCI address, whichever devices they are (libvirt refuses it too)."""
     seen = {}
     for tag, addr in domain.pci_addresses:
+        if not pci.names_a_place(addr):
+            continue  # it asks for an address: the defaults give it a free one
         try:
             key = tuple(pci_number(addr.get(a, "0")) for a in ("domain", "bus", "slot", "function"))
         except ValueError:
@@ -637,7 +670,7 @@ def unique_pci_addresses(domain):
             seen[key] = (tag, line)
 
 
-@rule
+@rule_about("boot")
 def boot_orders(domain):
     """Per-device <boot order> (NICs, disks, any device) or <os><boot dev>, not both; each order once."""
     boots = _DEVICE_BOOTS(domain.node)
@@ -669,7 +702,7 @@ def _free_slots(domain):
     return "0x01 to 0x1e" if domain.is_q35 else "0x02 to 0x1f"
 
 
-@rule
+@rule_about("address")
 def pci_slot_not_reserved(domain):
     reserved = _reserved_slots(domain)
     for iface in domain.interfaces:
@@ -702,7 +735,7 @@ def _disk_where(disk):
     return f"<disk type='{disk.type}' device='{disk.device}'>" + (f" (target {dev})" if dev else "")
 
 
-@rule
+@rule_about("disk")
 def disk_target_is_a_disk_name(domain):
     """libvirt names disks by their target (hda, sdb, vdc): the name gives the disk's index, its
     default bus and drive address, and its alias."""
@@ -719,7 +752,7 @@ def disk_target_is_a_disk_name(domain):
             )
 
 
-@rule
+@rule_about("disk")
 def unique_disk_targets(domain):
     seen = {}
     for disk in domain.disks:
@@ -734,7 +767,7 @@ def unique_disk_targets(domain):
             seen[dev] = disk.line_of("target")
 
 
-@rule
+@rule_about("disk")
 def disk_bus_fits_device(domain):
     """What QEMU cannot do: a CD-ROM needs removable media (not virtio-blk), the q35 chipset has no
     IDE, a floppy needs the floppy controller."""
@@ -757,7 +790,7 @@ def disk_bus_fits_device(domain):
             )
 
 
-@rule
+@rule_about("disk")
 def readonly_disks_on_ide_and_sata(domain):
     """QEMU's ide-hd cannot use a read-only drive (libvirt: readonly ide/sata disks are not supported);
     virtio and SCSI disks and every CD-ROM can."""
@@ -769,7 +802,7 @@ def readonly_disks_on_ide_and_sata(domain):
             )
 
 
-@rule
+@rule_about("disk")
 def disk_source_path_is_absolute(domain):
     for disk in domain.disks:
         for attr, value in (("file", disk.source_file), ("dev", disk.source_dev)):
@@ -780,7 +813,7 @@ def disk_source_path_is_absolute(domain):
                 )
 
 
-@rule
+@rule_about("disk")
 def disk_has_a_source(domain):
     """Only a CD-ROM (or floppy) may be empty: a hard disk without a source has no medium to show."""
     for disk in domain.disks:
@@ -791,7 +824,7 @@ def disk_has_a_source(domain):
             )
 
 
-@rule
+@rule_about("disk")
 def disk_driver_settings(domain):
     for disk in domain.disks:
         where = disk.line_of("driver")
@@ -807,7 +840,7 @@ def disk_driver_settings(domain):
             yield where, f"{_disk_where(disk)}: <driver queue_size='{disk.queue_size}'> must be a power of two"
 
 
-@rule
+@rule_about("disk")
 def disk_address_fits_bus(domain):
     """A virtio disk sits on PCI; an IDE, SATA or SCSI disk at a drive address on its controller."""
     limits = {"ide": (0, 1, 0, 1), "sata": (None, 0, 0, diskconf.SATA_UNITS - 1)}
@@ -833,7 +866,7 @@ def disk_address_fits_bus(domain):
                 )
 
 
-@rule
+@rule_about("disk")
 def disk_name_fits_its_controller(domain):
     """The drive address a target name implies ('hde' is IDE controller 1) must exist, as an explicit
     one must: a name past the controller's units is refused, not written into the canonical XML."""
@@ -851,7 +884,7 @@ def disk_name_fits_its_controller(domain):
             )
 
 
-@rule
+@rule_about("disk")
 def unique_drive_addresses(domain):
     seen = {}
     for disk in domain.disks:
@@ -871,7 +904,7 @@ def unique_drive_addresses(domain):
 LSI_TARGETS = 7  # the LSI 53C895A addresses targets 0..6 (7 is the controller itself), one LUN each
 
 
-@rule
+@rule_about("disk")
 def lsi_scsi_targets(domain):
     """libvirt numbers SCSI units as on a wide bus (0..15); QEMU's LSI controller has 7 targets."""
     models = {c.index or 0: c.model for c in domain.controllers if c.type == "scsi"}
@@ -899,7 +932,7 @@ PCIE_ONLY_MODELS = ("pcie-root", "pcie-root-port", "pcie-switch-upstream-port", 
                     "pcie-expander-bus", "pcie-to-pci-bridge", "dmi-to-pci-bridge")
 
 
-@rule
+@rule_about("controller")
 def controller_models(domain):
     for controller in domain.controllers:
         ctype, model = controller.type, controller.model
@@ -926,7 +959,7 @@ def controller_models(domain):
             yield controller.line, "<controller type='ide'>: the q35 machine has no IDE controller; use type='sata'"
 
 
-@rule
+@rule_about("controller")
 def unique_controllers(domain):
     seen = {}
     for controller in domain.controllers:
@@ -941,7 +974,7 @@ def unique_controllers(domain):
             seen[key] = controller.line
 
 
-@rule
+@rule_about("controller")
 def devices_on_a_root_port_use_slot_0(domain):
     """A pcie-root-port has a single slot: whatever sits behind it is at slot 0."""
     ports = {c.index for c in domain.controllers if c.type == "pci" and c.model == "pcie-root-port"}
@@ -963,7 +996,7 @@ def memory_is_positive(domain):
         yield domain.line_of("memory"), "<memory> must be a positive amount of guest RAM"
 
 
-@rule
+@rule_about("rom")
 def rom_only_on_pci(domain):
     for iface in domain.interfaces:
         addr = iface.address
@@ -971,10 +1004,21 @@ def rom_only_on_pci(domain):
             yield iface.line_of("rom"), "<rom> tuning is only supported for PCI devices"
 
 
+def rules_for(present):
+    """The rules, in order, that can find something where the devices hold the elements PRESENT
+    (a set of names): those about no element in particular, and those about one of PRESENT."""
+    return [func for func in RULES if func.about is None or not func.about.isdisjoint(present)]
+
+
+def device_element_names(domain):
+    """The names of the elements below <devices>, at any depth (what rule_about names)."""
+    return {node.tag for devices in domain.node.iterchildren("devices") for node in devices.iter()}
+
+
 def check_domain(domain, filename=None):
-    """Run every rule; raise the first problem (by line) as an XMLInputError."""
+    """Run every rule that can find something; raise the first problem (by line) as an XMLInputError."""
     problems = []
-    for func in RULES:
+    for func in rules_for(device_element_names(domain)):
         problems.extend(func(domain))
     if problems:
         line, message = min(problems, key=lambda p: p[0] or 0)

@@ -7,11 +7,14 @@ input always gives the same canonical XML and argv — what golden tests and CI 
 from lxml import etree
 
 from virtnet.conf import disk, guest, ifname, mac, pci
+from virtnet.conf.domain import VIRTIO_MODELS, model_name
 
 DEFAULT_MODEL = "rtl8139"  # libvirt's choice for x86 guests when <model> is absent
 # <driver> attributes that only mean something to virtio-net.
 VIRTIO_DRIVER_ATTRS = ("txmode", "ioeventfd", "event_idx", "queues", "rx_queue_size", "tx_queue_size",
                        "rss", "rss_hash_report")
+SERIAL_PORT_USERS = frozenset(("channel", "console"))  # devices that may need a virtio-serial controller
+STORAGE_DEVICES = frozenset(("disk", "controller"))  # what disk.apply_defaults normalises
 UUID_NAMESPACE = "6ba7b811-9dad-11d1-80b4-00c04fd430c8"  # the RFC 4122 URL namespace
 
 
@@ -27,56 +30,72 @@ def _ensure_uuid(domain):
         node.tail = name.tail
 
 
-def _fill_macs(domain):
-    interfaces = domain.interfaces
-    # Each MAC read and normalised once (the model is not frozen here: a read walks the tree).
-    written = [iface.mac for iface in interfaces]
-    given = [mac.normal(value) if value and not mac.is_zero(value) else None for value in written]
-    used = {value for value in given if value}
-    for index, (iface, value) in enumerate(zip(interfaces, given)):
-        if value:
-            if value != written[index]:
-                iface.mac = value
-            continue
-        new = mac.unused(domain.uuid, index, used)
-        used.add(new)
-        iface.mac = new
+def _normalize_mac(iface, node):
+    """Write the interface's MAC (NODE: its <mac>) in normal form. Returns it, or None when there
+    is none to keep: absent, or the all-zero one (both get a generated MAC, see _fill_macs)."""
+    written = node.get("address") if node is not None else None
+    if not written:
+        return None
+    value = mac.normal(written)
+    if value == mac.ZERO:
+        return None
+    if value != written:
+        iface.mac = value
+    return value
 
 
-def _drop_generated_target(iface):
-    dev = iface.target_dev
-    if dev and not iface.unmanaged and ifname.is_generated(dev):
-        # The whole <target> goes: managed='yes' is the default, and <target> without dev is invalid.
-        iface.node.remove(iface.node.find("target"))
-
-
-def _tidy_driver(iface, warnings):
-    driver = iface.node.find("driver")
-    if driver is None:
+def _fill_macs(domain, given):
+    """A generated MAC for each interface without one to keep (None in GIVEN, by position)."""
+    if None not in given:
         return
+    used = {value for value in given if value}
+    for index, (iface, value) in enumerate(zip(domain.interfaces, given)):
+        if value is None:
+            new = mac.unused(domain.uuid, index, used)
+            used.add(new)
+            iface.mac = new
+
+
+def _drop_generated_target(iface, target):
+    dev = target.get("dev")
+    if dev and target.get("managed") != "no" and ifname.is_generated(dev):
+        # The whole <target> goes: managed='yes' is the default, and <target> without dev is invalid.
+        iface.node.remove(target)
+
+
+def _normalize_model(iface, node):
+    """Write the model out as libvirt does (its default when absent); returns the model name."""
+    raw = node.get("type") if node is not None else None
+    if raw is None:
+        iface.model_raw = DEFAULT_MODEL
+        return DEFAULT_MODEL
+    model = model_name(raw)
+    if model != raw:
+        iface.model_raw = model  # 'ViRtIo' → 'virtio'
+    return model
+
+
+def _tidy_driver(iface, driver, backend, model, warnings):
     if driver.get("queues") == "1":
         del driver.attrib["queues"]  # one queue is the default; libvirt normalises it away
-    if not iface.is_virtio:
+    if model not in VIRTIO_MODELS:
         # libvirt parses <driver> only for virtio; for other models it vanishes (we say so).
         dropped = [a for a in ("name",) + VIRTIO_DRIVER_ATTRS if a in driver.attrib]
         for attr in dropped:
             del driver.attrib[attr]
         if dropped:
             warnings.append((driver.sourceline, f"<driver {' '.join(dropped)}> only applies to virtio "
-                             f"models and was dropped for model '{iface.model}'"))
-        backend = iface.node.find("backend")
+                             f"models and was dropped for model '{model}'"))
         if backend is not None and backend.attrib.pop("vhost", None) is not None and not backend.attrib:
             iface.node.remove(backend)
     if not driver.attrib and not len(driver):
         iface.node.remove(driver)
 
 
-def _drop_runtime_only(iface):
+def _drop_runtime_only(iface, source, coalesce):
     """What libvirt leaves out of inactive XML: a network port's id, and coalescing that does nothing."""
-    source = iface.node.find("source")
     if source is not None:
         source.attrib.pop("portid", None)
-    coalesce = iface.node.find("coalesce")
     if coalesce is not None:
         for frames in coalesce.findall("rx/frames"):
             if frames.get("max") == "0":
@@ -92,20 +111,29 @@ def apply_defaults(domain):
     """Fill in and normalise the domain in place. Returns warnings as (line, message)."""
     warnings = []
     _ensure_uuid(domain)
+    macs = []
     for iface in domain.interfaces:
+        children = iface.first_children()  # each looked up once (see there)
         if iface.declared_type is None:
             iface.declared_type = "user"  # libvirt writes the default type out
-        _drop_generated_target(iface)
-        _drop_runtime_only(iface)
-        if iface.model_raw is None:
-            iface.model_raw = DEFAULT_MODEL
-        elif iface.model != iface.model_raw:
-            iface.model_raw = iface.model  # 'ViRtIo' → 'virtio'
-        _tidy_driver(iface, warnings)
-    _fill_macs(domain)
+        target, driver = children.get("target"), children.get("driver")
+        if target is not None:
+            _drop_generated_target(iface, target)
+        _drop_runtime_only(iface, children.get("source"), children.get("coalesce"))
+        model = _normalize_model(iface, children.get("model"))
+        if driver is not None:
+            _tidy_driver(iface, driver, children.get("backend"), model, warnings)
+        macs.append(_normalize_mac(iface, children.get("mac")))
+    _fill_macs(domain, macs)
     guest.add_default_memballoon(domain)
-    guest.add_virtio_serial_controllers(domain)
-    disk.apply_defaults(domain)
+    # The kinds of device the domain has, from one look at <devices>: most domains have none of
+    # those the virtio-serial and disk steps are about, and those would look through the model.
+    present = domain.device_tags()
+    if present & SERIAL_PORT_USERS:
+        guest.add_virtio_serial_controllers(domain)
+    if present & (STORAGE_DEVICES | SERIAL_PORT_USERS):  # (and the virtio-serial controllers just added)
+        disk.apply_defaults(domain)
     pci.assign_addresses(domain)  # every PCI device, normalised or given a slot
-    guest.assign_virtio_serial_ports(domain)
+    if "channel" in present:
+        guest.assign_virtio_serial_ports(domain)
     return warnings

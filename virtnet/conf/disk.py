@@ -312,15 +312,21 @@ def _index_controllers(domain):
             controller.node.set("index", str(min(set(range(len(used) + 1)) - used)))
 
 
+# The model of the PCI root controller (index 0), the machine's own bus: by whether it is q35.
+ROOT_MODEL = {False: "pci-root", True: "pcie-root"}
+
+
 def root_model(domain):
     """The model of the PCI root controller (index 0): the machine's own bus."""
-    return "pcie-root" if domain.is_q35 else "pci-root"
+    return ROOT_MODEL[domain.is_q35]
 
 
 def ensure_root(domain):
-    """<controller type='pci' index='0' model='pci-root'|'pcie-root'>, added when missing."""
+    """<controller type='pci' index='0' model='pci-root'|'pcie-root'>, added when missing (and
+    returned then, else None)."""
     if find_controller(domain, "pci", 0) is None:
-        add_controller(domain, "pci", 0, root_model(domain))
+        return add_controller(domain, "pci", 0, root_model(domain))
+    return None
 
 
 def add_disk_controllers(domain):

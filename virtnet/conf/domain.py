@@ -9,14 +9,23 @@ from virtnet.conf.xmlmodel import Child, Children, Prop, XMLObject
 VNET_HDR_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional", "e1000e", "vmxnet3")
 VIRTIO_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional")
 # libvirt's known model names (virDomainNetModel), matched case-insensitively; others pass verbatim.
-KNOWN_MODELS = VIRTIO_MODELS + (
+KNOWN_MODELS = frozenset(VIRTIO_MODELS + (
     "netfront", "rtl8139", "e1000", "e1000e", "igb", "usb-net", "spapr-vlan", "lan9118", "smc91c111",
     "vlance", "vmxnet", "vmxnet2", "vmxnet3", "ne2k_pci", "pcnet", "i82551", "i82557b", "i82559er",
-)
+))
 
 
 def _yes(value):
     return value == "yes"
+
+
+def model_name(raw):
+    """A <model type> as QEMU knows it: libvirt compares known model names case-insensitively."""
+    if raw:
+        lower = raw.lower()
+        if lower in KNOWN_MODELS:
+            return lower
+    return raw
 
 
 class IPAddress(XMLObject):
@@ -151,6 +160,14 @@ class Interface(XMLObject):
     guest_routes = Children("route", Route)
     port_forwards = Children("portForward", PortForward)
 
+    def first_children(self):
+        """{tag: the interface's first child element of that tag} (what find(tag) gives), from one
+        pass: for the steps that edit the tree, where every read through a Prop walks it again."""
+        children = {}
+        for child in self.node[:]:  # a slice: no lxml iterator to set up, as in xmlmodel._fill
+            children.setdefault(child.tag, child)
+        return children
+
     @property
     def type(self):
         # A missing type attribute means user-mode networking (libvirt's rule).
@@ -163,11 +180,8 @@ class Interface(XMLObject):
 
     @property
     def model(self):
-        """Model name as QEMU knows it; libvirt compares known model names case-insensitively."""
-        model = self.model_raw
-        if model and model.lower() in KNOWN_MODELS:
-            return model.lower()
-        return model
+        """Model name as QEMU knows it (see model_name)."""
+        return model_name(self.model_raw)
 
     @property
     def is_virtio(self):
@@ -240,6 +254,16 @@ class Domain(XMLObject):
         node = self.node.find("devices")
         return [] if node is None else list(node)
 
+    def has_device(self, *tags):
+        """Whether <devices> holds an element named one of TAGS (a look-up in C: no model objects)."""
+        devices = next(self.node.iterchildren("devices"), None)
+        return devices is not None and next(devices.iterchildren(*tags), None) is not None
+
+    def device_tags(self):
+        """The tags of the elements in <devices> (a set), from one pass: no model objects."""
+        devices = next(self.node.iterchildren("devices"), None)
+        return set() if devices is None else {child.tag for child in devices[:]}
+
     def interface(self, alias):
         """The interface whose alias (its id, stamped by conf.identity) is ALIAS."""
         for iface in self.interfaces:
@@ -250,7 +274,7 @@ class Domain(XMLObject):
     @property
     def pci_addresses(self):
         """Every <address type='pci'> of a device (modelled or not), as (device tag, element)."""
-        devices = self.node.find("devices")
+        devices = next(self.node.iterchildren("devices"), None)
         if devices is None:
             return []
         return [(a.getparent().tag, a) for a in devices.iter("address")

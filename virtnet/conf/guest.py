@@ -276,11 +276,13 @@ VIRTIO_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional")
 DEFAULT_VIRTIO_SERIAL_PORTS = 31  # virtio-serial-pci's max_ports
 # Where libvirt puts a new controller among the devices, and the devices a balloon goes before.
 _CONTROLLER_AFTER = ("emulator", "disk", "controller")
-_BALLOON_BEFORE = ("rng", "tpm", "panic", "shmem", "memory", "iommu", "vsock", "crypto", "pstore")
+# The balloon added, copied: cheaper than a new element with its attribute.
+_VIRTIO_BALLOON = etree.Element("memballoon", {"model": "virtio"})
+_BALLOON_BEFORE = frozenset(("rng", "tpm", "panic", "shmem", "memory", "iommu", "vsock", "crypto", "pstore"))
 
 
 def _devices(domain):
-    node = domain.node.find("devices")
+    node = next(domain.node.iterchildren("devices"), None)
     if node is None:
         node = etree.SubElement(domain.node, "devices")
     return node
@@ -296,11 +298,14 @@ def wants_virtio_serial(chardev):
 def add_default_memballoon(domain):
     """libvirt gives every x86 guest a virtio balloon unless the domain has a <memballoon>
     (model='none' opts out); virtnet does the same, so a domain means the same guest in both."""
-    if domain.node.find("devices/memballoon") is not None:
-        return
     devices = _devices(domain)
-    node = etree.Element("memballoon", {"model": "virtio"})
-    before = next((c for c in devices if isinstance(c.tag, str) and c.tag in _BALLOON_BEFORE), None)
+    before = None
+    for child in devices:  # one pass over the few devices: cheaper than two look-ups by tag
+        if child.tag == "memballoon":
+            return
+        if before is None and child.tag in _BALLOON_BEFORE:
+            before = child
+    node = _VIRTIO_BALLOON.__copy__()
     if before is None:
         devices.append(node)
     else:

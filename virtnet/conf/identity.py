@@ -13,9 +13,13 @@ the device's lifetime: a device added or removed later renumbers nothing else. I
 generated aliases out, as libvirt does (conf.format).
 """
 
+import functools
+import itertools
 import re
 
-from virtnet.conf import mac
+from lxml import etree
+
+from virtnet.conf import iftypes, mac
 from virtnet.conf.ifname import GENERATED_PREFIX
 from virtnet.record import Record
 
@@ -99,6 +103,8 @@ def controller_alias(domain, controller):
 
 def _prepare_storage(domain):
     """Stamp every disk and controller with its ids (aliases written into the XML when missing)."""
+    if not domain.has_device("disk", "controller"):
+        return  # most domains: no model objects made to find that out
     disks = domain.disks
     for position, disk in enumerate(disks):
         if disk.alias is None and disk.bus is not None and (disk.drive is not None or disk.index is not None):
@@ -109,30 +115,52 @@ def _prepare_storage(domain):
             controller.alias = controller_alias(domain, controller)
 
 
-def _next_net_alias(taken):
-    """libvirt's rule: one past the highest netN in use (so a removed device's id is not reused)."""
+def _new_net_aliases(taken):
+    """The aliases new NICs get, in turn. libvirt's rule: each is one past the highest netN in use
+    (so a removed device's id is not reused), counting the ones given before it."""
     numbers = [int(m.group(1)) for m in map(NET_ALIAS.fullmatch, taken) if m]
-    return f"net{max(numbers) + 1 if numbers else 0}"
+    return (f"net{number}" for number in itertools.count(max(numbers) + 1 if numbers else 0))
 
 
-def _tap_name(iface):
-    if not iface.kind.tap:
+@functools.lru_cache(maxsize=256)
+def _alias_element(name):
+    """<alias name=NAME>, made once per name: a copy costs less than a new element and attribute."""
+    return etree.Element("alias", {"name": name})
+
+
+def _attribute(node, name):
+    """Attribute NAME of NODE, an element or None."""
+    return node.get(name) if node is not None else None
+
+
+def _tap_name(iface, target):
+    iftype = iface.type
+    if not iftypes.kind(iftype).tap:
         return None
-    if iface.target_dev:
-        return iface.target_dev
-    return ("macvtap" if iface.type == "direct" else GENERATED_PREFIX) + "%d"  # libvirt's two counters
+    dev = _attribute(target, "dev")
+    if dev:
+        return dev
+    return ("macvtap" if iftype == "direct" else GENERATED_PREFIX) + "%d"  # libvirt's two counters
 
 
 def prepare(domain):
     """Stamp every interface with its NicIds (alias written into the XML when it has none)."""
     interfaces = domain.interfaces
-    aliases = [iface.alias for iface in interfaces]  # read once each: the model is not frozen here
-    taken = {alias for alias in aliases if alias}
-    for iface, alias in zip(interfaces, aliases):
+    # Each interface's <alias>, <mac> and <target> looked up once, and read and written here
+    # directly (as Interface.alias, .mac and .target_dev would): the model is not frozen here.
+    elements = [iface.first_children() for iface in interfaces]
+    aliases = [_attribute(children.get("alias"), "name") for children in elements]
+    new_aliases = _new_net_aliases({alias for alias in aliases if alias}) if None in aliases else None
+    for iface, children, alias in zip(interfaces, elements, aliases):
         if alias is None:
-            alias = iface.alias = _next_net_alias(taken)
-            taken.add(alias)
-        iface.ids = NicIds(alias=alias, host_mac=mac.host_side(iface.mac), tap=_tap_name(iface))
+            alias = next(new_aliases)
+            node = children.get("alias")
+            if node is None:
+                iface.node.append(_alias_element(alias).__copy__())
+            else:
+                node.set("name", alias)
+        host_mac = mac.host_side(_attribute(children.get("mac"), "address"))
+        iface.ids = NicIds(alias=alias, host_mac=host_mac, tap=_tap_name(iface, children.get("target")))
     _prepare_storage(domain)
     return domain
 

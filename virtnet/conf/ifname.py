@@ -1,5 +1,7 @@
 """Linux interface names: the kernel's limits and the names virtnet generates itself."""
 
+import re
+
 IFNAMSIZ = 16  # the kernel's limit includes the terminating NUL
 GENERATED_PREFIX = "vnet"  # managed taps without a <target dev> are vnetN
 # Target names libvirt (and virtnet) generate; dropped from inactive XML unless managed='no'.
@@ -9,6 +11,8 @@ GENERATED_TARGET_PREFIXES = ("vnet", "macvtap", "macvlan")
 # Bytes the kernel's isspace() is true for (lib/ctype.c: 0xA0 too, which UTF-8 uses inside characters
 # such as 'à'): dev_valid_name() refuses a name holding any of them.
 KERNEL_SPACE = frozenset(b"\t\n\v\f\r \xa0")
+# A name none of problem()'s rules can object to (as most are: 'tap0', 'vm1-eth0'), told in one match.
+PLAIN_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,%d}" % (IFNAMSIZ - 1))
 
 
 def fits(name):
@@ -17,6 +21,8 @@ def fits(name):
 
 def problem(name):
     """Why NAME cannot be a Linux interface name (or a '%d' template), or None."""
+    if PLAIN_NAME_RE.fullmatch(name) and name not in (".", ".."):
+        return None
     if not fits(name):
         return f"is {len(name.encode())} bytes long; Linux interface names have at most {IFNAMSIZ - 1}"
     if name in ("", ".", ".."):

@@ -3,6 +3,8 @@
 import re
 
 MAC_RE = re.compile(r"[0-9A-Fa-f]{1,2}(:[0-9A-Fa-f]{1,2}){5}")
+TWO_DIGIT_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")  # a MAC as usually written
+ZERO = "00:00:00:00:00:00"  # the all-zero MAC, in normal form
 QEMU_OUI = "52:54:00"  # QEMU/KVM's prefix, as libvirt uses for generated MACs
 
 
@@ -12,11 +14,18 @@ def is_mac(text):
 
 def normal(mac):
     """Two lowercase hex digits per octet, as QEMU requires ('52:54:0:a:b:c' → '52:54:00:0a:0b:0c')."""
+    if TWO_DIGIT_RE.fullmatch(mac):
+        return mac.lower()  # two digits per octet already: only the case to fold
     return ":".join(f"{int(octet, 16):02x}" for octet in mac.split(":"))
 
 
+def normalized(text):
+    """TEXT in normal form if it is a MAC address, else None."""
+    return normal(text) if is_mac(text) else None
+
+
 def is_multicast(mac):
-    return bool(int(mac.split(":")[0], 16) & 1)
+    return bool(int(mac.split(":", 1)[0], 16) & 1)
 
 
 def is_zero(mac):

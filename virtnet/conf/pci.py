@@ -2,8 +2,8 @@
 
 One allocator for all of them, in libvirt's order of assignment (qemuDomainAssignDevicePCISlots):
 PCI controllers first, then NICs, then the other controllers (SCSI, SATA, virtio-serial), virtio
-disks, the balloon and RNGs (`pci_devices`). Addresses written in the XML are honoured and reserved,
-whatever device holds them (modelled or not), and so are the chipset's slots.
+disks, the balloon and RNGs (`unplaced_devices`). Addresses written in the XML are honoured and
+reserved, whatever device holds them (modelled or not), and so are the chipset's slots.
 
 i440fx (`pc`): every device gets the lowest free slot on pci.0 from slot 2 up (slot 1 is the
 PIIX3's; slot 2 is kept for the primary video card when the domain has one, as libvirt keeps it).
@@ -21,10 +21,12 @@ A device on a bus whose controller the XML does not have gets that controller (a
 q35, a pci-bridge on pc), as libvirt adds it.
 """
 
+import functools
+
 from lxml import etree
 
 from virtnet.conf.address import pci_number
-from virtnet.conf.disk import add_controller, ensure_root, root_model
+from virtnet.conf.disk import ROOT_MODEL, add_controller, ensure_root
 from virtnet.errors import XMLInputError
 from virtnet.record import Record
 
@@ -61,6 +63,10 @@ ACCEPTS = {
 }
 SINGLE_SLOT = ("pcie-root-port", "pcie-switch-downstream-port")
 FROM_SLOT_0 = ("pcie-switch-upstream-port", "dmi-to-pci-bridge")
+# The slots of a bus, by its model (Bus.slots); the root bus and bridges: 1..31.
+BUS_SLOTS = {**{model: range(0, 1) for model in SINGLE_SLOT},
+             **{model: range(0, LAST_SLOT + 1) for model in FROM_SLOT_0}}
+OTHER_BUS_SLOTS = range(1, LAST_SLOT + 1)
 DMI_BRIDGE_SLOT = 0x1E  # libvirt's place for a dmi-to-pci-bridge on q35
 ROOT_MODELS = ("pci-root", "pcie-root")
 # Built-in controllers (no -device) and their fixed addresses: (type, index, q35) -> (slot, function).
@@ -83,12 +89,19 @@ def _where(node):
 def _parse_address(node):
     """(bus, slot, function) of an <address type='pci'> element, with a clear error for bad numbers."""
     try:
+        pci_number(node.get("domain", "0"))  # checked here too, for the message: _normalize_node writes it back
         return tuple(pci_number(node.get(attr, "0")) for attr in ("bus", "slot", "function"))
     except ValueError:
         # Devices virtnet does not model are not schema-checked in detail: say where the bad value is.
         raise XMLInputError(
-            f"{_where(node.getparent())}: <address type='pci' bus='{node.get('bus')}' slot='{node.get('slot')}'> "
-            "is not a PCI address; use hexadecimal (0x1f) or decimal numbers", line=node.sourceline) from None
+            f"{_where(node.getparent())}: <address type='pci' {_written(node)}> is not a PCI address; use "
+            "hexadecimal (0x1f) or decimal numbers", line=node.sourceline) from None
+
+
+def _written(node):
+    """The place attributes of an <address> as written, for an error message."""
+    return " ".join(f"{attr}='{node.get(attr)}'" for attr in ("domain", "bus", "slot", "function")
+                    if node.get(attr) is not None)
 
 
 def _explicit(domain):
@@ -96,16 +109,49 @@ def _explicit(domain):
     return [(addr.getparent(), _parse_address(addr)) for _, addr in domain.pci_addresses]
 
 
-def _normalize_node(node):
-    for attr, width in (("domain", 4), ("bus", 2), ("slot", 2)):
-        node.set(attr, f"0x{pci_number(node.get(attr, '0')):0{width}x}")
-    node.set("function", f"0x{pci_number(node.get('function', '0')):x}")
+def names_a_place(address):
+    """Whether an <address type='pci'> element gives a domain, bus or slot. One that does not asks
+    for an address, which the defaults give it afresh (function= and multifunction= go too), as
+    libvirt does with an address that leaves domain, bus and slot at 0 (virtnet refuses slot 0 when
+    it is written: the host bridge's)."""
+    return any(address.get(attr) is not None for attr in ("domain", "bus", "slot"))
+
+
+def _normalize_explicit(domain):
+    """Check and normalise every PCI address written in <devices>; one that names no place goes (see
+    names_a_place). Returns what `_explicit` would, after that."""
+    kept = []
+    for _, addr in domain.pci_addresses:
+        if names_a_place(addr):
+            kept.append(addr)
+        else:
+            addr.getparent().remove(addr)
+    explicit = []
+    for addr in kept:
+        numbers = _parse_address(addr)  # a bad number is reported with its device
+        _normalize_node(addr, *numbers)
+        explicit.append((addr.getparent(), numbers))
+    return explicit
+
+
+def _normalize_node(node, bus, slot, function):
+    """libvirt's form of an address (domain='0x0000' bus='0x00' slot='0x03' function='0x0'), from
+    its parsed BUS, SLOT and FUNCTION."""
+    node.set("domain", f"0x{pci_number(node.get('domain', '0')):04x}")
+    node.set("bus", f"0x{bus:02x}")
+    node.set("slot", f"0x{slot:02x}")
+    node.set("function", f"0x{function:x}")
     multifunction = node.attrib.pop("multifunction", None)  # libvirt's attribute order: it goes last
     if multifunction is not None:
         node.set("multifunction", multifunction)
 
 
 # ---------------------------------------------------------------- which devices, in which order
+
+
+def _first(node, tag):
+    """NODE's first child element TAG, or None: node.find(tag) without ElementPath (a third of the cost)."""
+    return next(node.iterchildren(tag), None)
 
 
 def _model(node, default=None):
@@ -116,10 +162,10 @@ def _virtio_connect(model):
     return "pci" if model == "virtio-transitional" else "pcie"
 
 
-def controller_connect(domain, node):
+def controller_connect(node, q35):
     """How a non-PCI controller sits on the PCI bus: 'pcie', 'pci', or None (built in, or not PCI)."""
     ctype, index = node.get("type"), _int(node.get("index"), 0)
-    if (ctype, index, domain.is_q35) in BUILTIN:
+    if (ctype, index, q35) in BUILTIN:
         return None
     if ctype == "scsi":
         model = _model(node)
@@ -134,38 +180,48 @@ def controller_connect(domain, node):
 
 
 def _nic_connect(node):
-    model = node.find("model")
+    model = _first(node, "model")
     model = model.get("type") if model is not None else None
     return "pcie" if model in PCIE_NIC_MODELS else "pci"
 
 
-def pci_devices(domain):
-    """(element, connect) of every device virtnet gives a PCI address, in libvirt's order of
-    assignment. connect is 'pcie' for a PCI Express endpoint (a root port of its own on q35) or
-    'pci' for conventional PCI (a pcie-to-pci-bridge on q35). Devices that already have an
-    <address> of another bus (ccw, virtio-mmio, drive) are left out."""
-    devices = domain.node.find("devices")
-    if devices is None:
-        return []
-    # iterchildren (C) rather than findall (ElementPath): the same children, in the same order.
-    found = [(node, _nic_connect(node)) for node in devices.iterchildren("interface")]
-    for node in devices.iterchildren("controller"):
+# The devices without an <address>, in document order: one query, rather than a look-up by tag and
+# then one for an <address> per device.
+_UNADDRESSED = etree.XPath("devices/*[not(address)]")
+
+
+def unaddressed_devices(domain):
+    """The devices without an <address>, by tag: {tag: [element, ...]}."""
+    by_tag = {}
+    for node in _UNADDRESSED(domain.node):
+        by_tag.setdefault(node.tag, []).append(node)
+    return by_tag
+
+
+def unplaced_devices(by_tag, q35):
+    """(element, connect) of every device virtnet gives a PCI address that has no <address> yet
+    (BY_TAG: unaddressed_devices), in libvirt's order of assignment. connect is 'pcie' for a PCI
+    Express endpoint (a root port of its own on q35) or 'pci' for conventional PCI (a
+    pcie-to-pci-bridge on q35). A device with an <address> is placed already, or is on another
+    bus (ccw, virtio-mmio, drive)."""
+    # i440fx: every device is conventional PCI (see the end), so a NIC's model matters on q35 only
+    found = [(node, _nic_connect(node) if q35 else "pci") for node in by_tag.get("interface", ())]
+    for node in by_tag.get("controller", ()):
         if node.get("type") != "pci":
-            connect = controller_connect(domain, node)
+            connect = controller_connect(node, q35)
             if connect:
                 found.append((node, connect))
-    for node in devices.iterchildren("disk"):
-        target = node.find("target")
+    for node in by_tag.get("disk", ()):
+        target = _first(node, "target")
         if target is not None and target.get("bus") == "virtio":
             found.append((node, _virtio_connect(node.get("model"))))
     for tag in ("memballoon", "rng"):
-        for node in devices.iterchildren(tag):
+        for node in by_tag.get(tag, ()):
             if node.get("model") in VIRTIO_MODELS:
                 found.append((node, _virtio_connect(node.get("model"))))
-    if not domain.is_q35:
-        found = [(node, "pci") for node, _ in found]  # i440fx: every device is conventional PCI
-    return [(node, connect) for node, connect in found
-            if node.find("address") is None or node.find("address").get("type") == "pci"]
+    if not q35:
+        return [(node, "pci") for node, _ in found]
+    return found
 
 
 def _int(text, default=None):
@@ -179,7 +235,7 @@ def _int(text, default=None):
 
 
 class Bus(Record):
-    __slots__ = ("index", "model", "used", "aggregate")
+    __slots__ = ("index", "model", "used", "aggregate", "shared")
 
     def __init__(self, index, model, used=None, aggregate=None):
         self.index = index
@@ -187,18 +243,13 @@ class Bus(Record):
         self.used = {} if used is None else used  # slot -> set of functions in use
         # slots holding root ports side by side (functions 0-7)
         self.aggregate = set() if aggregate is None else aggregate
+        self.shared = False  # whether a slot was taken that was in use already (reserved, or taken)
 
     @property
     def slots(self):
         """The slots devices may use on this bus (libvirt's minSlot..maxSlot): a root port has one;
         on the root bus slot 0 is the host bridge's, on a bridge the bridge's own (SHPC)."""
-        if self.model in SINGLE_SLOT:
-            return range(0, 1)
-        return range(0 if self.model in FROM_SLOT_0 else 1, LAST_SLOT + 1)
-
-    def accepts(self, connect):
-        """Whether a device of kind CONNECT may be placed here automatically."""
-        return connect in ACCEPTS.get(self.model, ())
+        return BUS_SLOTS.get(self.model, OTHER_BUS_SLOTS)
 
     def free_slot(self):
         for slot in self.slots:
@@ -207,17 +258,24 @@ class Bus(Record):
         return None
 
     def take(self, slot, function=0):
-        self.used.setdefault(slot, set()).add(function)
+        functions = self.used.setdefault(slot, set())
+        if functions:
+            self.shared = True
+        functions.add(function)
 
 
 class Layout:
     """The PCI buses of a domain (index → Bus) and what is in use on them."""
 
-    def __init__(self, domain):
+    def __init__(self, domain, explicit=None):
+        """EXPLICIT: what `_explicit` returns, when the caller has it already."""
         self.domain = domain
         self.q35 = domain.is_q35
-        self.buses = {0: Bus(0, root_model(domain))}
-        for controller in domain.controllers:
+        self.buses = {0: Bus(0, ROOT_MODEL[self.q35])}
+        # The domain's controllers, read once: those added later through add_controller are
+        # appended (after the ones read, whatever their place in the XML).
+        self.controllers = domain.controllers
+        for controller in self.controllers:
             if controller.type == "pci" and controller.index not in (None, 0):
                 self.buses[controller.index] = Bus(controller.index, controller.model)
         root = self.buses[0]
@@ -227,7 +285,7 @@ class Layout:
         else:
             for slot in Q35_RESERVED:
                 root.used[slot] = set(range(FUNCTIONS))
-        for node, (bus, slot, function) in _explicit(domain):
+        for node, (bus, slot, function) in _explicit(domain) if explicit is None else explicit:
             self.bus(bus).take(slot, function)
             if bus == 0 and node.tag == "controller" and node.get("model") == "pcie-root-port":
                 root.aggregate.add(slot)  # root ports side by side: more may join them
@@ -241,7 +299,7 @@ class Layout:
         """(bus, slot) for a new device, or None when no bus has room."""
         for index in sorted(self.buses):
             bus = self.buses[index]
-            if bus.accepts(connect):
+            if connect in ACCEPTS.get(bus.model, ()):  # a device of kind CONNECT may go there
                 slot = bus.free_slot()
                 if slot is not None:
                     return bus, slot
@@ -250,19 +308,35 @@ class Layout:
     def next_index(self):
         return max(self.buses) + 1
 
+    def add_controller(self, index, model):
+        """A new <controller type='pci' index=INDEX model=MODEL> (and the root controller, when the
+        XML lacks it), in the domain and in self.controllers."""
+        root = ensure_root(self.domain)
+        if root is not None:
+            self.controllers.append(root)
+        controller = add_controller(self.domain, "pci", index, model)
+        self.controllers.append(controller)
+        return controller
+
+    def shares_slots(self):
+        """Whether two PCI addresses of the domain may be in one slot. The layout has taken every
+        one (the explicit ones when it was made, then each it placed), except the addresses of the
+        chipset's own controllers, which are in reserved slots: in use from the start, so that any
+        other address there counts as sharing."""
+        return any(bus.shared for bus in self.buses.values())
+
 
 # ---------------------------------------------------------------- assignment
 
 
-def _add_pci_controller(domain, layout, model):
-    ensure_root(domain)
+def _add_pci_controller(layout, model):
     index = layout.next_index()
-    controller = add_controller(domain, "pci", index, model)
+    controller = layout.add_controller(index, model)
     layout.buses[index] = Bus(index, model)
     return controller
 
 
-def _grow(domain, layout, connect, node):
+def _grow(layout, connect, node):
     """Add the controllers a device of kind CONNECT needs (libvirt's virDomainPCIAddressSetGrow)."""
     if not layout.q35:
         raise XMLInputError(
@@ -272,21 +346,21 @@ def _grow(domain, layout, connect, node):
     if connect == "pci":
         spot = layout.find("pcie-bridge")
         if spot is None:
-            _add_pci_controller(domain, layout, "pcie-root-port")
+            _add_pci_controller(layout, "pcie-root-port")
             spot = layout.find("pcie-bridge")
         spot[0].take(spot[1])  # the bridge sits in it
-        _add_pci_controller(domain, layout, "pcie-to-pci-bridge")
+        _add_pci_controller(layout, "pcie-to-pci-bridge")
     else:
-        _add_pci_controller(domain, layout, "pcie-root-port")
+        _add_pci_controller(layout, "pcie-root-port")
 
 
-def _plan_buses(domain, layout, pending):
+def _plan_buses(layout, pending):
     """First pass: add the controllers the pending devices need, and one spare root port on q35."""
     grew = False
     for node, connect in pending:
         spot = layout.find(connect)
         if spot is None:
-            _grow(domain, layout, connect, node)
+            _grow(layout, connect, node)
             grew = True
             spot = layout.find(connect)
         bus, slot = spot
@@ -294,12 +368,19 @@ def _plan_buses(domain, layout, pending):
     # Root ports added for devices: one more, empty, for hot-plug, unless one is left free (libvirt
     # adds none to a layout the XML spells out).
     if layout.q35 and grew and layout.find("pcie") is None:
-        _add_pci_controller(domain, layout, "pcie-root-port")
+        _add_pci_controller(layout, "pcie-root-port")
+
+
+@functools.lru_cache(maxsize=512)
+def _address(bus, slot, function):
+    """What _write_address writes, in libvirt's attribute order, made once per place: a copy of it
+    costs a third of a new element with five attributes."""
+    return etree.Element("address", {"type": "pci", "domain": "0x0000", "bus": f"0x{bus:02x}",
+                                     "slot": f"0x{slot:02x}", "function": f"0x{function:x}"})
 
 
 def _write_address(node, bus, slot, function=0):
-    etree.SubElement(node, "address", {"type": "pci", "domain": "0x0000", "bus": f"0x{bus:02x}",
-                                       "slot": f"0x{slot:02x}", "function": f"0x{function:x}"})
+    node.append(_address(bus, slot, function).__copy__())
 
 
 def _place_root_port(layout, node):
@@ -322,11 +403,11 @@ def _place_root_port(layout, node):
     _write_address(node, 0, slot, function)
 
 
-def _place_controllers(domain, layout):
+def _place_controllers(layout):
     """Second pass, first step: an address for every PCI controller without one (index order)."""
-    for controller in sorted(domain.controllers, key=lambda c: c.index or 0):
+    for controller in sorted(layout.controllers, key=lambda c: c.index or 0):
         if controller.type != "pci" or controller.model not in CONTROLLER_MODEL_NAMES \
-                or controller.node.find("address") is not None:
+                or _first(controller.node, "address") is not None:
             continue  # the root bus; a model virtnet does not lay out (switch ports, expander buses); placed
         if controller.model == "pcie-root-port":
             _place_root_port(layout, controller.node)
@@ -346,9 +427,9 @@ def _place_controllers(domain, layout):
         _write_address(controller.node, bus.index, slot)
 
 
-def _controller_defaults(domain):
+def _controller_defaults(controllers):
     """libvirt's <model name> and <target> of each PCI controller, from its index and address."""
-    for controller in domain.controllers:
+    for controller in controllers:
         name = CONTROLLER_MODEL_NAMES.get(controller.model)
         if controller.type != "pci" or name is None:
             continue
@@ -380,20 +461,23 @@ def _controller_defaults(domain):
             node.remove(target)
 
 
-def _builtin_addresses(domain):
+def _builtin_addresses(layout):
     """The chipset's own controllers at their fixed addresses (PIIX3 IDE 00:01.1, ICH9 SATA 00:1f.2)."""
-    for controller in domain.controllers:
-        place = BUILTIN.get((controller.type, controller.index or 0, domain.is_q35))
+    for controller in layout.controllers:
+        place = BUILTIN.get((controller.type, controller.index or 0, layout.q35))
         if place is not None and controller.node.find("address") is None:
             _write_address(controller.node, 0, *place)
 
 
-def _primary_video(domain, layout):
+def _primary_video(domain, layout, unaddressed):
     """libvirt keeps slot 2 (pc) or 1 (q35) for the primary video card: reserved, and written."""
-    video = domain.node.find("devices/video")
-    if video is None or video.find("address") is not None:
+    if "video" not in unaddressed:
+        return  # no <video>, or the first one has its address (as all have)
+    devices = _first(domain.node, "devices")
+    video = _first(devices, "video") if devices is not None else None
+    if video is None or _first(video, "address") is not None:
         return
-    model = video.find("model")
+    model = _first(video, "model")
     if (model.get("type") if model is not None else None) not in PCI_VIDEO_MODELS:
         return
     slot = PRIMARY_VIDEO_SLOT[layout.q35]
@@ -416,53 +500,50 @@ def _missing_buses(domain, layout):
                             f"<{tag}>: <address bus='0x{bus:02x}' slot='0x{slot:02x}'>: there is no bus 0x{bus:02x}, "
                             "and the pcie-root-port virtnet would add for it has a single slot; use slot='0x00', "
                             "or add the <controller type='pci'> with that index that you mean", line=addr.sourceline)
-            ensure_root(domain)
-            add_controller(domain, "pci", index, model)
+            layout.add_controller(index, model)
             layout.buses[index].model = model
 
 
 def _multifunction(domain):
-    """multifunction='on' on function 0 of a slot whose other functions are in use (libvirt does)."""
+    """multifunction='on' on function 0 of a slot whose other functions are in use (libvirt does).
+    Every PCI address is in libvirt's form by now (normalised, or written so): compared as text."""
     functions = {}
     for _, addr in domain.pci_addresses:
-        key = (pci_number(addr.get("domain", "0")), pci_number(addr.get("bus", "0")), pci_number(addr.get("slot", "0")))
-        functions.setdefault(key, []).append(addr)
+        functions.setdefault((addr.get("domain"), addr.get("bus"), addr.get("slot")), []).append(addr)
     for addrs in functions.values():
         if len(addrs) > 1:
             for addr in addrs:
-                if pci_number(addr.get("function", "0")) == 0 and addr.get("multifunction") is None:
+                if addr.get("function") == "0x0" and addr.get("multifunction") is None:
                     addr.set("multifunction", "on")
 
 
 def assign_addresses(domain):
     """Give every PCI device virtnet renders an address, adding the PCI controllers they need."""
-    for _, addr in domain.pci_addresses:
-        if set(addr.attrib) == {"type"}:  # an empty PCI address asks for one (libvirt's rule)
-            addr.getparent().remove(addr)
-    for _, addr in domain.pci_addresses:
-        _parse_address(addr)  # a bad number is reported with its device before anything changes
-        _normalize_node(addr)
-    layout = Layout(domain)
-    _primary_video(domain, layout)
-    _builtin_addresses(domain)
+    layout = Layout(domain, _normalize_explicit(domain))
+    # Looked up before any address is written: the only devices given one before the others are
+    # placed (the primary video card, the chipset's own controllers) are not among those.
+    unaddressed = unaddressed_devices(domain)
+    _primary_video(domain, layout, unaddressed)
+    _builtin_addresses(layout)
     _missing_buses(domain, layout)
-    pending = [(node, connect) for node, connect in pci_devices(domain) if node.find("address") is None]
+    pending = unplaced_devices(unaddressed, layout.q35)
     if layout.q35:
         # First pass on a copy of the layout: which root ports and bridges must be added (libvirt
         # does the same); then the layout again, with them. (On pc nothing is added: pci.0 only.)
-        _plan_buses(domain, Layout(domain), pending)
+        _plan_buses(Layout(domain), pending)
         layout = Layout(domain)
-    _place_controllers(domain, layout)
+    _place_controllers(layout)
     for node, connect in pending:
         spot = layout.find(connect)
         if spot is None:
-            _grow(domain, layout, connect, node)  # not reached: the first pass added what is needed
+            _grow(layout, connect, node)  # not reached: the first pass added what is needed
             spot = layout.find(connect)
         bus, slot = spot
         bus.take(slot)
         _write_address(node, bus.index, slot)
-    _controller_defaults(domain)
-    _multifunction(domain)
+    _controller_defaults(layout.controllers)
+    if layout.shares_slots():
+        _multifunction(domain)
 
 
 # ---------------------------------------------------------------- hot-plug

@@ -8,8 +8,9 @@ Path syntax: 'child/grandchild/@attr' for an attribute, 'child/grandchild' for e
 '@attr' for an attribute of the wrapped element itself.
 
 Reading through the tree costs an lxml look-up per path step at every read. Once a document stops
-changing, `freeze(domain)` turns its model objects read-once: the first Prop read of an object reads
-its element's modelled subtree in one walk, and each property, sub-object, list and derived
+changing, `freeze(domain)` turns its model objects read-once: the first read of anything below an
+object's element finds, in one walk of its subtree, the first element at every path its class
+names (its own attributes need no walk), and each property, sub-object, list and derived
 (`@property`) value is computed at its first read and then served as a plain attribute. While
 frozen:
 
@@ -25,6 +26,7 @@ frozen:
 """
 
 import re
+import weakref
 
 from lxml import etree
 
@@ -36,7 +38,12 @@ def _split(path):
     return parts, None
 
 
-_PLAIN_NAME = re.compile(r"[A-Za-z_][\w.-]*")
+_NAME = r"[A-Za-z_][\w.-]*"
+_PLAIN_NAME = re.compile(_NAME)
+# One step of a sub-object path: a name, or a Clark name ('{uri}name', whose URI holds slashes).
+_STEP = re.compile(r"\{[^}]*\}[^/]*|[^/]+")
+# A step walked without ElementPath: a name, namespaced or not (no wildcard: '{*}' is ElementPath's).
+_PLAIN_STEP = re.compile(r"(\{[^{}*]+\})?" + _NAME)
 
 
 class Prop:
@@ -87,7 +94,7 @@ class Prop:
         node = obj.node
         chain = []
         for tag in self.elements:
-            child = node.find(tag)
+            child = next(node.iterchildren(tag), None)  # as find(tag), without ElementPath
             if child is None:
                 if value is None:
                     return
@@ -119,14 +126,17 @@ class Child:
     def __init__(self, path, cls):
         self.path = path
         self.cls = cls
-        # A path of plain names ('source', 'devices/interface') is walked with iterchildren (C),
-        # in the same order as find/findall (lxml's ElementPath, in Python) but at half the cost;
-        # anything else (predicates, namespaces) goes to ElementPath.
-        steps = path.split("/")
-        plain = all(_PLAIN_NAME.fullmatch(step) for step in steps)
+        # A path of plain names ('source', 'devices/interface', '{uri}commandline') is walked with
+        # iterchildren (C), in the same order as find/findall (lxml's ElementPath, in Python) but
+        # at half the cost; anything else (predicates, wildcards) goes to ElementPath.
+        steps = _STEP.findall(path)
+        plain = "/".join(steps) == path and all(_PLAIN_STEP.fullmatch(step) for step in steps)
         self.tag = path if plain and len(steps) == 1 else None
         self.steps = steps if plain and len(steps) > 1 else None
-        self.first = steps[0] if plain else None  # nothing is found without a first element of this name
+        # A plain path is also answered by a frozen object's snapshot, which notes the first
+        # element along it (looking under the first element of each step: the grammar allows one).
+        self.plain_steps = steps if plain else None
+        self.plain_path = path if plain else None
 
     def __set_name__(self, owner, name):
         self.name = name
@@ -134,14 +144,24 @@ class Child:
     def __get__(self, obj, owner=None):
         if obj is None:
             return self
-        if self.tag is not None:
-            node = next(obj.node.iterchildren(self.tag), None)
-        elif self.steps is not None:
-            found = _descend(obj.node, self.steps)
-            node = found[0] if found else None
-        else:
-            node = obj.node.find(self.path)
+        node = self.first_element(obj.node)
         return None if node is None else self.cls(node)
+
+    def first_element(self, node):
+        if self.tag is not None:
+            return next(node.iterchildren(self.tag), None)
+        if self.steps is not None:
+            found = _descend(node, self.steps)
+            return found[0] if found else None
+        return node.find(self.path)
+
+    def elements(self, node):
+        """Every element at the path, in document order."""
+        if self.tag is not None:
+            return list(node.iterchildren(self.tag))
+        if self.steps is not None:
+            return _descend(node, self.steps)
+        return node.findall(self.path)
 
 
 def _descend(node, steps):
@@ -168,12 +188,7 @@ class Children(Child):
         if obj is None:
             return self
         cls = self.cls
-        if self.tag is not None:
-            found = [cls(n) for n in obj.node.iterchildren(self.tag)]
-        elif self.steps is not None:
-            found = [cls(n) for n in _descend(obj.node, self.steps)]
-        else:
-            found = [cls(n) for n in obj.node.findall(self.path)]
+        found = [cls(n) for n in self.elements(obj.node)]
         if self.cache:
             obj.__dict__[self.name] = found  # later reads find it before this descriptor
         return found
@@ -270,7 +285,11 @@ class frozen:
 
 
 class _Group:
-    """The frozen model objects of one document (a write through any of them thaws them all)."""
+    """The frozen model objects of one document (a write through any of them thaws them all).
+
+    It holds them by weak reference: each object names its group, and a strong reference back
+    would make every frozen document a reference cycle that only the garbage collector frees
+    (a batch conversion would spend ~8 % of its time there). An object gone needs no thawing."""
 
     __slots__ = ("objects",)
 
@@ -279,7 +298,10 @@ class _Group:
 
     def thaw(self):
         objects, self.objects = self.objects, []
-        for obj in objects:
+        for ref in objects:
+            obj = ref()
+            if obj is None:
+                continue
             frozen_cls = type(obj)
             obj.__class__ = frozen_cls._model
             memo = obj.__dict__
@@ -295,65 +317,63 @@ def _freeze_into(obj, group):
     cls = _frozen_class(obj._model)
     obj.__class__ = cls
     memo["_group"] = group
-    group.objects.append(obj)
+    group.objects.append(weakref.ref(obj))
     for name in cls._kept_lists:  # Children(cache=True) lists built before freezing
         for child in memo.get(name, ()):
             _freeze_into(child, group)
     return obj
 
 
+def _frozen_object(cls, node, group):
+    """A frozen object of the frozen class CLS wrapping NODE: what freezing CLS._model(NODE) into
+    GROUP makes, without building the plain object first."""
+    if not cls._plain_init:
+        return _freeze_into(cls._model(node), group)
+    obj = object.__new__(cls)
+    memo = obj.__dict__
+    memo["node"] = node
+    memo["_group"] = group
+    group.objects.append(weakref.ref(obj))
+    return obj
+
+
 def _snapshot(obj):
-    """Every value a Prop of OBJ's class can read, by path, from one walk of the element's subtree
-    that visits only the elements some Prop path names. Like Prop's own reads, 'a/b' is the first
-    <b> of the first <a>."""
-    cls = type(obj)
+    """The first element at every sub-element path the class of OBJ reads ({path: element}), from
+    one walk of the element's subtree that visits only the elements some path names. Like Prop's
+    own reads, 'a/b' is the first <b> of the first <a>."""
     snap = {}
-    node = obj.node
-    wanted = cls._snapshot_attrs
-    if wanted:
-        for name, value in node.items():
-            key = wanted.get(name)
-            if key is not None:
-                snap[key] = value
-    if cls._snapshot_plan:
-        _fill(node, cls._snapshot_plan, snap)
+    plan = type(obj)._snapshot_plan
+    if plan:
+        _fill(obj.node, plan, snap)
     obj.__dict__["_snap"] = snap
     return snap
 
 
 def _fill(node, plan, snap):
-    for child in node:
+    # Over a slice: lxml builds it in one call, without the iterator `for child in node` sets up
+    # (about a third of a short walk's cost).
+    for child in node[:]:
         step = plan.get(child.tag)  # None for unmodelled elements, comments and PIs
         if step is None:
             continue
-        path, wanted, below = step
+        path, below = step
         if path in snap:
             continue  # only the first element of a name, as find() does
-        snap[path] = child.text
-        if wanted:
-            for name, value in child.items():
-                key = wanted.get(name)
-                if key is not None:
-                    snap[key] = value
+        snap[path] = child
         if below:
             _fill(child, below, snap)
 
 
-def _snapshot_plan(props):
-    """From Prop paths: the wrapped element's attributes to keep ({name: path}), and a tree of
-    {tag: (element path, {attribute: path}, {tag below: ...})} for the elements below it."""
-    attrs, plan = {}, {}
-    for prop in props:
-        level, keep, prefix = plan, attrs, ""
-        for tag in prop.elements:
+def _snapshot_plan(paths):
+    """From element paths (each a list of tags): a tree of {tag: (element path, {tag below: ...})}."""
+    plan = {}
+    for steps in paths:
+        level, prefix = plan, ""
+        for tag in steps:
             prefix += tag
-            if tag not in level:
-                level[tag] = (prefix, {}, {})
-            _, keep, level = level[tag]
+            level = level.setdefault(tag, (prefix, {}))[1]
             prefix += "/"
-        if prop.attr:
-            keep[prop.attr] = prop.path
-    return attrs, plan
+    return plan
 
 
 _FROZEN_CLASSES = {}
@@ -364,6 +384,9 @@ def _frozen_class(model):
     cls = _FROZEN_CLASSES.get(model)
     if cls is None:
         cls = _FROZEN_CLASSES[model] = _make_frozen_class(model)
+        for d in vars(cls).values():  # after registering: a model class may name itself
+            if isinstance(d, _MemoChild):
+                d.frozen_cls = _frozen_class(d.desc.cls)
     return cls
 
 
@@ -372,7 +395,7 @@ def _make_frozen_class(model):
     for klass in reversed(model.__mro__):  # bases first, so that subclasses override
         for name, value in vars(klass).items():
             if isinstance(value, Prop):
-                namespace[name] = _MemoProp(name, value)
+                namespace[name] = (_MemoProp if value.elements else _MemoAttr)(name, value)
             elif isinstance(value, Children):
                 namespace[name] = _MemoChildren(name, value)
             elif isinstance(value, Child):
@@ -384,19 +407,20 @@ def _make_frozen_class(model):
                 namespace.pop(name, None)  # redefined as a plain attribute or method
     memo_names = tuple(namespace)
     kept_lists = tuple(name for name, d in namespace.items() if isinstance(d, _MemoChildren) and d.desc.cache)
-    snapshot_attrs, snapshot_plan = _snapshot_plan(d.desc for d in namespace.values() if type(d) is _MemoProp)
-    # The snapshot also notes whether the first element of each plain sub-object path exists, so
-    # that an absent sub-object (most of them: <ip>, <route>, <portForward>, <driver><host>, ...)
-    # is answered without looking again.
-    for d in namespace.values():
-        if isinstance(d, (_MemoChild, _MemoChildren)) and d.desc.first is not None:
-            snapshot_plan.setdefault(d.desc.first, (d.desc.first, {}, {}))
+    # The snapshot holds the elements Props read below the wrapped element, and the first element
+    # along each plain sub-object path: an absent sub-object (most of them: <ip>, <route>,
+    # <portForward>, <driver><host>, a domain's <disk>s and <serial>s, ...) is answered without
+    # looking again, and a present one wraps the element the snapshot found.
+    paths = [d.desc.elements for d in namespace.values() if type(d) is _MemoProp]
+    paths += [d.desc.plain_steps for d in namespace.values()
+              if isinstance(d, _MemoChild) and d.desc.plain_steps is not None]
     namespace.update(
         __module__=model.__module__, __qualname__=model.__qualname__, __doc__=model.__doc__,
         _model=model,
+        _plain_init=model.__init__ is XMLObject.__init__,
         _dropped_at_thaw=frozenset(set(memo_names) - set(kept_lists)) | {"_group", "_snap", "_has"},
         _kept_lists=kept_lists,
-        _snapshot_attrs=snapshot_attrs, _snapshot_plan=snapshot_plan,
+        _snapshot_plan=_snapshot_plan(paths),
         _tree_names=frozenset(memo_names),  # writing one of these thaws the document
         __setattr__=_frozen_setattr, __delattr__=_frozen_delattr, has=_frozen_has,
     )
@@ -417,7 +441,7 @@ def _frozen_delattr(self, name):
 
 def _frozen_has(self, path):
     memo = self.__dict__
-    if path in self._snapshot_plan:  # a child some Prop reads: the snapshot knows
+    if path in self._snapshot_plan:  # a child element some path names: the snapshot knows
         snap = memo.get("_snap")
         if snap is None:
             snap = _snapshot(self)
@@ -431,14 +455,39 @@ def _frozen_has(self, path):
     return found
 
 
-class _MemoProp:
-    """A Prop of a frozen object: read once (from the object's snapshot), then a plain instance
-    attribute: a non-data descriptor, so the instance's __dict__ answers every later read."""
+# The descriptors of a frozen class. Each is a non-data descriptor that stores what it computes in
+# the instance's __dict__, which then answers every later read; everything a first read needs is
+# worked out once per class, here.
+
+
+class _MemoAttr:
+    """A Prop of the wrapped element's own attribute ('@name'): one look-up, no snapshot."""
+
+    __slots__ = ("name", "desc", "attr", "convert")
 
     def __init__(self, name, desc):
-        self.name, self.desc = name, desc
-        self.path = getattr(desc, "path", None)
-        self.kind = getattr(desc, "kind", None)
+        self.name, self.desc, self.attr = name, desc, desc.attr
+        self.convert = None if desc.kind is str else desc.kind
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self.desc
+        value = obj.node.get(self.attr)
+        if value is not None and self.convert is not None:
+            value = self.convert(value.strip())
+        obj.__dict__[self.name] = value
+        return value
+
+
+class _MemoProp:
+    """A Prop of an element below the wrapped one: read from the object's snapshot."""
+
+    __slots__ = ("name", "desc", "attr", "convert", "element_path")
+
+    def __init__(self, name, desc):
+        self.name, self.desc, self.attr = name, desc, desc.attr
+        self.convert = None if desc.kind is str else desc.kind
+        self.element_path = "/".join(desc.elements)
 
     def __get__(self, obj, owner=None):
         if obj is None:
@@ -447,49 +496,72 @@ class _MemoProp:
         snap = memo.get("_snap")
         if snap is None:
             snap = _snapshot(obj)
-        value = snap.get(self.path)
-        if value is not None and self.kind is not str:
-            value = self.kind(value.strip())
+        node = snap.get(self.element_path)
+        if node is None:
+            value = None
+        else:
+            value = node.get(self.attr) if self.attr else node.text
+            if value is not None and self.convert is not None:
+                value = self.convert(value.strip())
         memo[self.name] = value
         return value
 
 
-def _absent(obj, tag):
-    """Whether OBJ's element has no child TAG (the first step of a sub-object's path), by its
-    snapshot, which notes every such tag."""
-    if tag is None:
-        return False
-    snap = obj.__dict__.get("_snap")
-    if snap is None:
-        snap = _snapshot(obj)
-    return tag not in snap
+class _MemoChild:
+    """A Child of a frozen object: the element the snapshot found (for a plain path), wrapped in a
+    frozen object of the same document."""
 
+    __slots__ = ("name", "desc", "path", "frozen_cls")
 
-class _MemoChild(_MemoProp):
+    def __init__(self, name, desc):
+        self.name, self.desc, self.path = name, desc, desc.plain_path
+        self.frozen_cls = None  # set by _frozen_class, once the class is registered (it may name itself)
+
     def __get__(self, obj, owner=None):
         if obj is None:
             return self.desc
-        value = None if _absent(obj, self.desc.first) else self.desc.__get__(obj, owner)
-        if value is not None:
-            _freeze_into(value, obj.__dict__["_group"])
-        obj.__dict__[self.name] = value
-        return value
-
-
-class _MemoChildren(_MemoProp):
-    def __get__(self, obj, owner=None):
-        if obj is None:
-            return self.desc
-        if _absent(obj, self.desc.first):
-            value = []
+        memo = obj.__dict__
+        if self.path is None:
+            node = self.desc.first_element(obj.node)
         else:
-            group = obj.__dict__["_group"]
-            value = [_freeze_into(child, group) for child in self.desc.__get__(obj, owner)]
-        obj.__dict__[self.name] = value
+            snap = memo.get("_snap")
+            if snap is None:
+                snap = _snapshot(obj)
+            node = snap.get(self.path)
+        value = None if node is None else _frozen_object(self.frozen_cls, node, memo["_group"])
+        memo[self.name] = value
         return value
 
 
-class _MemoProperty(_MemoProp):
+class _MemoChildren(_MemoChild):
+    __slots__ = ()
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self.desc
+        memo = obj.__dict__
+        if self.path is None:
+            found = True
+        else:
+            snap = memo.get("_snap")
+            if snap is None:
+                snap = _snapshot(obj)
+            found = self.path in snap
+        if found:
+            cls, group = self.frozen_cls, memo["_group"]
+            value = [_frozen_object(cls, node, group) for node in self.desc.elements(obj.node)]
+        else:
+            value = []  # the snapshot saw none: no second look
+        memo[self.name] = value
+        return value
+
+
+class _MemoProperty:
+    __slots__ = ("name", "desc")
+
+    def __init__(self, name, desc):
+        self.name, self.desc = name, desc
+
     def __get__(self, obj, owner=None):
         if obj is None:
             return self.desc

@@ -300,14 +300,8 @@ def _stop_by_pidfile(pid_path, socket_path):
 
 def is_running(pid, socket_path):
     """True if PID is alive (not a zombie) and is a passt serving SOCKET_PATH."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except (OSError, IndexError):
-        return False
-    if state in (b"Z", b"X") or not argv:
+    argv = process.command_line(pid) if process.is_alive(pid) else None
+    if not argv:
         return False
     return b"passt" in os.path.basename(argv[0]) and os.fsencode(str(socket_path)) in argv
 

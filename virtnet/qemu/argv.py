@@ -84,25 +84,27 @@ def _with_bootindex(device, index):
     return out
 
 
-def network_options(domain, paths, options):
+def network_options(domain, paths, options, boot_net=None):
+    """-netdev/-device (and a vhost-user NIC's -chardev) of every interface. BOOT_NET: the first
+    NIC's bootindex from <os><boot dev='network'> (libvirt's rule; machine.boot_indexes)."""
     argv = []
-    fds = options.fds
-    # <os><boot dev='network'>: the first NIC gets that position as its bootindex (libvirt's rule).
-    boot_net = machine.boot_indexes(domain).get("network") if not options.network_only else None
+    fds, syntax, standalone = options.fds, options.syntax, options.standalone
     for position, iface in enumerate(domain.interfaces):
         if iface.type == "vhostuser":
             chardev = netprops.chardev_props(iface, paths)
             argv += ["-chardev", render.to_keyval(chardev, "backend")]
-        host_fds = fds.get(iface.ids.alias, HostFds())
+        host_fds = fds.get(iface.ids.alias)
+        if host_fds is None:
+            host_fds = HostFds()
         netdev = netprops.netdev_props(domain, iface, fds=host_fds, paths=paths, host_caps=options.host_caps,
-                                       standalone=options.standalone, helper=options.bridge_helper)
+                                       standalone=standalone, helper=options.bridge_helper)
         # Fewer tap fds than <driver queues> (qemu-bridge-helper passes one): the NIC gets as many.
-        opened = len(host_fds.taps) if iface.kind.tap and not options.standalone else 0
+        opened = len(host_fds.taps) if iface.kind.tap and not standalone else 0
         device = netprops.device_props(domain, iface, queues=opened or None)
         if boot_net and position == 0 and "bootindex" not in device:
             device = _with_bootindex(device, boot_net)
-        argv += ["-netdev", render.option_value(netdev, options.syntax, "type")]
-        argv += ["-device", render.option_value(device, options.syntax, "driver")]
+        argv += ["-netdev", render.option_value(netdev, syntax, "type"),
+                 "-device", render.option_value(device, syntax, "driver")]
     return argv
 
 
@@ -126,9 +128,10 @@ def build_command(domain, paths, options):
         check_shared_memory(domain)  # else machine.options checks it, with the rest of the machine
     if not options.fds and not options.standalone:
         options.fds = placeholder_fds(domain, options.host_caps)
-    network = network_options(domain, paths, options)
     if options.network_only:
-        return Command(network)
+        return Command(network_options(domain, paths, options))
+    boot = machine.boot_indexes(domain)  # <os><boot dev>, once for the first NIC and the first disks
+    network = network_options(domain, paths, options, boot.get("network"))
     syntax = options.syntax
     argv, env = machine.options(domain, paths, syntax=syntax, standalone=options.standalone,
                                 state_dir=options.state_dir)
@@ -136,7 +139,7 @@ def build_command(domain, paths, options):
     # libvirt's order: PCI, SCSI, SATA controllers (a bus before what sits on it), virtio-serial, disks.
     argv += storage.controller_options(domain, syntax)
     argv += chardevs.controller_options(domain, syntax)
-    argv += storage.disk_options(domain, syntax)
+    argv += storage.disk_options(domain, syntax, boot)
     argv += network
     argv += chardevs.chardev_options(domain, paths, syntax)
     argv += chardevs.balloon_options(domain, syntax)
@@ -190,6 +193,8 @@ _INTERFACE_RENDERED = frozenset({"mac", "source", "target", "model", "driver", "
 # Applied on the host to the tap rather than on QEMU's command line (host.plan; the plan warns
 # where it cannot apply them).
 _HOST_SIDE = frozenset({"bandwidth", "coalesce", "filterref"})
+_HOST_SIDE_TYPES = ("ethernet", "bridge", "network")  # the interface types whose tap the host shapes
+_INTERFACE_RENDERED_OR_HOST_SIDE = _INTERFACE_RENDERED | _HOST_SIDE
 _DISPLAY = frozenset({"graphics", "video", "input", "sound", "audio"})
 _DATA = frozenset({"disk", "filesystem", "hostdev"})
 _QEMU_COMMANDLINE = f"{{{QEMU_NS}}}commandline"
@@ -207,7 +212,12 @@ def _label(node, with_kind=True):
 
 
 def _children(node):
-    return [child for child in node if isinstance(child.tag, str)]
+    """NODE's child elements (not its comments and processing instructions)."""
+    return node.iterchildren(etree.Element)
+
+
+def _has_children(node):
+    return next(_children(node), None) is not None
 
 
 def _scan_os(domain, node, found):
@@ -229,7 +239,7 @@ def _scan_features(domain, node, found):
             found.append(Dropped(f"<features>{_label(child)}", child.sourceline))
         elif child.tag == "apic" and child.get("eoi") is not None and domain.type != "kvm":
             found.append(Dropped("<features><apic eoi>", child.sourceline, why="a KVM feature; this is a TCG domain"))
-        elif child.tag == "smm" and _children(child):
+        elif child.tag == "smm" and _has_children(child):
             found.append(Dropped("<features><smm><tseg>", child.sourceline))
 
 
@@ -248,7 +258,7 @@ def _scan_clock(domain, node, found):
         if rendered is None:
             found.append(Dropped(f"<clock>{_label(child)}" if child.tag != "timer"
                                  else f"<clock><timer name='{child.get('name')}'>", child.sourceline))
-        elif _children(child):
+        elif _has_children(child):
             found.append(Dropped(f"<clock><timer name='{child.get('name')}'><catchup>", child.sourceline))
 
 
@@ -258,18 +268,14 @@ def _scan_memory_backing(domain, node, found):
             found.append(Dropped(f"<memoryBacking>{_label(child)}", child.sourceline))
 
 
-_TOP_SCANS = {"os": _scan_os, "features": _scan_features, "cpu": _scan_cpu, "clock": _scan_clock,
-              "memoryBacking": _scan_memory_backing}
-
-
 def _scan_devices(domain, node, found):
     left_out = storage.unrendered(domain)  # {element: why} of the disks and controllers
     for child in _children(node):
         tag = child.tag
         if tag == "interface":
-            host_side = _HOST_SIDE if child.get("type") in ("ethernet", "bridge", "network") else frozenset()
+            kept = _INTERFACE_RENDERED_OR_HOST_SIDE if child.get("type") in _HOST_SIDE_TYPES else _INTERFACE_RENDERED
             for part in _children(child):
-                if part.tag not in _INTERFACE_RENDERED and part.tag not in host_side:
+                if part.tag not in kept:
                     found.append(Dropped(f"{_label(child)}{_label(part, with_kind=False)}", part.sourceline))
             continue
         if tag == "emulator" or tag in _CHARACTER_DEVICES:
@@ -287,6 +293,10 @@ def _scan_devices(domain, node, found):
         if tag == "audio" and child.get("type") == "none":
             continue
         found.append(Dropped(_label(child), child.sourceline, data=tag in _DATA, display=tag in _DISPLAY))
+
+
+_TOP_SCANS = {"os": _scan_os, "features": _scan_features, "cpu": _scan_cpu, "clock": _scan_clock,
+              "memoryBacking": _scan_memory_backing, "devices": _scan_devices}
 
 
 def unrendered(domain):
@@ -309,8 +319,6 @@ def unrendered(domain):
         scan = _TOP_SCANS.get(tag)
         if scan is not None:
             scan(domain, child, found)
-        elif tag == "devices":
-            _scan_devices(domain, child, found)
     for line, what, why in machine.lifecycle_dropped(domain):
         found.append(Dropped(what, line, why=why))
     found.sort(key=lambda d: d.line or 0)

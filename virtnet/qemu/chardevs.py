@@ -16,9 +16,9 @@ domain's runtime directory, as libvirt puts one in its channel directory.
 import os
 
 from virtnet.conf.guest import VIRTIO_MODELS, VIRTIO_SERIAL
-from virtnet.conf.pci import root_bus_name
 from virtnet.errors import XMLInputError
 from virtnet.qemu import render
+from virtnet.qemu.pciaddr import add_pci_address
 
 UNIX_PATH_MAX = 107  # sun_path holds 108 bytes including the terminating NUL
 ISA_SERIAL_PORTS = 4  # COM1..COM4
@@ -34,16 +34,10 @@ def _alias(device, default):
     return device.alias or default
 
 
-def pci_props(domain, device):
-    """bus/addr (and multifunction) of a device's <address type='pci'>, as for NICs."""
-    addr = device.address
-    if addr is None or addr.type != "pci":
-        return {}
-    props = {"bus": root_bus_name(domain) if not addr.bus else f"pci.{addr.bus}"}
-    if addr.multifunction in ("on", "off"):
-        props["multifunction"] = addr.multifunction == "on"
-    props["addr"] = f"0x{addr.slot or 0:x}" + (f".0x{addr.function:x}" if addr.function else "")
-    return props
+def _virtio_serial_controllers(domain):
+    """domain.virtio_serial_controllers; [] at once for a domain without any <controller>: their
+    look-up filters on an attribute, which the model answers with an ElementPath query (Python)."""
+    return domain.virtio_serial_controllers if domain.controllers else []
 
 
 def _device(props, syntax):
@@ -163,7 +157,7 @@ def check(domain, paths):
         if index and console.target_type in (None, "serial"):
             raise XMLInputError("<console>: only the first console can be a serial console; give this one "
                                 "<target type='virtio'/>", line=console.line)
-    controllers = {c.index or 0 for c in domain.virtio_serial_controllers}
+    controllers = {c.index or 0 for c in _virtio_serial_controllers(domain)}
     used = {}
     for chardev in domain.channels:
         if chardev.target_type != "virtio":
@@ -204,14 +198,14 @@ def controller_options(domain, syntax):
     """-device virtio-serial-pci for each <controller type='virtio-serial'> (libvirt: with the
     controllers, before the disks)."""
     argv = []
-    for controller in domain.virtio_serial_controllers:
+    for controller in _virtio_serial_controllers(domain):
         index = controller.index or 0
         props = {"driver": "virtio-serial-pci", "id": _alias(controller, f"virtio-serial{index}")}
         if controller.ports is not None:
             props["max_ports"] = controller.ports
         if controller.vectors is not None:
             props["vectors"] = controller.vectors
-        props.update(pci_props(domain, controller))
+        add_pci_address(props, domain, controller.address)
         argv += _device(props, syntax)
     return argv
 
@@ -220,7 +214,7 @@ def _virtio_serial_bus(domain, chardev):
     addr = chardev.address
     controller = addr.controller or 0 if addr is not None else 0
     bus = addr.bus or 0 if addr is not None else 0
-    owner = next((c for c in domain.virtio_serial_controllers if (c.index or 0) == controller), None)
+    owner = next((c for c in _virtio_serial_controllers(domain) if (c.index or 0) == controller), None)
     name = _alias(owner, f"virtio-serial{controller}") if owner is not None else f"virtio-serial{controller}"
     return f"{name}.{bus}"
 
@@ -275,7 +269,7 @@ def balloon_options(domain, syntax):
     if balloon.stats_period:
         # libvirt sets this over QMP once QEMU runs; the same QOM property, on the command line.
         props["guest-stats-polling-interval"] = balloon.stats_period
-    props.update(pci_props(domain, balloon))
+    add_pci_address(props, domain, balloon.address)
     return _device(props, syntax)
 
 
@@ -293,7 +287,7 @@ def rng_options(domain, syntax):
         if rng.rate_bytes is not None:
             props["max-bytes"] = rng.rate_bytes
             props["period"] = rng.rate_period or 1000
-        props.update(pci_props(domain, rng))
+        add_pci_address(props, domain, rng.address)
         argv += _device(props, syntax)
     return argv
 

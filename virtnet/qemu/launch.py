@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from virtnet.errors import HostError
+from virtnet.host.process import command_line, is_alive, process_state
 from virtnet.qemu.machine import qmp_chardev_value
 from virtnet.qemu.qmp import QMPClient
 
@@ -129,13 +130,8 @@ def find(qmp_path):
     was killed before it could record QEMU's pid: the QMP socket path names the domain's QEMU."""
     wanted = qmp_chardev_value(qmp_path).encode()
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if wanted in f.read().split(b"\0"):
-                        return int(entry)
-            except OSError:
-                continue
+        if entry.isdigit() and wanted in (command_line(entry) or ()):
+            return int(entry)
     return None
 
 
@@ -161,7 +157,7 @@ def stop(pid, qmp_path, *, timeout=5.0):
         try:
             if is_running(pid, qmp_path):
                 _quit_then_signal(pidfd, pid, qmp_path, timeout)
-            elif _process_state(pid) == "Z":
+            elif process_state(pid) == "Z":
                 _exited(pidfd, timeout)  # already dying: let its other threads finish
         finally:
             os.close(pidfd)
@@ -210,27 +206,10 @@ def _quit_over_qmp(qmp_path, timeout):
 
 def is_running(pid, qmp_path):
     """True if pid is alive (not a zombie) and is the QEMU serving qmp_path."""
-    state = _process_state(pid)
-    if state is None or state in "ZX":
-        return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except OSError:
+    if not is_alive(pid):
         return False
     # Compare whole arguments: a substring test would match /run/x.sock against /run/x.sock2.
-    return qmp_chardev_value(qmp_path).encode() in argv
-
-
-def _process_state(pid):
-    """The one-letter state from /proc/PID/stat, or None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return None
-    # The command name in parentheses may itself hold spaces or parentheses.
-    return text[text.rindex(")") + 2]
+    return qmp_chardev_value(qmp_path).encode() in (command_line(pid) or ())
 
 
 def _reap(pid):

@@ -347,9 +347,7 @@ def effective_boot_devs(domain):
     devs = domain.os.boot_devs if domain.os is not None else []
     if devs:
         return devs
-    if any(iface.has("boot") for iface in domain.interfaces) or _DEVICE_BOOT(domain.node):
-        return []
-    return ["hd"]
+    return [] if _DEVICE_BOOT(domain.node) else ["hd"]  # any device's <boot order>, the NICs' too
 
 
 def boot_indexes(domain):

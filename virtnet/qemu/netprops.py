@@ -7,8 +7,8 @@ interchangeable with libvirt's. Rendering to JSON or keyval happens in render.py
 import ipaddress
 
 from virtnet.conf import iftypes
-from virtnet.conf.pci import root_bus_name
 from virtnet.errors import UnsupportedError, UsageError
+from virtnet.qemu.pciaddr import add_pci_address
 from virtnet.record import Record
 
 # QEMU 7.2 (Debian 12) wants `reconnect` in seconds; QEMU 9.2 renamed it reconnect-ms.
@@ -20,6 +20,9 @@ HOST_OFFLOAD_PROPS = (("csum", "csum"), ("gso", "gso"), ("tso4", "host_tso4"), (
                       ("ecn", "host_ecn"), ("ufo", "host_ufo"), ("mrg_rxbuf", "mrg_rxbuf"))
 GUEST_OFFLOAD_PROPS = (("csum", "guest_csum"), ("tso4", "guest_tso4"), ("tso6", "guest_tso6"),
                        ("ecn", "guest_ecn"), ("ufo", "guest_ufo"))
+# <model type> → QEMU's device for the virtio models; any other model is QEMU's device name itself.
+VIRTIO_DRIVERS = {"virtio": "virtio-net-pci", "virtio-transitional": "virtio-net-pci-transitional",
+                  "virtio-non-transitional": "virtio-net-pci-non-transitional"}
 
 
 class HostFds(Record):
@@ -181,64 +184,69 @@ def chardev_props(iface, paths):
 
 def device_driver(domain, iface):
     model = iface.model
-    if model in ("virtio", "virtio-transitional", "virtio-non-transitional"):
-        suffix = {"virtio": "", "virtio-transitional": "-transitional",
-                  "virtio-non-transitional": "-non-transitional"}[model]
-        return "virtio-net-pci" + suffix
-    return model
+    return VIRTIO_DRIVERS.get(model, model)
 
 
-def device_props(domain, iface, queues=None):
-    """The -device properties. QUEUES: the queues actually opened when fewer than <driver queues>
-    (qemu-bridge-helper passes a single tap fd)."""
-    ids = iface.ids
-    queues = queues or iface.queue_count
-    props = {"driver": device_driver(domain, iface)}
-    if iface.is_virtio:
+def _virtio_props(props, iface, queues):
+    """Add virtio-net-pci's own properties (libvirt's order) to PROPS."""
+    driver = iface.has("driver")  # most interfaces have no <driver>: none of its values to read
+    if driver:
         if iface.txmode:
             props["tx"] = {"iothread": "bh", "timer": "timer"}[iface.txmode]
         for attr in ("ioeventfd", "event_idx"):
             value = getattr(iface, attr)
             if value is not None:
                 props[attr] = value == "on"
-        for offloads, names in ((iface.host_offloads, HOST_OFFLOAD_PROPS), (iface.guest_offloads, GUEST_OFFLOAD_PROPS)):
+        for offloads, names in ((iface.host_offloads, HOST_OFFLOAD_PROPS),
+                                (iface.guest_offloads, GUEST_OFFLOAD_PROPS)):
             if offloads is None:
                 continue
             for attr, prop in names:
                 value = getattr(offloads, attr)
                 if value is not None:
                     props[prop] = value == "on"
-        if queues > 1:
-            props["mq"] = True
-            props["vectors"] = 2 * queues + 2
+    if queues > 1:
+        props["mq"] = True
+        props["vectors"] = 2 * queues + 2
+    if driver:
         for attr in ("rx_queue_size", "tx_queue_size"):
             value = getattr(iface, attr)
             if value is not None:
                 props[attr] = value
-        if iface.mtu is not None:
-            props["host_mtu"] = iface.mtu
-        if iface.teaming_type == "persistent":
-            props["failover"] = True
+    if iface.mtu is not None:
+        props["host_mtu"] = iface.mtu
+    if iface.teaming_type == "persistent":
+        props["failover"] = True
+    if driver:
         for attr, prop in (("rss", "rss"), ("rss_hash_report", "hash")):
             value = getattr(iface, attr)
             if value is not None:
                 props[prop] = value == "on"
+
+
+def device_props(domain, iface, queues=None):
+    """The -device properties. QUEUES: the queues actually opened when fewer than <driver queues>
+    (qemu-bridge-helper passes a single tap fd)."""
+    ids = iface.ids
+    props = {"driver": device_driver(domain, iface)}
+    if iface.is_virtio:
+        _virtio_props(props, iface, queues or iface.queue_count)
     props["netdev"] = ids.netdev
     props["id"] = ids.device
     props["mac"] = iface.mac
     if iface.boot_order is not None:
         props["bootindex"] = iface.boot_order
-    addr = iface.address
-    if addr is not None and addr.type == "pci":
-        props["bus"] = root_bus_name(domain) if addr.bus == 0 else f"pci.{addr.bus}"
-        if addr.multifunction in ("on", "off"):
-            props["multifunction"] = addr.multifunction == "on"
-        props["addr"] = f"0x{addr.slot:x}" + (f".0x{addr.function:x}" if addr.function else "")
+    add_pci_address(props, domain, iface.address)
+    if iface.has("rom"):
+        _rom_props(props, iface)
+    return props
+
+
+def _rom_props(props, iface):
     if iface.rom_enabled == "no":
         props["romfile"] = ""  # no ROM at all; bar and file are moot
-    else:
-        if iface.rom_bar is not None:
-            props["rombar"] = 1 if iface.rom_bar == "on" else 0
-        if iface.rom_file is not None:
-            props["romfile"] = iface.rom_file
-    return props
+        return
+    if iface.rom_bar is not None:
+        props["rombar"] = 1 if iface.rom_bar == "on" else 0
+    if iface.rom_file is not None:
+        props["romfile"] = iface.rom_file

@@ -12,37 +12,26 @@ import socket
 import time
 
 from virtnet.errors import HostError
+from virtnet.qemu.jsonlines import JsonLinesClient, abbreviated
 
-_RECV_SIZE = 65536
 
-
-class QMPClient:
+class QMPClient(JsonLinesClient):
     """One QMP connection. Not thread safe; QEMU serves a single client per monitor socket."""
 
     def __init__(self, path, timeout=10.0):
-        self.path = path
-        self.timeout = timeout
+        super().__init__(path, timeout)
         self.greeting = None
         self.events = collections.deque(maxlen=256)
-        self._sock = None
-        self._buffer = bytearray()
         self._next_id = 0
 
     def connect(self):
         """Connect, read the greeting and leave capabilities negotiation mode."""
-        deadline = time.monotonic() + self.timeout
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.path)
-        except BaseException:
-            sock.close()
-            raise
-        self._sock = sock
+        deadline = self._deadline()
+        self._open_socket()
         try:
             greeting = self._read_message(deadline, "the greeting")
             if "QMP" not in greeting:
-                raise HostError(f"QMP {self.path}: expected a greeting, got {_short(greeting)}")
+                raise HostError(f"QMP {self.path}: expected a greeting, got {abbreviated(greeting)}")
             self.greeting = greeting
             self.execute("qmp_capabilities")
         except BaseException:
@@ -60,7 +49,7 @@ class QMPClient:
         request = {"execute": command, "id": request_id}
         if arguments:
             request["arguments"] = arguments
-        deadline = time.monotonic() + self.timeout
+        deadline = self._deadline()
         self._send(json.dumps(request).encode() + b"\n", deadline, command, fds)
         while True:
             reply = self._read_message(deadline, f"the reply to {command!r}")
@@ -76,7 +65,7 @@ class QMPClient:
                 exc.qmp_class = error.get("class")
                 raise exc
             if "return" not in reply:
-                raise HostError(f"QMP {command}: unexpected reply {_short(reply)}")
+                raise HostError(f"QMP {command}: unexpected reply {abbreviated(reply)}")
             return reply["return"]
 
     def wait_event(self, name, match, timeout):
@@ -101,67 +90,19 @@ class QMPClient:
             self.events.append(message)
         return None
 
-    def close(self):
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        self._buffer.clear()
+    def _send_error(self, what, exc):
+        if isinstance(exc, socket.timeout):
+            return HostError(f"QMP {self.path}: timed out sending {what!r}")
+        return HostError(f"QMP {self.path}: cannot send {what!r}: {exc.strerror or exc}")
 
-    def __enter__(self):
-        if self._sock is None:
-            self.connect()
-        return self
+    def _not_json_error(self, line):
+        return HostError(f"QMP {self.path}: not JSON: {line[:200]!r}")
 
-    def __exit__(self, *exc_info):
-        self.close()
+    def _no_answer_error(self, what):
+        return HostError(f"QMP {self.path}: no answer within {self.timeout:g}s waiting for {what}")
 
-    def _send(self, data, deadline, what, fds=()):
-        try:
-            self._sock.settimeout(_remaining(deadline))
-            if fds:  # the descriptors ride on the first byte; the rest follows as usual
-                sent = socket.send_fds(self._sock, [data], list(fds))
-                data = data[sent:]
-            self._sock.sendall(data)
-        except socket.timeout:
-            raise HostError(f"QMP {self.path}: timed out sending {what!r}") from None
-        except OSError as exc:
-            raise HostError(f"QMP {self.path}: cannot send {what!r}: {exc.strerror or exc}") from None
+    def _recv_error(self, what, exc):
+        return HostError(f"QMP {self.path}: {exc.strerror or exc} waiting for {what}")
 
-    def _read_message(self, deadline, what):
-        """Return the next complete JSON line, reading as many chunks as it takes."""
-        while True:
-            newline = self._buffer.find(b"\n")
-            if newline >= 0:
-                line = bytes(self._buffer[:newline])
-                del self._buffer[: newline + 1]
-                if not line.strip():
-                    continue
-                try:
-                    return json.loads(line)
-                except ValueError:
-                    raise HostError(f"QMP {self.path}: not JSON: {line[:200]!r}") from None
-            self._buffer += self._recv(deadline, what)
-
-    def _recv(self, deadline, what):
-        try:
-            self._sock.settimeout(_remaining(deadline))
-            chunk = self._sock.recv(_RECV_SIZE)
-        except socket.timeout:
-            raise HostError(
-                f"QMP {self.path}: no answer within {self.timeout:g}s waiting for {what}"
-            ) from None
-        except OSError as exc:
-            raise HostError(f"QMP {self.path}: {exc.strerror or exc} waiting for {what}") from None
-        if not chunk:
-            raise HostError(f"QMP {self.path}: QEMU closed the connection before {what}")
-        return chunk
-
-
-def _remaining(deadline):
-    # settimeout(0) would mean non-blocking; keep a tiny positive floor so expiry reads as timeout.
-    return max(deadline - time.monotonic(), 0.001)
-
-
-def _short(message):
-    text = json.dumps(message)
-    return text if len(text) <= 200 else text[:200] + "..."
+    def _closed_error(self, what):
+        return HostError(f"QMP {self.path}: QEMU closed the connection before {what}")

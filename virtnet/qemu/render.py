@@ -1,6 +1,9 @@
 """Rendering property dicts as QEMU option values: JSON or legacy keyval, and shell-ready lines."""
 
-import shlex
+import re
+
+# The words shlex.quote leaves bare: non-empty, of these characters only.
+_shell_safe = re.compile(r"[\w@%+=:,./-]+", re.ASCII).fullmatch
 
 
 def to_json(props):
@@ -76,12 +79,24 @@ def option_value(props, syntax, lead_key):
 
 
 def shell_lines(argv):
-    """One option per line with ` \\` continuations, each word shell-quoted, ready to paste."""
-    lines, current = [], [shlex.quote(argv[0])]
+    """One option per line with ` \\` continuations, each word shell-quoted (as shlex.quote does),
+    ready to paste."""
+    first = argv[0]
+    out = [first if _shell_safe(first) else _shell_quote(first)]
     for word in argv[1:]:
-        if word.startswith("-") and word[1:2].isalpha():
-            lines.append(" ".join(current))
-            current = []
-        current.append(shlex.quote(word))
-    lines.append(" ".join(current))
-    return " \\\n".join(lines) + "\n"
+        # One flat loop, quoting inline: most words (options, ids, numbers) need no quotes.
+        out.append(" \\\n" if word[:1] == "-" and word[1:2].isalpha() else " ")
+        out.append(word if _shell_safe(word) else _shell_quote(word))
+    out.append("\n")
+    return "".join(out)
+
+
+def shell_word(word):
+    """WORD as shlex.quote writes it: bare when it can be, else in single quotes."""
+    return word if _shell_safe(word) else _shell_quote(word)
+
+
+def _shell_quote(word):
+    if "'" not in word:  # most quoted words (JSON values): one string built rather than three
+        return f"'{word}'"
+    return "'" + word.replace("'", "'\"'\"'") + "'"

@@ -21,8 +21,9 @@ and LUN devices, other buses, image formats other than raw and qcow2, and disk s
 
 import re
 
-from virtnet.conf.pci import CONTROLLER_MODEL_NAMES, ROOT_MODELS, SINGLE_SLOT, bus_name
+from virtnet.conf.pci import CONTROLLER_MODEL_NAMES, ROOT_MODELS, SINGLE_SLOT
 from virtnet.qemu import render
+from virtnet.qemu.pciaddr import add_pci_address
 
 RENDERED_TYPES = ("file", "block")
 RENDERED_DEVICES = ("disk", "cdrom")
@@ -161,16 +162,6 @@ def _explicitly_none(controller):
 # ---------------------------------------------------------------- controllers
 
 
-def _pci_address_props(domain, address):
-    """bus, multifunction, addr of a device at a PCI address (libvirt's order)."""
-    props = {"bus": bus_name(domain, address.bus or 0)}
-    if address.multifunction in ("on", "off"):
-        props["multifunction"] = address.multifunction == "on"
-    function = address.function or 0
-    props["addr"] = f"0x{address.slot or 0:x}" + (f".0x{function:x}" if function else "")
-    return props
-
-
 def controller_props(domain, controller):
     """The -device properties of a controller, or None for one the machine has built in."""
     if builtin_controller(domain, controller) or not controller_rendered(domain, controller):
@@ -198,8 +189,7 @@ def controller_props(domain, controller):
                 props["ioeventfd"] = controller.ioeventfd == "on"
     else:  # sata
         props = {"driver": "ahci", "id": alias}
-    if address is not None:
-        props.update(_pci_address_props(domain, address))
+    add_pci_address(props, domain, address)
     return props
 
 
@@ -292,8 +282,7 @@ def _bus_props(domain, disk):
             props["num-queues"] = disk.queues
         if disk.queue_size is not None:
             props["queue-size"] = disk.queue_size
-        if disk.pci is not None:
-            props.update(_pci_address_props(domain, disk.pci))
+        add_pci_address(props, domain, disk.pci)
         return props
     controller_index, bus, target, unit = drive.drive_key()
     if disk.bus == "ide":
@@ -337,23 +326,17 @@ def disk_device_props(domain, disk, bootindex=None):
     return props
 
 
-def disk_options(domain, syntax):
-    from virtnet.qemu.machine import boot_indexes
-
-    defaults = boot_indexes(domain)
+def disk_options(domain, syntax, boot):
+    """Each rendered disk's block nodes and -device. BOOT: the domain's machine.boot_indexes()."""
     argv = []
     for disk in rendered_disks(domain):
         if disk.path is not None:
             for props in blockdev_props(disk):
                 argv += ["-blockdev", render.to_json(props) if syntax == "json" else render.to_keyval(props, None)]
-        device = disk_device_props(domain, disk, boot_index(domain, disk, defaults))
+        device = disk_device_props(domain, disk, boot_index(domain, disk, boot))
         argv += ["-device", render.option_value(device, syntax, "driver")]
     return argv
 
-
-def options(domain, options):
-    """The storage part of the command line: controllers, then each disk's block nodes and device."""
-    return controller_options(domain, options.syntax) + disk_options(domain, options.syntax)
 
 
 def disk_sources(domain):

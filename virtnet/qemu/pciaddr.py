@@ -1,0 +1,34 @@
+"""Where a -device sits on the guest's PCI buses: the properties of its <address type='pci'>, the
+same for every device virtnet renders (NICs, disks, controllers, virtio-serial, balloon, RNGs)."""
+
+from functools import lru_cache
+
+from virtnet.conf.address import pci_number
+from virtnet.conf.pci import bus_name
+
+
+def add_pci_address(props, domain, address):
+    """Add bus, multifunction and addr (libvirt's order) to the device properties PROPS when
+    ADDRESS is an <address type='pci'> (a part left out counts as 0); nothing otherwise."""
+    if address is None:
+        return
+    # Read from the element: every rendered device has an address, and through the model each
+    # would cost a frozen object, its snapshot and five first reads for these few values.
+    node = address.node
+    if node.get("type") != "pci":
+        return
+    bus, addr = _location(node.get("bus"), node.get("slot"), node.get("function"))
+    props["bus"] = bus_name(domain, bus)
+    multifunction = node.get("multifunction")
+    if multifunction in ("on", "off"):
+        props["multifunction"] = multifunction == "on"
+    props["addr"] = addr
+
+
+@lru_cache(maxsize=1024)  # a batch's devices sit at a few dozen places: each is worked out once
+def _location(bus, slot, function):
+    """(bus index, QEMU's addr=) from the attributes' text (None when absent: 0)."""
+    bus = 0 if bus is None else pci_number(bus)
+    function = 0 if function is None else pci_number(function)
+    slot = 0 if slot is None else pci_number(slot)
+    return bus, f"0x{slot:x}" + (f".0x{function:x}" if function else "")
