@@ -10,9 +10,7 @@ Imports stay lazy, as in the CLI: xml2xml and xml2argv load neither pyroute2 nor
 (only plan's sh and networkd formats use jinja2).
 """
 
-# Light modules, imported once here rather than at every conversion of a batch.
 from virtnet.errors import VirtnetError
-from virtnet.qemu.render import shell_lines, shell_word
 from virtnet.record import Record
 from virtnet.runpaths import DomainPaths
 
@@ -83,6 +81,7 @@ def xml2argv(loaded, *, runtime_dir, host_caps=frozenset(), syntax="json", stand
     as NAME=VALUE lines the shell takes as the command's environment.
     """
     from virtnet.qemu.argv import DEFAULT_STATE_DIR, ArgvOptions, build_command, warnings as argv_warnings
+    from virtnet.qemu.render import shell_lines, shell_word
 
     domain, filename = loaded.domain, loaded.filename
     paths = DomainPaths(runtime_dir, domain.name)

@@ -289,17 +289,22 @@ def _make_ifb(ipr, a):
     return index
 
 
-def unshape_inbound(ifname):
-    """Remove what shape_inbound added (the tap may be gone already)."""
+def _clear_qdisc(ipr, ifname, parent, what):
+    """Remove IFNAME's qdisc at PARENT (WHAT names it in the error), if IFNAME is still there."""
     from pyroute2 import NetlinkError
 
+    found = ipr.link_lookup(ifname=ifname)
+    try:
+        if found:
+            _clear(ipr, found[0], parent)
+    except NetlinkError as exc:
+        raise _fail(exc, f"remove the {what} qdisc", ifname) from None
+
+
+def unshape_inbound(ifname):
+    """Remove what shape_inbound added (the tap may be gone already)."""
     with _ipr() as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-        try:
-            if found:
-                _clear(ipr, found[0], ROOT)
-        except NetlinkError as exc:
-            raise _fail(exc, "remove the root qdisc", ifname) from None
+        _clear_qdisc(ipr, ifname, ROOT, "root")
 
 
 def unshape_outbound(ifname, ifb):
@@ -307,12 +312,7 @@ def unshape_outbound(ifname, ifb):
     from pyroute2 import NetlinkError
 
     with _ipr() as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-        try:
-            if found:
-                _clear(ipr, found[0], INGRESS)
-        except NetlinkError as exc:
-            raise _fail(exc, "remove the ingress qdisc", ifname) from None
+        _clear_qdisc(ipr, ifname, INGRESS, "ingress")
         if ifb and ipr.link_lookup(ifname=ifb):
             try:
                 ipr.link("del", ifname=ifb)

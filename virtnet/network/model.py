@@ -6,6 +6,7 @@ checks, dnsmasq's configuration, the firewall and net-start read them from one p
 
 import ipaddress
 
+from virtnet.conf.domain import Rates  # <bandwidth> is the same element on a domain's interface
 from virtnet.conf.xmlmodel import Child, Children, Prop, XMLObject
 
 DNSMASQ_NS = "http://libvirt.org/schemas/network/dnsmasq/1.0"
@@ -172,13 +173,6 @@ class Bridge(XMLObject):
     delay = Prop("@delay", int)
     mac_table_manager = Prop("@macTableManager")
     zone = Prop("@zone")
-
-
-class Rates(XMLObject):
-    average = Prop("@average", int)
-    peak = Prop("@peak", int)
-    burst = Prop("@burst", int)
-    floor = Prop("@floor", int)
 
 
 class Network(XMLObject):
