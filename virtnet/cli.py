@@ -646,6 +646,8 @@ def cmd_xml2argv(args):
     runtime_dir = Path(args.runtime_dir) if args.runtime_dir else default_runtime_dir()
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()  # a UEFI guest's NVRAM, as start
     files = _expand_files(args.file)
+    if len(files) > 1:
+        _settle_for_batch()
     out = []
     for path, loaded in convert.load_many(files):
         if isinstance(loaded, VirtnetError):
@@ -665,6 +667,18 @@ def cmd_xml2argv(args):
         out.append(result.text)
     sys.stdout.write("".join(out))
     return 0
+
+
+def _settle_for_batch():
+    """Import what converting a domain uses, then take everything made so far (modules, classes,
+    constants) out of the garbage collector's passes: it lives as long as the process, and a long
+    batch would otherwise walk it again at every full collection (~3 % of a 1000-domain batch)."""
+    import gc
+
+    import virtnet.conf.load  # noqa: F401  (imported here so that the freeze below covers it)
+    import virtnet.qemu.argv  # noqa: F401
+
+    gc.freeze()
 
 
 def _store(args):
