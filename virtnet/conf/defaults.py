@@ -37,7 +37,7 @@ def _normalize_mac(iface, node):
     if not written:
         return None
     value = mac.normal(written)
-    if value == mac.ZERO:
+    if mac.is_zero(value):
         return None
     if value != written:
         iface.mac = value

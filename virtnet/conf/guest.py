@@ -6,6 +6,8 @@ these objects through one-line properties (domain.os, domain.serials, ...). What
 them on QEMU's command line lives in qemu/machine.py and qemu/chardevs.py.
 """
 
+import functools
+
 from lxml import etree
 
 from virtnet.conf.address import Address
@@ -256,6 +258,19 @@ MODEL_CLASSES = (Os, Loader, Nvram, Cpu, CpuFeature, Clock, Timer, Features, Pm,
                  VirtioSerialController, Rng, Memballoon, QemuArg, QemuEnv)
 
 
+def copied(make):
+    """Decorator: MAKE(*KEY) makes a new element; the decorated function returns a copy of the one
+    made (once) for KEY. lxml sets a new element's attributes one at a time, which costs about
+    three times a copy: each prepared domain gets its balloon, aliases and PCI addresses this way.
+    The elements made are never put in a tree, so no domain sees another's."""
+    kept = functools.lru_cache(maxsize=1024)(make)
+
+    def copy(*key):
+        return kept(*key).__copy__()
+
+    return functools.wraps(make)(copy)
+
+
 def new_element(parent, tag, attrib, after=()):
     """A child element of PARENT, put after the last child whose tag is in AFTER (else first)."""
     node = etree.Element(tag, attrib)
@@ -276,8 +291,11 @@ VIRTIO_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional")
 DEFAULT_VIRTIO_SERIAL_PORTS = 31  # virtio-serial-pci's max_ports
 # Where libvirt puts a new controller among the devices, and the devices a balloon goes before.
 _CONTROLLER_AFTER = ("emulator", "disk", "controller")
-# The balloon added, copied: cheaper than a new element with its attribute.
-_VIRTIO_BALLOON = etree.Element("memballoon", {"model": "virtio"})
+@copied
+def _virtio_balloon():
+    return etree.Element("memballoon", {"model": "virtio"})
+
+
 _BALLOON_BEFORE = frozenset(("rng", "tpm", "panic", "shmem", "memory", "iommu", "vsock", "crypto", "pstore"))
 
 
@@ -305,7 +323,7 @@ def add_default_memballoon(domain):
             return
         if before is None and child.tag in _BALLOON_BEFORE:
             before = child
-    node = _VIRTIO_BALLOON.__copy__()
+    node = _virtio_balloon()
     if before is None:
         devices.append(node)
     else:

@@ -13,13 +13,13 @@ the device's lifetime: a device added or removed later renumbers nothing else. I
 generated aliases out, as libvirt does (conf.format).
 """
 
-import functools
 import itertools
 import re
 
 from lxml import etree
 
 from virtnet.conf import iftypes, mac
+from virtnet.conf.guest import copied
 from virtnet.conf.ifname import GENERATED_PREFIX
 from virtnet.record import Record
 
@@ -122,9 +122,8 @@ def _new_net_aliases(taken):
     return (f"net{number}" for number in itertools.count(max(numbers) + 1 if numbers else 0))
 
 
-@functools.lru_cache(maxsize=256)
+@copied
 def _alias_element(name):
-    """<alias name=NAME>, made once per name: a copy costs less than a new element and attribute."""
     return etree.Element("alias", {"name": name})
 
 
@@ -156,7 +155,7 @@ def prepare(domain):
             alias = next(new_aliases)
             node = children.get("alias")
             if node is None:
-                iface.node.append(_alias_element(alias).__copy__())
+                iface.node.append(_alias_element(alias))
             else:
                 node.set("name", alias)
         host_mac = mac.host_side(_attribute(children.get("mac"), "address"))
