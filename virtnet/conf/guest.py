@@ -299,7 +299,8 @@ def _virtio_balloon():
 _BALLOON_BEFORE = frozenset(("rng", "tpm", "panic", "shmem", "memory", "iommu", "vsock", "crypto", "pstore"))
 
 
-def _devices(domain):
+def devices_element(domain):
+    """The domain's <devices>, added when it has none."""
     node = next(domain.node.iterchildren("devices"), None)
     if node is None:
         node = etree.SubElement(domain.node, "devices")
@@ -313,21 +314,18 @@ def wants_virtio_serial(chardev):
     return chardev.kind == "console" and chardev.target_type == "virtio"
 
 
-def add_default_memballoon(domain):
+def add_default_memballoon(devices, tags):
     """libvirt gives every x86 guest a virtio balloon unless the domain has a <memballoon>
-    (model='none' opts out); virtnet does the same, so a domain means the same guest in both."""
-    devices = _devices(domain)
-    before = None
-    for child in devices:  # one pass over the few devices: cheaper than two look-ups by tag
-        if child.tag == "memballoon":
-            return
-        if before is None and child.tag in _BALLOON_BEFORE:
-            before = child
+    (model='none' opts out); virtnet does the same, so a domain means the same guest in both.
+    DEVICES: the domain's <devices>; TAGS: the tags of its elements (a set, which gets the balloon's)."""
+    if "memballoon" in tags:
+        return
     node = _virtio_balloon()
-    if before is None:
+    if tags.isdisjoint(_BALLOON_BEFORE):
         devices.append(node)
     else:
-        before.addprevious(node)
+        next(child for child in devices if child.tag in _BALLOON_BEFORE).addprevious(node)
+    tags.add("memballoon")
 
 
 def add_virtio_serial_controllers(domain):
@@ -344,7 +342,7 @@ def add_virtio_serial_controllers(domain):
             needed.add(addr.controller if on_other else 0)
     have = {c.index or 0 for c in domain.virtio_serial_controllers}
     for index in sorted(needed - have):
-        new_element(_devices(domain), "controller", {"type": VIRTIO_SERIAL, "index": str(index)},
+        new_element(devices_element(domain), "controller", {"type": VIRTIO_SERIAL, "index": str(index)},
                     after=_CONTROLLER_AFTER)
 
 

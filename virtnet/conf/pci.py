@@ -25,7 +25,7 @@ from lxml import etree
 
 from virtnet.conf.address import pci_number
 from virtnet.conf.guest import copied
-from virtnet.conf.disk import ROOT_MODELS, add_controller, ensure_root
+from virtnet.conf.disk import ROOT_MODELS, Controller, add_controller, ensure_root
 from virtnet.errors import XMLInputError
 from virtnet.record import Record
 
@@ -115,11 +115,13 @@ def names_a_place(address):
     return any(address.get(attr) is not None for attr in ("domain", "bus", "slot"))
 
 
-def _normalize_explicit(domain):
-    """Check and normalise every PCI address written in <devices>; one that names no place goes (see
-    names_a_place). Returns what `_explicit` would, after that."""
+def _normalize_explicit(addresses):
+    """Check and normalise every PCI address written in <devices> (ADDRESSES: every <address> below
+    it); one that names no place goes (see names_a_place). Returns what `_explicit` would, after that."""
     kept = []
-    for _, addr in domain.pci_addresses:
+    for addr in addresses:
+        if addr.get("type") != "pci" or addr.getparent().tag == "source":
+            continue  # not a device's PCI address (as Domain.pci_addresses)
         if names_a_place(addr):
             kept.append(addr)
         else:
@@ -183,24 +185,24 @@ def _nic_connect(node):
     return "pcie" if model in PCIE_NIC_MODELS else "pci"
 
 
-def unaddressed_devices(domain):
-    """The devices without an <address>, by tag: {tag: [element, ...]}, each list in document order."""
-    devices = _first(domain.node, "devices")
-    if devices is None:
-        return {}
-    # Which devices hold an <address>, from one walk in C over every <address> below <devices>: a
-    # fifth of an XPath query's cost, and less than a look for an <address> in each device.
-    addressed = {address.getparent() for address in devices.iter("address")}
-    by_tag = {}
+def _survey(devices, addresses):
+    """From one pass over <devices>: the devices without an <address>, by tag ({tag: [element, ...]}
+    in document order), and every <controller> (model objects). ADDRESSES: every <address> below
+    <devices> (those still in the tree say which devices have one)."""
+    addressed = {address.getparent() for address in addresses}
+    unaddressed, controllers = {}, []
     for node in devices[:]:  # a slice: no lxml iterator to set up (see xmlmodel._fill)
-        if node not in addressed and isinstance(node.tag, str):  # (not a comment)
-            by_tag.setdefault(node.tag, []).append(node)
-    return by_tag
+        tag = node.tag
+        if tag == "controller":
+            controllers.append(Controller(node))
+        if node not in addressed and isinstance(tag, str):  # (not a comment)
+            unaddressed.setdefault(tag, []).append(node)
+    return unaddressed, controllers
 
 
 def unplaced_devices(by_tag, q35):
     """(element, connect) of every device virtnet gives a PCI address that has no <address> yet
-    (BY_TAG: unaddressed_devices), in libvirt's order of assignment. connect is 'pcie' for a PCI
+    (BY_TAG: as _survey gives them), in libvirt's order of assignment. connect is 'pcie' for a PCI
     Express endpoint (a root port of its own on q35) or 'pci' for conventional PCI (a
     pcie-to-pci-bridge on q35). A device with an <address> is placed already, or is on another
     bus (ccw, virtio-mmio, drive)."""
@@ -268,14 +270,15 @@ class Bus(Record):
 class Layout:
     """The PCI buses of a domain (index → Bus) and what is in use on them."""
 
-    def __init__(self, domain, explicit=None):
-        """EXPLICIT: what `_explicit` returns, when the caller has it already."""
+    def __init__(self, domain, explicit=None, controllers=None):
+        """EXPLICIT: what `_explicit` returns, CONTROLLERS: domain.controllers, when the caller
+        has them already."""
         self.domain = domain
         self.q35 = domain.is_q35
         self.buses = {0: Bus(0, ROOT_MODELS[self.q35])}
         # The domain's controllers, read once: those added later through add_controller are
         # appended (after the ones read, whatever their place in the XML).
-        self.controllers = domain.controllers
+        self.controllers = domain.controllers if controllers is None else controllers
         for controller in self.controllers:
             if controller.type == "pci" and controller.index not in (None, 0):
                 self.buses[controller.index] = Bus(controller.index, controller.model)
@@ -466,12 +469,11 @@ def _builtin_addresses(layout):
             _write_address(controller.node, 0, *place)
 
 
-def _primary_video(domain, layout, unaddressed):
+def _primary_video(devices, layout, unaddressed):
     """libvirt keeps slot 2 (pc) or 1 (q35) for the primary video card: reserved, and written."""
     if "video" not in unaddressed:
         return  # no <video>, or the first one has its address (as all have)
-    devices = _first(domain.node, "devices")
-    video = _first(devices, "video") if devices is not None else None
+    video = _first(devices, "video")
     if video is None or _first(video, "address") is not None:
         return
     model = _first(video, "model")
@@ -515,11 +517,18 @@ def _multifunction(domain):
 
 def assign_addresses(domain):
     """Give every PCI device virtnet renders an address, adding the PCI controllers they need."""
-    layout = Layout(domain, _normalize_explicit(domain))
+    devices = _first(domain.node, "devices")
+    if devices is None:
+        return  # no device to place
+    # One walk (in C) over the <address> elements below <devices> serves to normalise the PCI
+    # ones and to tell the devices without one.
+    addresses = list(devices.iter("address"))
+    explicit = _normalize_explicit(addresses)
     # Looked up before any address is written: the only devices given one before the others are
     # placed (the primary video card, the chipset's own controllers) are not among those.
-    unaddressed = unaddressed_devices(domain)
-    _primary_video(domain, layout, unaddressed)
+    unaddressed, controllers = _survey(devices, addresses)
+    layout = Layout(domain, explicit, controllers)
+    _primary_video(devices, layout, unaddressed)
     _builtin_addresses(layout)
     _missing_buses(domain, layout)
     pending = unplaced_devices(unaddressed, layout.q35)
