@@ -132,8 +132,8 @@ def _attribute(node, name):
     return node.get(name) if node is not None else None
 
 
-def _tap_name(iface, target):
-    iftype = iface.type
+def _tap_name(iftype, target):
+    """The tap of an interface of type IFTYPE (TARGET: its <target>, or None), or None if it has none."""
     if not iftypes.kind(iftype).tap:
         return None
     dev = _attribute(target, "dev")
@@ -159,7 +159,7 @@ def prepare(domain):
             else:
                 node.set("name", alias)
         host_mac = mac.host_side(_attribute(children.get("mac"), "address"))
-        iface.ids = NicIds(alias=alias, host_mac=host_mac, tap=_tap_name(iface, children.get("target")))
+        iface.ids = NicIds(alias, host_mac, _tap_name(iface.type, children.get("target")))
     _prepare_storage(domain)
     return domain
 

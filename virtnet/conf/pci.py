@@ -24,8 +24,8 @@ q35, a pci-bridge on pc), as libvirt adds it.
 from lxml import etree
 
 from virtnet.conf.address import pci_number
-from virtnet.conf.guest import copied
 from virtnet.conf.disk import ROOT_MODELS, Controller, add_controller, ensure_root
+from virtnet.conf.guest import copied
 from virtnet.errors import XMLInputError
 from virtnet.record import Record
 
@@ -301,8 +301,9 @@ class Layout:
 
     def find(self, connect):
         """(bus, slot) for a new device, or None when no bus has room."""
-        for index in sorted(self.buses):
-            bus = self.buses[index]
+        buses = self.buses
+        for index in sorted(buses) if len(buses) > 1 else buses:  # most domains: pci.0 or pcie.0 alone
+            bus = buses[index]
             if connect in ACCEPTS.get(bus.model, ()):  # a device of kind CONNECT may go there
                 slot = bus.free_slot()
                 if slot is not None:
