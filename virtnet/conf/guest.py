@@ -291,12 +291,12 @@ VIRTIO_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional")
 DEFAULT_VIRTIO_SERIAL_PORTS = 31  # virtio-serial-pci's max_ports
 # Where libvirt puts a new controller among the devices, and the devices a balloon goes before.
 _CONTROLLER_AFTER = ("emulator", "disk", "controller")
+_BALLOON_BEFORE = frozenset(("rng", "tpm", "panic", "shmem", "memory", "iommu", "vsock", "crypto", "pstore"))
+
+
 @copied
 def _virtio_balloon():
     return etree.Element("memballoon", {"model": "virtio"})
-
-
-_BALLOON_BEFORE = frozenset(("rng", "tpm", "panic", "shmem", "memory", "iommu", "vsock", "crypto", "pstore"))
 
 
 def devices_element(domain):
