@@ -37,7 +37,7 @@ def _normalize_mac(iface, node):
     if not written:
         return None
     value = mac.normal(written)
-    if value == mac.ZERO:
+    if mac.is_zero(value):
         return None
     if value != written:
         iface.mac = value
@@ -125,10 +125,12 @@ def apply_defaults(domain):
             _tidy_driver(iface, driver, children.get("backend"), model, warnings)
         macs.append(_normalize_mac(iface, children.get("mac")))
     _fill_macs(domain, macs)
-    guest.add_default_memballoon(domain)
-    # The kinds of device the domain has, from one look at <devices>: most domains have none of
-    # those the virtio-serial and disk steps are about, and those would look through the model.
-    present = domain.device_tags()
+    # The kinds of device the domain has, from one look at <devices> (as Domain.device_tags, with
+    # the element kept for the balloon): most domains have none of those the virtio-serial and disk
+    # steps are about, and those would look through the model.
+    devices = guest.devices_element(domain)
+    present = {child.tag for child in devices[:]}
+    guest.add_default_memballoon(devices, present)
     if present & SERIAL_PORT_USERS:
         guest.add_virtio_serial_controllers(domain)
     if present & (STORAGE_DEVICES | SERIAL_PORT_USERS):  # (and the virtio-serial controllers just added)

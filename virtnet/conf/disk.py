@@ -313,12 +313,12 @@ def _index_controllers(domain):
 
 
 # The model of the PCI root controller (index 0), the machine's own bus: by whether it is q35.
-ROOT_MODEL = {False: "pci-root", True: "pcie-root"}
+ROOT_MODELS = ("pci-root", "pcie-root")  # the PCI root controller's model: pc's, q35's (indexed by is_q35)
 
 
 def root_model(domain):
     """The model of the PCI root controller (index 0): the machine's own bus."""
-    return ROOT_MODEL[domain.is_q35]
+    return ROOT_MODELS[domain.is_q35]
 
 
 def ensure_root(domain):

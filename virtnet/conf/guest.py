@@ -6,6 +6,8 @@ these objects through one-line properties (domain.os, domain.serials, ...). What
 them on QEMU's command line lives in qemu/machine.py and qemu/chardevs.py.
 """
 
+import functools
+
 from lxml import etree
 
 from virtnet.conf.address import Address
@@ -256,6 +258,19 @@ MODEL_CLASSES = (Os, Loader, Nvram, Cpu, CpuFeature, Clock, Timer, Features, Pm,
                  VirtioSerialController, Rng, Memballoon, QemuArg, QemuEnv)
 
 
+def copied(make):
+    """Decorator: MAKE(*KEY) makes a new element; the decorated function returns a copy of the one
+    made (once) for KEY. lxml sets a new element's attributes one at a time, which costs about
+    three times a copy: each prepared domain gets its balloon, aliases and PCI addresses this way.
+    The elements made are never put in a tree, so no domain sees another's."""
+    kept = functools.lru_cache(maxsize=1024)(make)
+
+    def copy(*key):
+        return kept(*key).__copy__()
+
+    return functools.wraps(make)(copy)
+
+
 def new_element(parent, tag, attrib, after=()):
     """A child element of PARENT, put after the last child whose tag is in AFTER (else first)."""
     node = etree.Element(tag, attrib)
@@ -276,12 +291,16 @@ VIRTIO_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional")
 DEFAULT_VIRTIO_SERIAL_PORTS = 31  # virtio-serial-pci's max_ports
 # Where libvirt puts a new controller among the devices, and the devices a balloon goes before.
 _CONTROLLER_AFTER = ("emulator", "disk", "controller")
-# The balloon added, copied: cheaper than a new element with its attribute.
-_VIRTIO_BALLOON = etree.Element("memballoon", {"model": "virtio"})
 _BALLOON_BEFORE = frozenset(("rng", "tpm", "panic", "shmem", "memory", "iommu", "vsock", "crypto", "pstore"))
 
 
-def _devices(domain):
+@copied
+def _virtio_balloon():
+    return etree.Element("memballoon", {"model": "virtio"})
+
+
+def devices_element(domain):
+    """The domain's <devices>, added when it has none."""
     node = next(domain.node.iterchildren("devices"), None)
     if node is None:
         node = etree.SubElement(domain.node, "devices")
@@ -295,21 +314,18 @@ def wants_virtio_serial(chardev):
     return chardev.kind == "console" and chardev.target_type == "virtio"
 
 
-def add_default_memballoon(domain):
+def add_default_memballoon(devices, tags):
     """libvirt gives every x86 guest a virtio balloon unless the domain has a <memballoon>
-    (model='none' opts out); virtnet does the same, so a domain means the same guest in both."""
-    devices = _devices(domain)
-    before = None
-    for child in devices:  # one pass over the few devices: cheaper than two look-ups by tag
-        if child.tag == "memballoon":
-            return
-        if before is None and child.tag in _BALLOON_BEFORE:
-            before = child
-    node = _VIRTIO_BALLOON.__copy__()
-    if before is None:
+    (model='none' opts out); virtnet does the same, so a domain means the same guest in both.
+    DEVICES: the domain's <devices>; TAGS: the tags of its elements (a set, which gets the balloon's)."""
+    if "memballoon" in tags:
+        return
+    node = _virtio_balloon()
+    if tags.isdisjoint(_BALLOON_BEFORE):
         devices.append(node)
     else:
-        before.addprevious(node)
+        next(child for child in devices if child.tag in _BALLOON_BEFORE).addprevious(node)
+    tags.add("memballoon")
 
 
 def add_virtio_serial_controllers(domain):
@@ -326,7 +342,7 @@ def add_virtio_serial_controllers(domain):
             needed.add(addr.controller if on_other else 0)
     have = {c.index or 0 for c in domain.virtio_serial_controllers}
     for index in sorted(needed - have):
-        new_element(_devices(domain), "controller", {"type": VIRTIO_SERIAL, "index": str(index)},
+        new_element(devices_element(domain), "controller", {"type": VIRTIO_SERIAL, "index": str(index)},
                     after=_CONTROLLER_AFTER)
 
 

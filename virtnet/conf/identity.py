@@ -13,13 +13,13 @@ the device's lifetime: a device added or removed later renumbers nothing else. I
 generated aliases out, as libvirt does (conf.format).
 """
 
-import functools
 import itertools
 import re
 
 from lxml import etree
 
 from virtnet.conf import iftypes, mac
+from virtnet.conf.guest import copied
 from virtnet.conf.ifname import GENERATED_PREFIX
 from virtnet.record import Record
 
@@ -122,9 +122,8 @@ def _new_net_aliases(taken):
     return (f"net{number}" for number in itertools.count(max(numbers) + 1 if numbers else 0))
 
 
-@functools.lru_cache(maxsize=256)
+@copied
 def _alias_element(name):
-    """<alias name=NAME>, made once per name: a copy costs less than a new element and attribute."""
     return etree.Element("alias", {"name": name})
 
 
@@ -133,8 +132,8 @@ def _attribute(node, name):
     return node.get(name) if node is not None else None
 
 
-def _tap_name(iface, target):
-    iftype = iface.type
+def _tap_name(iftype, target):
+    """The tap of an interface of type IFTYPE (TARGET: its <target>, or None), or None if it has none."""
     if not iftypes.kind(iftype).tap:
         return None
     dev = _attribute(target, "dev")
@@ -156,11 +155,11 @@ def prepare(domain):
             alias = next(new_aliases)
             node = children.get("alias")
             if node is None:
-                iface.node.append(_alias_element(alias).__copy__())
+                iface.node.append(_alias_element(alias))
             else:
                 node.set("name", alias)
         host_mac = mac.host_side(_attribute(children.get("mac"), "address"))
-        iface.ids = NicIds(alias=alias, host_mac=host_mac, tap=_tap_name(iface, children.get("target")))
+        iface.ids = NicIds(alias, host_mac, _tap_name(iface.type, children.get("target")))
     _prepare_storage(domain)
     return domain
 

@@ -4,7 +4,6 @@ import re
 
 MAC_RE = re.compile(r"[0-9A-Fa-f]{1,2}(:[0-9A-Fa-f]{1,2}){5}")
 TWO_DIGIT_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")  # a MAC as usually written
-ZERO = "00:00:00:00:00:00"  # the all-zero MAC, in normal form
 QEMU_OUI = "52:54:00"  # QEMU/KVM's prefix, as libvirt uses for generated MACs
 
 
@@ -29,7 +28,8 @@ def is_multicast(mac):
 
 
 def is_zero(mac):
-    return all(int(octet, 16) == 0 for octet in mac.split(":"))
+    """Whether MAC (valid, in any form) is the all-zero one: nothing but zeros between its colons."""
+    return not mac.replace(":", "").strip("0")
 
 
 def generated(seed, index):

@@ -21,12 +21,11 @@ A device on a bus whose controller the XML does not have gets that controller (a
 q35, a pci-bridge on pc), as libvirt adds it.
 """
 
-import functools
-
 from lxml import etree
 
 from virtnet.conf.address import pci_number
-from virtnet.conf.disk import ROOT_MODEL, add_controller, ensure_root
+from virtnet.conf.disk import ROOT_MODELS, Controller, add_controller, ensure_root
+from virtnet.conf.guest import copied
 from virtnet.errors import XMLInputError
 from virtnet.record import Record
 
@@ -68,7 +67,6 @@ BUS_SLOTS = {**{model: range(0, 1) for model in SINGLE_SLOT},
              **{model: range(0, LAST_SLOT + 1) for model in FROM_SLOT_0}}
 OTHER_BUS_SLOTS = range(1, LAST_SLOT + 1)
 DMI_BRIDGE_SLOT = 0x1E  # libvirt's place for a dmi-to-pci-bridge on q35
-ROOT_MODELS = ("pci-root", "pcie-root")
 # Built-in controllers (no -device) and their fixed addresses: (type, index, q35) -> (slot, function).
 BUILTIN = {("ide", 0, False): (1, 1), ("sata", 0, True): (0x1F, 2)}
 
@@ -117,11 +115,13 @@ def names_a_place(address):
     return any(address.get(attr) is not None for attr in ("domain", "bus", "slot"))
 
 
-def _normalize_explicit(domain):
-    """Check and normalise every PCI address written in <devices>; one that names no place goes (see
-    names_a_place). Returns what `_explicit` would, after that."""
+def _normalize_explicit(addresses):
+    """Check and normalise every PCI address written in <devices> (ADDRESSES: every <address> below
+    it); one that names no place goes (see names_a_place). Returns what `_explicit` would, after that."""
     kept = []
-    for _, addr in domain.pci_addresses:
+    for addr in addresses:
+        if addr.get("type") != "pci" or addr.getparent().tag == "source":
+            continue  # not a device's PCI address (as Domain.pci_addresses)
         if names_a_place(addr):
             kept.append(addr)
         else:
@@ -185,22 +185,24 @@ def _nic_connect(node):
     return "pcie" if model in PCIE_NIC_MODELS else "pci"
 
 
-# The devices without an <address>, in document order: one query, rather than a look-up by tag and
-# then one for an <address> per device.
-_UNADDRESSED = etree.XPath("devices/*[not(address)]")
-
-
-def unaddressed_devices(domain):
-    """The devices without an <address>, by tag: {tag: [element, ...]}."""
-    by_tag = {}
-    for node in _UNADDRESSED(domain.node):
-        by_tag.setdefault(node.tag, []).append(node)
-    return by_tag
+def _survey(devices, addresses):
+    """From one pass over <devices>: the devices without an <address>, by tag ({tag: [element, ...]}
+    in document order), and every <controller> (model objects). ADDRESSES: every <address> below
+    <devices> (those still in the tree say which devices have one)."""
+    addressed = {address.getparent() for address in addresses}
+    unaddressed, controllers = {}, []
+    for node in devices[:]:  # a slice: no lxml iterator to set up (see xmlmodel._fill)
+        tag = node.tag
+        if tag == "controller":
+            controllers.append(Controller(node))
+        if node not in addressed and isinstance(tag, str):  # (not a comment)
+            unaddressed.setdefault(tag, []).append(node)
+    return unaddressed, controllers
 
 
 def unplaced_devices(by_tag, q35):
     """(element, connect) of every device virtnet gives a PCI address that has no <address> yet
-    (BY_TAG: unaddressed_devices), in libvirt's order of assignment. connect is 'pcie' for a PCI
+    (BY_TAG: as _survey gives them), in libvirt's order of assignment. connect is 'pcie' for a PCI
     Express endpoint (a root port of its own on q35) or 'pci' for conventional PCI (a
     pcie-to-pci-bridge on q35). A device with an <address> is placed already, or is on another
     bus (ccw, virtio-mmio, drive)."""
@@ -252,8 +254,9 @@ class Bus(Record):
         return BUS_SLOTS.get(self.model, OTHER_BUS_SLOTS)
 
     def free_slot(self):
+        used = self.used
         for slot in self.slots:
-            if not self.used.get(slot):
+            if not used.get(slot):
                 return slot
         return None
 
@@ -267,14 +270,15 @@ class Bus(Record):
 class Layout:
     """The PCI buses of a domain (index → Bus) and what is in use on them."""
 
-    def __init__(self, domain, explicit=None):
-        """EXPLICIT: what `_explicit` returns, when the caller has it already."""
+    def __init__(self, domain, explicit=None, controllers=None):
+        """EXPLICIT: what `_explicit` returns, CONTROLLERS: domain.controllers, when the caller
+        has them already."""
         self.domain = domain
         self.q35 = domain.is_q35
-        self.buses = {0: Bus(0, ROOT_MODEL[self.q35])}
+        self.buses = {0: Bus(0, ROOT_MODELS[self.q35])}
         # The domain's controllers, read once: those added later through add_controller are
         # appended (after the ones read, whatever their place in the XML).
-        self.controllers = domain.controllers
+        self.controllers = domain.controllers if controllers is None else controllers
         for controller in self.controllers:
             if controller.type == "pci" and controller.index not in (None, 0):
                 self.buses[controller.index] = Bus(controller.index, controller.model)
@@ -297,8 +301,9 @@ class Layout:
 
     def find(self, connect):
         """(bus, slot) for a new device, or None when no bus has room."""
-        for index in sorted(self.buses):
-            bus = self.buses[index]
+        buses = self.buses
+        for index in sorted(buses) if len(buses) > 1 else buses:  # most domains: pci.0 or pcie.0 alone
+            bus = buses[index]
             if connect in ACCEPTS.get(bus.model, ()):  # a device of kind CONNECT may go there
                 slot = bus.free_slot()
                 if slot is not None:
@@ -308,14 +313,18 @@ class Layout:
     def next_index(self):
         return max(self.buses) + 1
 
-    def add_controller(self, index, model):
-        """A new <controller type='pci' index=INDEX model=MODEL> (and the root controller, when the
-        XML lacks it), in the domain and in self.controllers."""
+    def add_controller(self, model, index=None):
+        """A new <controller type='pci' model=MODEL> for bus INDEX (by default a new bus, numbered
+        after the others), and the root controller when the XML lacks it: in the domain, in
+        self.controllers, and as the bus's model."""
+        if index is None:
+            index = self.next_index()
         root = ensure_root(self.domain)
         if root is not None:
             self.controllers.append(root)
         controller = add_controller(self.domain, "pci", index, model)
         self.controllers.append(controller)
+        self.bus(index).model = model
         return controller
 
     def shares_slots(self):
@@ -329,13 +338,6 @@ class Layout:
 # ---------------------------------------------------------------- assignment
 
 
-def _add_pci_controller(layout, model):
-    index = layout.next_index()
-    controller = layout.add_controller(index, model)
-    layout.buses[index] = Bus(index, model)
-    return controller
-
-
 def _grow(layout, connect, node):
     """Add the controllers a device of kind CONNECT needs (libvirt's virDomainPCIAddressSetGrow)."""
     if not layout.q35:
@@ -346,12 +348,12 @@ def _grow(layout, connect, node):
     if connect == "pci":
         spot = layout.find("pcie-bridge")
         if spot is None:
-            _add_pci_controller(layout, "pcie-root-port")
+            layout.add_controller("pcie-root-port")
             spot = layout.find("pcie-bridge")
         spot[0].take(spot[1])  # the bridge sits in it
-        _add_pci_controller(layout, "pcie-to-pci-bridge")
+        layout.add_controller("pcie-to-pci-bridge")
     else:
-        _add_pci_controller(layout, "pcie-root-port")
+        layout.add_controller("pcie-root-port")
 
 
 def _plan_buses(layout, pending):
@@ -368,19 +370,18 @@ def _plan_buses(layout, pending):
     # Root ports added for devices: one more, empty, for hot-plug, unless one is left free (libvirt
     # adds none to a layout the XML spells out).
     if layout.q35 and grew and layout.find("pcie") is None:
-        _add_pci_controller(layout, "pcie-root-port")
+        layout.add_controller("pcie-root-port")
 
 
-@functools.lru_cache(maxsize=512)
+@copied
 def _address(bus, slot, function):
-    """What _write_address writes, in libvirt's attribute order, made once per place: a copy of it
-    costs a third of a new element with five attributes."""
+    """What _write_address writes: libvirt's form and attribute order (as _normalize_node's)."""
     return etree.Element("address", {"type": "pci", "domain": "0x0000", "bus": f"0x{bus:02x}",
                                      "slot": f"0x{slot:02x}", "function": f"0x{function:x}"})
 
 
 def _write_address(node, bus, slot, function=0):
-    node.append(_address(bus, slot, function).__copy__())
+    node.append(_address(bus, slot, function))
 
 
 def _place_root_port(layout, node):
@@ -469,12 +470,11 @@ def _builtin_addresses(layout):
             _write_address(controller.node, 0, *place)
 
 
-def _primary_video(domain, layout, unaddressed):
+def _primary_video(devices, layout, unaddressed):
     """libvirt keeps slot 2 (pc) or 1 (q35) for the primary video card: reserved, and written."""
     if "video" not in unaddressed:
         return  # no <video>, or the first one has its address (as all have)
-    devices = _first(domain.node, "devices")
-    video = _first(devices, "video") if devices is not None else None
+    video = _first(devices, "video")
     if video is None or _first(video, "address") is not None:
         return
     model = _first(video, "model")
@@ -500,8 +500,7 @@ def _missing_buses(domain, layout):
                             f"<{tag}>: <address bus='0x{bus:02x}' slot='0x{slot:02x}'>: there is no bus 0x{bus:02x}, "
                             "and the pcie-root-port virtnet would add for it has a single slot; use slot='0x00', "
                             "or add the <controller type='pci'> with that index that you mean", line=addr.sourceline)
-            layout.add_controller(index, model)
-            layout.buses[index].model = model
+            layout.add_controller(model, index)
 
 
 def _multifunction(domain):
@@ -519,11 +518,18 @@ def _multifunction(domain):
 
 def assign_addresses(domain):
     """Give every PCI device virtnet renders an address, adding the PCI controllers they need."""
-    layout = Layout(domain, _normalize_explicit(domain))
+    devices = _first(domain.node, "devices")
+    if devices is None:
+        return  # no device to place
+    # One walk (in C) over the <address> elements below <devices> serves to normalise the PCI
+    # ones and to tell the devices without one.
+    addresses = list(devices.iter("address"))
+    explicit = _normalize_explicit(addresses)
     # Looked up before any address is written: the only devices given one before the others are
     # placed (the primary video card, the chipset's own controllers) are not among those.
-    unaddressed = unaddressed_devices(domain)
-    _primary_video(domain, layout, unaddressed)
+    unaddressed, controllers = _survey(devices, addresses)
+    layout = Layout(domain, explicit, controllers)
+    _primary_video(devices, layout, unaddressed)
     _builtin_addresses(layout)
     _missing_buses(domain, layout)
     pending = unplaced_devices(unaddressed, layout.q35)
