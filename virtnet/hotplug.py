@@ -61,7 +61,7 @@ def attach(store, name, element, filename, *, live, config, unprivileged=False, 
             checked, warnings = checked_interface(element, filename, defined, macs_in_use)
             _refuse_duplicates(store, name, defined, checked, filename, others_too=False)  # define checks those
             definition = domains.changed_definition(
-                store, name, lambda domain: _insert(domain.node.find("devices"), copy.deepcopy(checked)))
+                store, name, lambda domain: _insert(domain.devices_node(), copy.deepcopy(checked)))
             element = checked  # the running guest gets the same MAC
         if live:
             state = runner.require_running(store, name, "attach a device to")
@@ -126,7 +126,7 @@ def _attach_live(store, name, state, domain, node, *, unprivileged, bridge_helpe
         raise XMLInputError(f"<address type='pci' bus='{address.get('bus')}' slot='{address.get('slot')}'>: another "
                             f"device of domain '{name}' has this address; leave <address> out for a free one",
                             line=address.sourceline)
-    _insert(domain.node.find("devices"), node)
+    _insert(domain.devices_node(), node)
     domain = identity.prepare(Domain(domain.node))  # fresh wrappers; the new NIC gets the next alias
     iface = next(i for i in domain.interfaces if i.node is node)
     pci.hotplug_address(domain, node)

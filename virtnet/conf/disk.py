@@ -153,10 +153,6 @@ MODEL_CLASSES = (Disk, Controller)
 # ---------------------------------------------------------------- libvirt's defaults
 
 
-def _devices(domain):
-    return domain.node.find("devices")
-
-
 def _insert_after_last(devices, node, anchors):
     """Insert NODE into <devices> after the last element named in ANCHORS (tried in turn), else first."""
     for anchor in anchors:
@@ -172,7 +168,7 @@ def add_controller(domain, ctype, index, model=None):
     """A new <controller> placed as libvirt inserts it: after the last controller of its type with
     a lower index (before one with a higher index), else after the last controller, else after
     the disks or the emulator."""
-    devices = _devices(domain)
+    devices = domain.devices_node()
     attrib = {"type": ctype, "index": str(index)}
     if model:
         attrib["model"] = model
@@ -249,7 +245,7 @@ def effective_drive(disk):
 def _sort_disks(domain):
     """libvirt's order of disks (virDomainDiskInsert): by bus in order of first appearance, and by
     target name within a bus. The disks take the places disks had; nothing else moves."""
-    devices = _devices(domain)
+    devices = domain.devices_node()
     nodes = devices.findall("disk")
     ordered = []
     for node in nodes:
@@ -275,7 +271,7 @@ def _sort_disks(domain):
 
 def apply_defaults(domain):
     """Fill in and normalise the disks and their controllers the way libvirt does (in place)."""
-    devices = _devices(domain)
+    devices = domain.devices_node()
     if devices is None:
         return
     for node in devices.findall("disk"):

@@ -249,19 +249,29 @@ class Domain(XMLObject):
     def os_boot_devs(self):
         return [b.get("dev") for b in self.node.findall("os/boot")]
 
+    def devices_node(self):
+        """The <devices> element, or None. Looked up once per object: once there, it is never
+        replaced (steps that add devices add them to it), and most steps start from it."""
+        node = self.__dict__.get("_devices_node")
+        if node is None:
+            node = next(self.node.iterchildren("devices"), None)
+            if node is not None:
+                self.__dict__["_devices_node"] = node  # a plain attribute: freezing and thawing keep it
+        return node
+
     @property
     def devices(self):
-        node = self.node.find("devices")
+        node = self.devices_node()
         return [] if node is None else list(node)
 
     def has_device(self, *tags):
         """Whether <devices> holds an element named one of TAGS (a look-up in C: no model objects)."""
-        devices = next(self.node.iterchildren("devices"), None)
+        devices = self.devices_node()
         return devices is not None and next(devices.iterchildren(*tags), None) is not None
 
     def device_tags(self):
         """The tags of the elements in <devices> (a set), from one pass: no model objects."""
-        devices = next(self.node.iterchildren("devices"), None)
+        devices = self.devices_node()
         return set() if devices is None else {child.tag for child in devices[:]}
 
     def interface(self, alias):
@@ -274,7 +284,7 @@ class Domain(XMLObject):
     @property
     def pci_addresses(self):
         """Every <address type='pci'> of a device (modelled or not), as (device tag, element)."""
-        devices = next(self.node.iterchildren("devices"), None)
+        devices = self.devices_node()
         if devices is None:
             return []
         return [(a.getparent().tag, a) for a in devices.iter("address")

@@ -301,7 +301,7 @@ def _virtio_balloon():
 
 def devices_element(domain):
     """The domain's <devices>, added when it has none."""
-    node = next(domain.node.iterchildren("devices"), None)
+    node = domain.devices_node()
     if node is None:
         node = etree.SubElement(domain.node, "devices")
     return node

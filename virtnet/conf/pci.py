@@ -518,7 +518,7 @@ def _multifunction(domain):
 
 def assign_addresses(domain):
     """Give every PCI device virtnet renders an address, adding the PCI controllers they need."""
-    devices = _first(domain.node, "devices")
+    devices = domain.devices_node()
     if devices is None:
         return  # no device to place
     # One walk (in C) over the <address> elements below <devices> serves to normalise the PCI
