@@ -205,7 +205,7 @@ def controller_options(domain, syntax):
             props["max_ports"] = controller.ports
         if controller.vectors is not None:
             props["vectors"] = controller.vectors
-        add_pci_address(props, domain, controller.address)
+        add_pci_address(props, domain, controller)
         argv += _device(props, syntax)
     return argv
 
@@ -269,7 +269,7 @@ def balloon_options(domain, syntax):
     if balloon.stats_period:
         # libvirt sets this over QMP once QEMU runs; the same QOM property, on the command line.
         props["guest-stats-polling-interval"] = balloon.stats_period
-    add_pci_address(props, domain, balloon.address)
+    add_pci_address(props, domain, balloon)
     return _device(props, syntax)
 
 
@@ -287,7 +287,7 @@ def rng_options(domain, syntax):
         if rng.rate_bytes is not None:
             props["max-bytes"] = rng.rate_bytes
             props["period"] = rng.rate_period or 1000
-        add_pci_address(props, domain, rng.address)
+        add_pci_address(props, domain, rng)
         argv += _device(props, syntax)
     return argv
 

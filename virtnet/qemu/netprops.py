@@ -236,7 +236,7 @@ def device_props(domain, iface, queues=None):
     props["mac"] = iface.mac
     if iface.boot_order is not None:
         props["bootindex"] = iface.boot_order
-    add_pci_address(props, domain, iface.address)
+    add_pci_address(props, domain, iface)
     if iface.has("rom"):
         _rom_props(props, iface)
     return props

@@ -7,15 +7,13 @@ from virtnet.conf.address import pci_number
 from virtnet.conf.pci import bus_name
 
 
-def add_pci_address(props, domain, address):
-    """Add bus, multifunction and addr (libvirt's order) to the device properties PROPS when
-    ADDRESS is an <address type='pci'> (a part left out counts as 0); nothing otherwise."""
-    if address is None:
-        return
-    # Read from the element: every rendered device has an address, and through the model each
-    # would cost a frozen object, its snapshot and five first reads for these few values.
-    node = address.node
-    if node.get("type") != "pci":
+def add_pci_address(props, domain, device):
+    """Add bus, multifunction and addr (libvirt's order) to the device properties PROPS when the
+    model object DEVICE has an <address type='pci'> (a part left out counts as 0); nothing otherwise."""
+    # Read from the element, found in C: every rendered device has an address, and through the
+    # model each would cost a frozen object, its snapshot and five first reads for these few values.
+    node = next(device.node.iterchildren("address"), None)
+    if node is None or node.get("type") != "pci":
         return
     bus, addr = _location(node.get("bus"), node.get("slot"), node.get("function"))
     props["bus"] = bus_name(domain, bus)

@@ -167,7 +167,6 @@ def controller_props(domain, controller):
     if builtin_controller(domain, controller) or not controller_rendered(domain, controller):
         return None
     alias = controller.alias  # its id, written by conf.identity.prepare
-    address = controller.pci
     if controller.type == "pci":
         props = {"driver": controller.model_name or PCI_DRIVERS[controller.model]}
         if controller.model in SINGLE_SLOT:  # root and downstream ports
@@ -189,7 +188,7 @@ def controller_props(domain, controller):
                 props["ioeventfd"] = controller.ioeventfd == "on"
     else:  # sata
         props = {"driver": "ahci", "id": alias}
-    add_pci_address(props, domain, address)
+    add_pci_address(props, domain, controller)
     return props
 
 
@@ -282,7 +281,7 @@ def _bus_props(domain, disk):
             props["num-queues"] = disk.queues
         if disk.queue_size is not None:
             props["queue-size"] = disk.queue_size
-        add_pci_address(props, domain, disk.pci)
+        add_pci_address(props, domain, disk)
         return props
     controller_index, bus, target, unit = drive.drive_key()
     if disk.bus == "ide":
