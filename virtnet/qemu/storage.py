@@ -57,6 +57,7 @@ VIRTIO_SCSI_MODELS = ("virtio-scsi", "virtio-transitional", "virtio-non-transiti
 PCI_DRIVERS = CONTROLLER_MODEL_NAMES
 # The order libvirt emits controllers in (qemuBuildControllersCommandLine), of those virtnet renders.
 CONTROLLER_ORDER = ("pci", "scsi", "sata")
+_CONTROLLER_RANK = {ctype: rank for rank, ctype in enumerate(CONTROLLER_ORDER)}
 HOST_CDROM_RE = re.compile(r"/dev/(cdrom\d*|sr\d+)")
 
 
@@ -194,12 +195,13 @@ def controller_props(domain, controller):
 
 def controller_options(domain, syntax):
     argv = []
-    for ctype in CONTROLLER_ORDER:
-        controllers = [c for c in domain.controllers if c.type == ctype]
-        for controller in sorted(controllers, key=lambda c: c.index or 0):
-            props = controller_props(domain, controller)
-            if props is not None:
-                argv += ["-device", render.option_value(props, syntax, "driver")]
+    # One pass, one sort (stable: equal indexes stay in document order), rather than one per type.
+    ordered = sorted((c for c in domain.controllers if c.type in _CONTROLLER_RANK),
+                     key=lambda c: (_CONTROLLER_RANK[c.type], c.index or 0))
+    for controller in ordered:
+        props = controller_props(domain, controller)
+        if props is not None:
+            argv += ["-device", render.option_value(props, syntax, "driver")]
     return argv
 
 
