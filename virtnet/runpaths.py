@@ -4,16 +4,38 @@ Pure path arithmetic, so xml2argv can print the same paths start will use withou
 """
 
 import os
+import re
 from pathlib import Path
+
+# An absolute path as pathlib writes it: no empty or '.' parts, no trailing slash.
+_normalized = re.compile(r"(?:/(?!\.(?:/|$))[^/]+)+").fullmatch
+
+
+def _join(base, name):
+    """str(Path(BASE) / NAME), without building Paths when the text joined is already as pathlib
+    writes it: pathlib's parsing was ~5 % of xml2argv's own work per domain."""
+    base = os.fspath(base)
+    joined = f"{base}/{name}"
+    return joined if base and _normalized(joined) else str(Path(base) / name)
 
 
 class DomainPaths:
+    """The places as Paths (start creates them), and as text for command lines (`*_text`)."""
+
     def __init__(self, runtime_dir, name):
-        self.dir = Path(runtime_dir) / name
+        self.dir_text = _join(runtime_dir, name)
+
+    @property
+    def dir(self):
+        return Path(self.dir_text)
 
     @property
     def qmp(self):
-        return self.dir / "qmp.sock"
+        return Path(self.qmp_text)
+
+    @property
+    def qmp_text(self):
+        return _join(self.dir_text, "qmp.sock")
 
     @property
     def log(self):
@@ -26,7 +48,10 @@ class DomainPaths:
         return self.dir / "passt"
 
     def passt_socket(self, alias):
-        return self.passt_dir / f"{alias}.socket"
+        return Path(self.passt_socket_text(alias))
+
+    def passt_socket_text(self, alias):
+        return _join(_join(self.dir_text, "passt"), f"{alias}.socket")
 
     def passt_pid(self, alias):
         return self.passt_dir / f"{alias}.pid"

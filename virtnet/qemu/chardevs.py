@@ -18,7 +18,7 @@ import os
 from virtnet.conf.guest import VIRTIO_MODELS, VIRTIO_SERIAL
 from virtnet.errors import XMLInputError
 from virtnet.qemu import render
-from virtnet.qemu.pciaddr import add_pci_address
+from virtnet.qemu.pciaddr import add_pci_address, address_element
 
 UNIX_PATH_MAX = 107  # sun_path holds 108 bytes including the terminating NUL
 ISA_SERIAL_PORTS = 4  # COM1..COM4
@@ -182,10 +182,10 @@ def check(domain, paths):
                                 f"{UNIX_PATH_MAX} bytes a unix socket address holds; use a shorter path "
                                 "(or a shorter --runtime-dir or domain name)", line=chardev.line)
     for device in [domain.memballoon] + domain.rngs:
-        addr = device.address if device is not None else None
-        if addr is not None and addr.type != "pci":
-            raise XMLInputError(f"<{device.node.tag}>: <address type='{addr.type}'> is for other machines; virtnet "
-                                "puts x86 guests' devices on PCI (type='pci')", line=addr.line)
+        addr = address_element(device) if device is not None else None
+        if addr is not None and addr.get("type") != "pci":
+            raise XMLInputError(f"<{device.node.tag}>: <address type='{addr.get('type')}'> is for other machines; "
+                                "virtnet puts x86 guests' devices on PCI (type='pci')", line=addr.sourceline)
     balloon = domain.memballoon
     if balloon is not None and balloon.model == "none" and (balloon.autodeflate or balloon.stats_period):
         raise XMLInputError("<memballoon model='none'> takes no autodeflate or <stats>", line=balloon.line)
@@ -205,7 +205,7 @@ def controller_options(domain, syntax):
             props["max_ports"] = controller.ports
         if controller.vectors is not None:
             props["vectors"] = controller.vectors
-        add_pci_address(props, domain, controller.address)
+        add_pci_address(props, domain, controller)
         argv += _device(props, syntax)
     return argv
 
@@ -269,7 +269,7 @@ def balloon_options(domain, syntax):
     if balloon.stats_period:
         # libvirt sets this over QMP once QEMU runs; the same QOM property, on the command line.
         props["guest-stats-polling-interval"] = balloon.stats_period
-    add_pci_address(props, domain, balloon.address)
+    add_pci_address(props, domain, balloon)
     return _device(props, syntax)
 
 
@@ -287,7 +287,7 @@ def rng_options(domain, syntax):
         if rng.rate_bytes is not None:
             props["max-bytes"] = rng.rate_bytes
             props["period"] = rng.rate_period or 1000
-        add_pci_address(props, domain, rng.address)
+        add_pci_address(props, domain, rng)
         argv += _device(props, syntax)
     return argv
 

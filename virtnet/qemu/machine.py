@@ -428,7 +428,7 @@ def options(domain, paths, *, syntax="json", standalone=False, state_dir=DEFAULT
     argv += ["-uuid", domain.uuid]
     argv += ["-display", "none", "-no-user-config", "-nodefaults"]
     if not standalone:
-        argv += qmp_options(str(paths.qmp))
+        argv += qmp_options(paths.qmp_text)
     clock, env = clock_options(domain)
     argv += clock
     argv += lifecycle_options(domain)

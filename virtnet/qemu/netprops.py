@@ -101,7 +101,7 @@ def _user_netdev(iface, paths):
     if iface.uses_passt:
         return {
             "type": "stream",
-            "addr": {"type": "unix", "path": str(paths.passt_socket(iface.ids.device))},
+            "addr": {"type": "unix", "path": paths.passt_socket_text(iface.ids.device)},
             "server": False,
             # No "reconnect": -netdev stream gained it in QEMU 8.0; 7.2 (Debian 12) refuses it,
             # and libvirt omits it for 7.2 as well.
@@ -171,7 +171,7 @@ def chardev_props(iface, paths):
     """The -chardev for a vhost-user interface (always keyval: QEMU 7.2 takes no JSON here)."""
     ids = iface.ids
     src = iface.source
-    path = str(paths.passt_socket(ids.device)) if iface.uses_passt else src.path
+    path = paths.passt_socket_text(ids.device) if iface.uses_passt else src.path
     props = {"backend": "socket", "id": ids.chardev, "path": path}
     if src.mode == "server" and not iface.uses_passt:
         props["server"] = True
@@ -236,7 +236,7 @@ def device_props(domain, iface, queues=None):
     props["mac"] = iface.mac
     if iface.boot_order is not None:
         props["bootindex"] = iface.boot_order
-    add_pci_address(props, domain, iface.address)
+    add_pci_address(props, domain, iface)
     if iface.has("rom"):
         _rom_props(props, iface)
     return props

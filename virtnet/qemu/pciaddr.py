@@ -7,15 +7,11 @@ from virtnet.conf.address import pci_number
 from virtnet.conf.pci import bus_name
 
 
-def add_pci_address(props, domain, address):
-    """Add bus, multifunction and addr (libvirt's order) to the device properties PROPS when
-    ADDRESS is an <address type='pci'> (a part left out counts as 0); nothing otherwise."""
-    if address is None:
-        return
-    # Read from the element: every rendered device has an address, and through the model each
-    # would cost a frozen object, its snapshot and five first reads for these few values.
-    node = address.node
-    if node.get("type") != "pci":
+def add_pci_address(props, domain, device):
+    """Add bus, multifunction and addr (libvirt's order) to the device properties PROPS when the
+    model object DEVICE has an <address type='pci'> (a part left out counts as 0); nothing otherwise."""
+    node = address_element(device)
+    if node is None or node.get("type") != "pci":
         return
     bus, addr = _location(node.get("bus"), node.get("slot"), node.get("function"))
     props["bus"] = bus_name(domain, bus)
@@ -23,6 +19,13 @@ def add_pci_address(props, domain, address):
     if multifunction in ("on", "off"):
         props["multifunction"] = multifunction == "on"
     props["addr"] = addr
+
+
+def address_element(device):
+    """The <address> element of the model object DEVICE, or None. Read from the element, found in
+    C: every rendered device has an address, and through the model each would cost a frozen
+    object, its snapshot and five first reads for these few values."""
+    return next(device.node.iterchildren("address"), None)
 
 
 @lru_cache(maxsize=1024)  # a batch's devices sit at a few dozen places: each is worked out once

@@ -7,43 +7,44 @@ _shell_safe = re.compile(r"[\w@%+=:,./-]+", re.ASCII).fullmatch
 
 
 def to_json(props):
-    """Compact JSON, as json.dumps(props, separators=(",", ":")) writes it."""
-    strings = []
-    text = _plain_json(props, strings)
-    if text is not None:
-        # Every key and string at once: printable ASCII without quotes or backslashes needs no escaping.
-        joined = "".join(strings)
-        if joined.isascii() and joined.isprintable() and '"' not in joined and "\\" not in joined:
+    """Compact JSON, as json.dumps(props, separators=(",", ":")) writes it. The keys are property
+    names from virtnet's own code: plain words that need no escaping."""
+    try:
+        text = _plain_json(props)
+    except _NotPlain:
+        pass
+    else:
+        # Every string at once: printable ASCII without backslashes needs no escaping (the
+        # structural characters are such), and _plain_json let no quote through.
+        if text.isascii() and text.isprintable() and "\\" not in text:
             return text
     import json  # only for values that need escaping: the package is ~2% of a one-file conversion
 
     return json.dumps(props, separators=(",", ":"))
 
 
-def _plain_json(props, strings):
+class _NotPlain(Exception):
+    """A value _plain_json does not write as it is (a string with a quote, None, a float, ...)."""
+
+
+def _plain_json(props):
     """JSON of a dict of strings, ints, booleans and such dicts, with its keys and strings written
-    as they are (added to STRINGS for the caller to check); None for anything else."""
-    parts = []
-    for key, value in props.items():
-        if type(key) is not str:
-            return None
-        kind = type(value)
-        if kind is str:
-            parts.append(f'"{key}":"{value}"')
-            strings.append(value)
-        elif kind is bool:
-            parts.append(f'"{key}":{"true" if value else "false"}')
-        elif kind is int:
-            parts.append(f'"{key}":{value}')
-        elif kind is dict:
-            inner = _plain_json(value, strings)
-            if inner is None:
-                return None
-            parts.append(f'"{key}":{inner}')
-        else:
-            return None
-        strings.append(key)
-    return "{" + ",".join(parts) + "}"
+    as they are; raises _NotPlain for a string holding a quote or a value of another type."""
+    # One comprehension, strings tested inline: most values are strings, and a call per value
+    # would cost more than all the rest.
+    return "{" + ",".join([f'"{key}":"{value}"' if type(value) is str and '"' not in value
+                           else f'"{key}":{_plain_value(value)}' for key, value in props.items()]) + "}"
+
+
+def _plain_value(value):
+    kind = type(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return str(value)
+    if kind is dict:
+        return _plain_json(value)
+    raise _NotPlain
 
 
 def keyval_escape(text):

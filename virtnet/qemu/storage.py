@@ -57,6 +57,7 @@ VIRTIO_SCSI_MODELS = ("virtio-scsi", "virtio-transitional", "virtio-non-transiti
 PCI_DRIVERS = CONTROLLER_MODEL_NAMES
 # The order libvirt emits controllers in (qemuBuildControllersCommandLine), of those virtnet renders.
 CONTROLLER_ORDER = ("pci", "scsi", "sata")
+_CONTROLLER_RANK = {ctype: rank for rank, ctype in enumerate(CONTROLLER_ORDER)}
 HOST_CDROM_RE = re.compile(r"/dev/(cdrom\d*|sr\d+)")
 
 
@@ -167,7 +168,6 @@ def controller_props(domain, controller):
     if builtin_controller(domain, controller) or not controller_rendered(domain, controller):
         return None
     alias = controller.alias  # its id, written by conf.identity.prepare
-    address = controller.pci
     if controller.type == "pci":
         props = {"driver": controller.model_name or PCI_DRIVERS[controller.model]}
         if controller.model in SINGLE_SLOT:  # root and downstream ports
@@ -189,18 +189,19 @@ def controller_props(domain, controller):
                 props["ioeventfd"] = controller.ioeventfd == "on"
     else:  # sata
         props = {"driver": "ahci", "id": alias}
-    add_pci_address(props, domain, address)
+    add_pci_address(props, domain, controller)
     return props
 
 
 def controller_options(domain, syntax):
     argv = []
-    for ctype in CONTROLLER_ORDER:
-        controllers = [c for c in domain.controllers if c.type == ctype]
-        for controller in sorted(controllers, key=lambda c: c.index or 0):
-            props = controller_props(domain, controller)
-            if props is not None:
-                argv += ["-device", render.option_value(props, syntax, "driver")]
+    # One pass, one sort (stable: equal indexes stay in document order), rather than one per type.
+    ordered = sorted((c for c in domain.controllers if c.type in _CONTROLLER_RANK),
+                     key=lambda c: (_CONTROLLER_RANK[c.type], c.index or 0))
+    for controller in ordered:
+        props = controller_props(domain, controller)
+        if props is not None:
+            argv += ["-device", render.option_value(props, syntax, "driver")]
     return argv
 
 
@@ -282,7 +283,7 @@ def _bus_props(domain, disk):
             props["num-queues"] = disk.queues
         if disk.queue_size is not None:
             props["queue-size"] = disk.queue_size
-        add_pci_address(props, domain, disk.pci)
+        add_pci_address(props, domain, disk)
         return props
     controller_index, bus, target, unit = drive.drive_key()
     if disk.bus == "ide":
