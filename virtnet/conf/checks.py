@@ -8,6 +8,7 @@ about (it could find nothing there): most domains have no <filterref>, <portForw
 
 import functools
 import ipaddress
+import operator
 import re
 
 from lxml import etree
@@ -382,6 +383,9 @@ def queue_sizes_are_powers_of_two(domain):
 
 @rule_about("model")
 def model_name_characters(domain):
+    models = [model for model in (iface.model_raw for iface in domain.interfaces) if model is not None]
+    if all(models) and MODEL_RE.fullmatch("".join(models)):
+        return  # every name is made of those characters: one match for all (the common case)
     for iface in domain.interfaces:
         model = iface.model_raw
         if model is not None and not MODEL_RE.fullmatch(model):
@@ -428,8 +432,8 @@ def _ip(value):
 @rule_about("source")
 def socket_addresses(domain):
     for iface in domain.interfaces:
-        src = iface.source
-        if not iface.kind.socket or src is None:
+        src = iface.source if iface.type in iftypes.SOCKET_TYPES else None
+        if src is None:
             continue
         for attr, port in (("port", src.port), ("local/@port", src.local_port)):
             if port is not None and not 1 <= port <= 65535:
@@ -585,6 +589,19 @@ def alias_is_user_alias(domain):
             )
 
 
+# MACs written as usual (six two-digit octets), joined by commas: one match tells that every one is
+# (cheaper than a match per MAC).
+_TWO_DIGIT_MACS = re.compile(r"(?:{0})(?:,(?:{0}))*".format(mac.TWO_DIGIT_RE.pattern))
+_TWO_DIGIT_MAC_LENGTH = len("52:54:00:12:34:56")
+
+
+def _two_digit_macs(macs):
+    """Whether every MAC of MACS (a list) is written as six two-digit octets, so that its normal form
+    (mac.normal) is its lower case. The length tells that no value held the separator."""
+    joined = ",".join(macs)
+    return len(joined) == (_TWO_DIGIT_MAC_LENGTH + 1) * len(macs) - 1 and _TWO_DIGIT_MACS.fullmatch(joined) is not None
+
+
 def _duplicates(domain, key, describe):
     seen = {}
     for iface in domain.interfaces:
@@ -600,6 +617,9 @@ def _duplicates(domain, key, describe):
 
 @rule_about("mac")
 def unique_macs(domain):
+    macs = [address for address in (iface.mac for iface in domain.interfaces) if address]
+    if _two_digit_macs(macs) and len(set(map(str.lower, macs))) == len(macs):
+        return  # distinct normal forms (the common case): no interface can repeat one
     # A virtio failover pair (<teaming>) shares one MAC by design: the transient member names the
     # persistent one's alias, and only the persistent one counts.
     def key(iface):
@@ -1010,15 +1030,27 @@ def rules_for(present):
     return [func for func in RULES if func.about is None or not func.about.isdisjoint(present)]
 
 
+@functools.lru_cache(maxsize=256)
+def _rules_for_names(names):
+    """rules_for(NAMES) for a frozenset of names, worked out once per distinct set: domains share
+    a handful of them, and asking each of the ~50 rules costs about as much as running a rule.
+    RULES and their names are complete once this module is imported."""
+    return tuple(rules_for(names))
+
+
+_TAG = operator.attrgetter("tag")
+
+
 def device_element_names(domain):
     """The names of the elements below <devices>, at any depth (what rule_about names)."""
-    return {node.tag for devices in domain.node.iterchildren("devices") for node in devices.iter()}
+    devices = next(domain.node.iterchildren("devices"), None)
+    return frozenset() if devices is None else frozenset(map(_TAG, devices.iter()))  # a loop in C
 
 
 def check_domain(domain, filename=None):
     """Run every rule that can find something; raise the first problem (by line) as an XMLInputError."""
     problems = []
-    for func in rules_for(device_element_names(domain)):
+    for func in _rules_for_names(device_element_names(domain)):
         problems.extend(func(domain))
     if problems:
         line, message = min(problems, key=lambda p: p[0] or 0)
