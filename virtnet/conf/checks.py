@@ -224,6 +224,8 @@ def unmanaged_only_on_ethernet(domain):
 
 @rule_about("mac")
 def mac_is_valid_unicast(domain):
+    if _usual_unicast_macs([address for address in (iface.mac for iface in domain.interfaces) if address]):
+        return
     for iface in domain.interfaces:
         address = iface.mac
         if address is None:
@@ -422,6 +424,12 @@ def vhostuser_reconnect_only_as_client(domain):
             )
 
 
+# An IPv4 multicast address (224.0.0.0/4) as ipaddress reads one: decimal octets without leading
+# zeros. A match spares the parse (most <interface type='mcast'>); anything else is parsed.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_MULTICAST_RE = re.compile(rf"(?:22[4-9]|23[0-9])(?:\.{_OCTET}){{3}}")
+
+
 def _ip(value):
     try:
         return ipaddress.ip_address(value)
@@ -444,7 +452,7 @@ def socket_addresses(domain):
                     f"{_where(iface)}: '{value}' is an IPv6 address; QEMU's socket backend takes IPv4 "
                     "addresses (or host names) only"
                 )
-        if iface.type == "mcast":
+        if iface.type == "mcast" and not _IPV4_MULTICAST_RE.fullmatch(src.address or ""):
             addr = _ip(src.address or "")
             if addr is None or not addr.is_multicast:
                 yield src.line, (
@@ -589,17 +597,20 @@ def alias_is_user_alias(domain):
             )
 
 
-# MACs written as usual (six two-digit octets), joined by commas: one match tells that every one is
-# (cheaper than a match per MAC).
-_TWO_DIGIT_MACS = re.compile(r"(?:{0})(?:,(?:{0}))*".format(mac.TWO_DIGIT_RE.pattern))
-_TWO_DIGIT_MAC_LENGTH = len("52:54:00:12:34:56")
+# The MACs of most domains, written as usual: six two-digit octets, unicast (the low bit of the first
+# octet is that of its second digit: an even one). Joined by commas, all are told in one match, much
+# cheaper than asking conf.mac about each (the rules' common case; the others go the long way).
+_USUAL_UNICAST_MAC = r"[0-9A-Fa-f][02468AaCcEe](?::[0-9A-Fa-f]{2}){5}"
+_USUAL_UNICAST_MACS = re.compile(f"{_USUAL_UNICAST_MAC}(?:,{_USUAL_UNICAST_MAC})*")
+_MAC_LENGTH = len("52:54:00:12:34:56")
 
 
-def _two_digit_macs(macs):
-    """Whether every MAC of MACS (a list) is written as six two-digit octets, so that its normal form
-    (mac.normal) is its lower case. The length tells that no value held the separator."""
+def _usual_unicast_macs(macs):
+    """Whether every MAC of MACS (a non-empty list) is written as usual (see above): then it is a
+    unicast MAC address (conf.mac) whose normal form is its lower case. The length tells that no
+    value held the separator."""
     joined = ",".join(macs)
-    return len(joined) == (_TWO_DIGIT_MAC_LENGTH + 1) * len(macs) - 1 and _TWO_DIGIT_MACS.fullmatch(joined) is not None
+    return len(joined) == (_MAC_LENGTH + 1) * len(macs) - 1 and _USUAL_UNICAST_MACS.fullmatch(joined) is not None
 
 
 def _duplicates(domain, key, describe):
@@ -618,7 +629,7 @@ def _duplicates(domain, key, describe):
 @rule_about("mac")
 def unique_macs(domain):
     macs = [address for address in (iface.mac for iface in domain.interfaces) if address]
-    if _two_digit_macs(macs) and len(set(map(str.lower, macs))) == len(macs):
+    if _usual_unicast_macs(macs) and len(set(map(str.lower, macs))) == len(macs):
         return  # distinct normal forms (the common case): no interface can repeat one
     # A virtio failover pair (<teaming>) shares one MAC by design: the transient member names the
     # persistent one's alias, and only the persistent one counts.
