@@ -224,8 +224,9 @@ def unmanaged_only_on_ethernet(domain):
 
 @rule_about("mac")
 def mac_is_valid_unicast(domain):
-    if _usual_unicast_macs([address for address in (iface.mac for iface in domain.interfaces) if address]):
-        return
+    macs = [iface.mac for iface in domain.interfaces]
+    if all(macs) and _usual_unicast_macs(macs):
+        return  # every interface has a MAC, and each is fine (the common case)
     for iface in domain.interfaces:
         address = iface.mac
         if address is None:
@@ -385,9 +386,9 @@ def queue_sizes_are_powers_of_two(domain):
 
 @rule_about("model")
 def model_name_characters(domain):
-    models = [model for model in (iface.model_raw for iface in domain.interfaces) if model is not None]
+    models = [iface.model_raw for iface in domain.interfaces]
     if all(models) and MODEL_RE.fullmatch("".join(models)):
-        return  # every name is made of those characters: one match for all (the common case)
+        return  # every interface names a model made of those characters: one match for all (the common case)
     for iface in domain.interfaces:
         model = iface.model_raw
         if model is not None and not MODEL_RE.fullmatch(model):
@@ -606,9 +607,8 @@ _MAC_LENGTH = len("52:54:00:12:34:56")
 
 
 def _usual_unicast_macs(macs):
-    """Whether every MAC of MACS (a non-empty list) is written as usual (see above): then it is a
-    unicast MAC address (conf.mac) whose normal form is its lower case. The length tells that no
-    value held the separator."""
+    """Whether every MAC of MACS (a list of strings) is written as usual (see above): then it is a
+    unicast MAC address (conf.mac). The length tells that no value held the separator."""
     joined = ",".join(macs)
     return len(joined) == (_MAC_LENGTH + 1) * len(macs) - 1 and _USUAL_UNICAST_MACS.fullmatch(joined) is not None
 
@@ -628,9 +628,12 @@ def _duplicates(domain, key, describe):
 
 @rule_about("mac")
 def unique_macs(domain):
-    macs = [address for address in (iface.mac for iface in domain.interfaces) if address]
-    if _usual_unicast_macs(macs) and len(set(map(str.lower, macs))) == len(macs):
-        return  # distinct normal forms (the common case): no interface can repeat one
+    macs = [iface.mac for iface in domain.interfaces if iface.mac]
+    if set(map(len, macs)) == {_MAC_LENGTH} and len(set(map(str.lower, macs))) == len(macs):
+        # The common case, told in C: 17 characters long, a MAC address has two digits an octet, so
+        # its key below (its normal form) is its lower case; a value that is no MAC address is its
+        # own key, and no MAC's lower case. Distinct lower cases, distinct keys.
+        return
     # A virtio failover pair (<teaming>) shares one MAC by design: the transient member names the
     # persistent one's alias, and only the persistent one counts.
     def key(iface):
