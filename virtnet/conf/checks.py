@@ -388,7 +388,7 @@ def queue_sizes_are_powers_of_two(domain):
 def model_name_characters(domain):
     models = [iface.model_raw for iface in domain.interfaces]
     if all(models) and MODEL_RE.fullmatch("".join(models)):
-        return  # every interface names a model made of those characters: one match for all (the common case)
+        return  # each interface names a model of those characters: one match for all (the common case)
     for iface in domain.interfaces:
         model = iface.model_raw
         if model is not None and not MODEL_RE.fullmatch(model):
@@ -610,7 +610,9 @@ def _usual_unicast_macs(macs):
     """Whether every MAC of MACS (a list of strings) is written as usual (see above): then it is a
     unicast MAC address (conf.mac). The length tells that no value held the separator."""
     joined = ",".join(macs)
-    return len(joined) == (_MAC_LENGTH + 1) * len(macs) - 1 and _USUAL_UNICAST_MACS.fullmatch(joined) is not None
+    if len(joined) != (_MAC_LENGTH + 1) * len(macs) - 1:
+        return False
+    return _USUAL_UNICAST_MACS.fullmatch(joined) is not None
 
 
 def _duplicates(domain, key, describe):
@@ -1047,8 +1049,9 @@ def rules_for(present):
 @functools.lru_cache(maxsize=256)
 def _rules_for_names(names):
     """rules_for(NAMES) for a frozenset of names, worked out once per distinct set: domains share
-    a handful of them, and asking each of the ~50 rules costs about as much as running a rule.
-    RULES and their names are complete once this module is imported."""
+    a handful of them, and asking each of the ~50 rules (~1 K instructions each) costs as much as
+    running several. Assumes RULES and their names stay as imported (as rules_for itself reads them
+    at every call, it is what the tests ask)."""
     return tuple(rules_for(names))
 
 
