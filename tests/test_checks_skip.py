@@ -77,3 +77,57 @@ def test_a_printable_value_without_spaces_cannot_be_padded():
 
     assert not [hex(c) for c in range(sys.maxunicode + 1)
                 if chr(c).isspace() and chr(c) != " " and chr(c).isprintable()]
+
+
+# -- the screens of the MAC, model and socket rules give the verdicts of the long way ----------------------
+
+
+def _mac_variants():
+    """MACs of every first octet, in two-digit, one-digit and upper-case spellings, and near misses."""
+    for octet in range(256):
+        for first in (f"{octet:02x}", f"{octet:02X}", f"{octet:x}"):
+            yield first + ":54:00:AB:cd:0e"
+            yield first + ":54:00:ab:cd:e"
+            yield first + ":54:00:ab:cd:0g"
+            yield first + ":54:00:ab:cd:0e:"
+    yield from ("", ",", "52:54:00:ab:cd:0e,52:54:00:ab:cd:0f", " 52:54:00:ab:cd:0e")
+
+
+def test_the_usual_mac_screen_passes_only_unicast_mac_addresses():
+    from virtnet.conf import mac
+
+    for value in _mac_variants():
+        if checks._usual_unicast_macs([value]):
+            assert mac.is_mac(value) and not mac.is_multicast(value), value
+        else:
+            assert not (len(value) == 17 and mac.is_mac(value) and not mac.is_multicast(value)), value
+    assert checks._usual_unicast_macs(["52:54:00:ab:cd:0e", "02:00:00:00:00:01"])
+    assert not checks._usual_unicast_macs(["52:54:00:ab:cd:0e,52:54:00:ab:cd:0f"])  # one value, a separator
+
+
+def test_seventeen_characters_make_a_mac_key_its_lower_case():
+    """unique_macs' screen: a MAC address of 17 characters is its normal form in lower case."""
+    from virtnet.conf import mac
+
+    for value in _mac_variants():
+        if len(value) == 17 and mac.is_mac(value):
+            assert mac.normalized(value) == value.lower(), value
+
+
+def test_the_multicast_screen_passes_only_ipv4_multicast_addresses():
+    import ipaddress
+
+    for first in range(256):
+        for rest in (".0.0.1", ".255.255.255", ".01.0.0", ".256.1.1", ".1.1", ".1.1.1.1", ".1.1.١"):
+            for value in (f"{first}{rest}", f"0{first}{rest}"):
+                try:
+                    multicast = ipaddress.ip_address(value).is_multicast
+                except ValueError:
+                    multicast = False
+                assert bool(checks._IPV4_MULTICAST_RE.fullmatch(value)) == multicast, value
+
+
+def test_the_selection_once_per_set_of_names_is_rules_for():
+    for _, root in DOMAINS[:50]:
+        names = checks.device_element_names(Domain(root))
+        assert list(checks._rules_for_names(names)) == checks.rules_for(names)

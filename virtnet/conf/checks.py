@@ -8,6 +8,7 @@ about (it could find nothing there): most domains have no <filterref>, <portForw
 
 import functools
 import ipaddress
+import operator
 import re
 
 from lxml import etree
@@ -223,6 +224,9 @@ def unmanaged_only_on_ethernet(domain):
 
 @rule_about("mac")
 def mac_is_valid_unicast(domain):
+    macs = [iface.mac for iface in domain.interfaces]
+    if all(macs) and _usual_unicast_macs(macs):
+        return  # every interface has a MAC, and each is fine (the common case)
     for iface in domain.interfaces:
         address = iface.mac
         if address is None:
@@ -382,6 +386,9 @@ def queue_sizes_are_powers_of_two(domain):
 
 @rule_about("model")
 def model_name_characters(domain):
+    models = [iface.model_raw for iface in domain.interfaces]
+    if all(models) and MODEL_RE.fullmatch("".join(models)):
+        return  # each interface names a model of those characters: one match for all (the common case)
     for iface in domain.interfaces:
         model = iface.model_raw
         if model is not None and not MODEL_RE.fullmatch(model):
@@ -418,6 +425,12 @@ def vhostuser_reconnect_only_as_client(domain):
             )
 
 
+# An IPv4 multicast address (224.0.0.0/4) as ipaddress reads one: decimal octets without leading
+# zeros. A match spares the parse (most <interface type='mcast'>); anything else is parsed.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_MULTICAST_RE = re.compile(rf"(?:22[4-9]|23[0-9])(?:\.{_OCTET}){{3}}")
+
+
 def _ip(value):
     try:
         return ipaddress.ip_address(value)
@@ -428,8 +441,8 @@ def _ip(value):
 @rule_about("source")
 def socket_addresses(domain):
     for iface in domain.interfaces:
-        src = iface.source
-        if not iface.kind.socket or src is None:
+        src = iface.source if iface.type in iftypes.SOCKET_TYPES else None
+        if src is None:
             continue
         for attr, port in (("port", src.port), ("local/@port", src.local_port)):
             if port is not None and not 1 <= port <= 65535:
@@ -440,7 +453,7 @@ def socket_addresses(domain):
                     f"{_where(iface)}: '{value}' is an IPv6 address; QEMU's socket backend takes IPv4 "
                     "addresses (or host names) only"
                 )
-        if iface.type == "mcast":
+        if iface.type == "mcast" and not _IPV4_MULTICAST_RE.fullmatch(src.address or ""):
             addr = _ip(src.address or "")
             if addr is None or not addr.is_multicast:
                 yield src.line, (
@@ -585,6 +598,23 @@ def alias_is_user_alias(domain):
             )
 
 
+# The MACs of most domains, written as usual: six two-digit octets, unicast (the low bit of the first
+# octet is that of its second digit: an even one). Joined by commas, all are told in one match, much
+# cheaper than asking conf.mac about each (the rules' common case; the others go the long way).
+_USUAL_UNICAST_MAC = r"[0-9A-Fa-f][02468AaCcEe](?::[0-9A-Fa-f]{2}){5}"
+_USUAL_UNICAST_MACS = re.compile(f"{_USUAL_UNICAST_MAC}(?:,{_USUAL_UNICAST_MAC})*")
+_MAC_LENGTH = len("52:54:00:12:34:56")
+
+
+def _usual_unicast_macs(macs):
+    """Whether every MAC of MACS (a list of strings) is written as usual (see above): then it is a
+    unicast MAC address (conf.mac). The length tells that no value held the separator."""
+    joined = ",".join(macs)
+    if len(joined) != (_MAC_LENGTH + 1) * len(macs) - 1:
+        return False
+    return _USUAL_UNICAST_MACS.fullmatch(joined) is not None
+
+
 def _duplicates(domain, key, describe):
     seen = {}
     for iface in domain.interfaces:
@@ -600,6 +630,12 @@ def _duplicates(domain, key, describe):
 
 @rule_about("mac")
 def unique_macs(domain):
+    macs = [iface.mac for iface in domain.interfaces if iface.mac]
+    if set(map(len, macs)) == {_MAC_LENGTH} and len(set(map(str.lower, macs))) == len(macs):
+        # The common case, told in C: 17 characters long, a MAC address has two digits an octet, so
+        # its key below (its normal form) is its lower case; a value that is no MAC address is its
+        # own key, and no MAC's lower case. Distinct lower cases, distinct keys.
+        return
     # A virtio failover pair (<teaming>) shares one MAC by design: the transient member names the
     # persistent one's alias, and only the persistent one counts.
     def key(iface):
@@ -1010,15 +1046,28 @@ def rules_for(present):
     return [func for func in RULES if func.about is None or not func.about.isdisjoint(present)]
 
 
+@functools.lru_cache(maxsize=256)
+def _rules_for_names(names):
+    """rules_for(NAMES) for a frozenset of names, worked out once per distinct set: domains share
+    a handful of them, and asking each of the ~50 rules (~1 K instructions each) costs as much as
+    running several. Assumes RULES and their names stay as imported (as rules_for itself reads them
+    at every call, it is what the tests ask)."""
+    return tuple(rules_for(names))
+
+
+_TAG = operator.attrgetter("tag")
+
+
 def device_element_names(domain):
     """The names of the elements below <devices>, at any depth (what rule_about names)."""
-    return {node.tag for devices in domain.node.iterchildren("devices") for node in devices.iter()}
+    devices = next(domain.node.iterchildren("devices"), None)
+    return frozenset() if devices is None else frozenset(map(_TAG, devices.iter()))  # a loop in C
 
 
 def check_domain(domain, filename=None):
     """Run every rule that can find something; raise the first problem (by line) as an XMLInputError."""
     problems = []
-    for func in rules_for(device_element_names(domain)):
+    for func in _rules_for_names(device_element_names(domain)):
         problems.extend(func(domain))
     if problems:
         line, message = min(problems, key=lambda p: p[0] or 0)
