@@ -674,10 +674,10 @@ def _settle_for_batch():
     constants) out of the garbage collector's passes: it lives as long as the process, and a long
     batch would otherwise walk it again at every full collection (~3 % of a 1000-domain batch)."""
     import gc
+    import importlib
 
-    import virtnet.conf.load  # noqa: F401  (imported here so that the freeze below covers it)
-    import virtnet.qemu.argv  # noqa: F401
-
+    for module in ("virtnet.conf.load", "virtnet.qemu.argv"):  # imported now, so that the freeze covers them
+        importlib.import_module(module)
     gc.freeze()
 
 
