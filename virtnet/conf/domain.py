@@ -3,7 +3,7 @@
 from virtnet.conf import guest, iftypes
 from virtnet.conf.address import Address
 from virtnet.conf.disk import Controller, Disk
-from virtnet.conf.xmlmodel import Child, Children, Prop, XMLObject
+from virtnet.conf.xmlmodel import Child, Children, Prop, XMLObject, yes
 
 # Models that want IFF_VNET_HDR on their tap (libvirt's "vnet-header compatible" list).
 VNET_HDR_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional", "e1000e", "vmxnet3")
@@ -13,10 +13,6 @@ KNOWN_MODELS = frozenset(VIRTIO_MODELS + (
     "netfront", "rtl8139", "e1000", "e1000e", "igb", "usb-net", "spapr-vlan", "lan9118", "smc91c111",
     "vlance", "vmxnet", "vmxnet2", "vmxnet3", "ne2k_pci", "pcnet", "i82551", "i82557b", "i82559er",
 ))
-
-
-def _yes(value):
-    return value == "yes"
 
 
 def model_name(raw):
@@ -47,7 +43,7 @@ class PortRange(XMLObject):
     start = Prop("@start", int)
     end = Prop("@end", int)
     to = Prop("@to", int)
-    exclude = Prop("@exclude", _yes)
+    exclude = Prop("@exclude", yes)
 
 
 class PortForward(XMLObject):
@@ -97,7 +93,7 @@ class Source(XMLObject):
     port = Prop("@port", int)
     local_address = Prop("local/@address")
     local_port = Prop("local/@port", int)
-    reconnect_enabled = Prop("reconnect/@enabled", _yes)
+    reconnect_enabled = Prop("reconnect/@enabled", yes)
     reconnect_timeout = Prop("reconnect/@timeout", int)
     host_ips = Children("ip", IPAddress)
     host_routes = Children("route", Route)

@@ -31,6 +31,11 @@ import weakref
 from lxml import etree
 
 
+def yes(value):
+    """A Prop kind for libvirt's yes/no attributes: True only for 'yes'."""
+    return value == "yes"
+
+
 def _split(path):
     parts = path.split("/")
     if parts[-1].startswith("@"):

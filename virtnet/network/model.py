@@ -7,16 +7,12 @@ checks, dnsmasq's configuration, the firewall and net-start read them from one p
 import ipaddress
 
 from virtnet.conf.domain import Rates  # <bandwidth> is the same element on a domain's interface
-from virtnet.conf.xmlmodel import Child, Children, Prop, XMLObject
+from virtnet.conf.xmlmodel import Child, Children, Prop, XMLObject, yes
 
 DNSMASQ_NS = "http://libvirt.org/schemas/network/dnsmasq/1.0"
 # Forward modes virtnet runs a bridge of its own for (none: isolated).
 OWN_BRIDGE_MODES = (None, "nat", "route", "open")
 LEASE_UNITS = {"seconds": "s", "minutes": "m", "hours": "h"}
-
-
-def _yes(value):
-    return value == "yes"
 
 
 class Lease(XMLObject):
@@ -61,7 +57,7 @@ class IP(XMLObject):
     netmask = Prop("@netmask")
     prefix_attr = Prop("@prefix", int)
     family_attr = Prop("@family")
-    local_ptr = Prop("@localPtr", _yes)
+    local_ptr = Prop("@localPtr", yes)
     tftp_root = Prop("tftp/@root")
     dhcp = Child("dhcp", Dhcp)
 
@@ -163,7 +159,7 @@ class Forward(XMLObject):
     nat_end = Prop("nat/address/@end")
     nat_port_start = Prop("nat/port/@start", int)
     nat_port_end = Prop("nat/port/@end", int)
-    nat_ipv6 = Prop("nat/@ipv6", _yes)
+    nat_ipv6 = Prop("nat/@ipv6", yes)
     interfaces = Children("interface", ForwardInterface)
 
 
@@ -183,17 +179,17 @@ class Network(XMLObject):
 
     name = Prop("name")
     uuid = Prop("uuid")
-    ipv6 = Prop("@ipv6", _yes)
+    ipv6 = Prop("@ipv6", yes)
     forward = Child("forward", Forward)
     bridge = Child("bridge", Bridge)
     mtu = Prop("mtu/@size", int)
     mac = Prop("mac/@address")
     domain_name = Prop("domain/@name")
-    domain_local_only = Prop("domain/@localOnly", _yes)
+    domain_local_only = Prop("domain/@localOnly", yes)
     dns = Child("dns", Dns)
     inbound = Child("bandwidth/inbound", Rates)
     outbound = Child("bandwidth/outbound", Rates)
-    port_isolated = Prop("port/@isolated", _yes)
+    port_isolated = Prop("port/@isolated", yes)
     ips = Children("ip", IP)
     routes = Children("route", Route)
 
