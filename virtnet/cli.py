@@ -328,6 +328,14 @@ def _seconds(text):
 SHUTDOWN_TIMEOUT = 60.0  # seconds; runner.DEFAULT_SHUTDOWN_TIMEOUT (not imported: every verb builds this)
 
 
+def _add_name_and_timeout(p):
+    """shutdown's and reboot's arguments: the domain, and how long the guest gets to power off."""
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=SHUTDOWN_TIMEOUT,
+                   help="how long to wait for the guest (default: %(default)g); a guest that has not "
+                   "powered off by then is left running")
+
+
 def _lifecycle_verbs(verbs):
     """create, shutdown, reboot, reset and console: virsh's lifecycle verbs."""
     def verb(*args):
@@ -348,8 +356,6 @@ def _lifecycle_verbs(verbs):
     p.add_argument("--allow-dropped", action="store_true",
                    help="start even when elements holding the guest's data are not rendered (as for start)")
 
-    timeout_help = ("how long to wait for the guest (default: %(default)g); a guest that has not powered "
-                    "off by then is left running")
     p = verb("shutdown", "ask the guest to power off (ACPI), wait, then clean up as destroy does",
              "Press the guest's ACPI power button (QMP system_powerdown) and wait for it to power off;\n"
              "then remove what start created, as destroy does (a domain started by `create` is\n"
@@ -357,9 +363,7 @@ def _lifecycle_verbs(verbs):
              "system that acts on the button; one that does not is left running, with an error\n"
              "saying so: `virtnet destroy NAME` stops it at once.",
              "virtnet shutdown web --timeout 120")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=SHUTDOWN_TIMEOUT,
-                   help=timeout_help)
+    _add_name_and_timeout(p)
 
     p = verb("reboot", "reboot the guest cleanly: ACPI power-down, then reset and run again",
              "Reboot as `virsh reboot` does by default: press the guest's ACPI power button, wait for\n"
@@ -368,9 +372,7 @@ def _lifecycle_verbs(verbs):
              "an error: `virtnet reset NAME` resets it without asking. A domain whose <on_reboot> is\n"
              "destroy is shut down instead, as libvirt does.",
              "virtnet reboot web")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=SHUTDOWN_TIMEOUT,
-                   help=timeout_help)
+    _add_name_and_timeout(p)
 
     p = verb("reset", "reset the machine at once, without asking the guest (like pressing reset)",
              "Reset the machine (QMP system_reset), as `virsh reset` does: the guest reboots without\n"
