@@ -85,12 +85,9 @@ def _attributes(node, device):
     return "".join(out)
 
 
-def _children(node, device):
-    children = list(node)
-    ranks = CHILD_RANKS.get(node.tag) if node.tag == device and _is_device(node) else None
-    if ranks is None:
-        return children
-    # Sort a device's children into libvirt's order; a comment travels with the element after it.
+def in_order(children, ranks):
+    """CHILDREN sorted by RANKS ({tag: rank}; other tags after those, as they were): a comment
+    travels with the element after it."""
     groups, pending = [], []
     for child in children:
         pending.append(child)
@@ -99,6 +96,12 @@ def _children(node, device):
             pending = []
     groups.sort(key=lambda g: g[0])
     return [c for _, group in groups for c in group] + pending
+
+
+def _children(node, device):
+    children = list(node)
+    ranks = CHILD_RANKS.get(node.tag) if node.tag == device and _is_device(node) else None
+    return children if ranks is None else in_order(children, ranks)  # a device's, in libvirt's order
 
 
 def _has_mixed_content(node):
@@ -146,6 +149,12 @@ def format_domain(domain, live=False):
     skip = set()
     if not live:
         skip = {a for a in domain.node.iterfind("devices/*/alias") if is_generated_alias(a.get("name", ""))}
+    return document_text(domain.node, skip)
+
+
+def document_text(root, skip=frozenset()):
+    """ROOT written out canonically (two-space indentation, single quotes; ends with a newline),
+    leaving out the elements in SKIP."""
     out = []
-    _write(domain.node, 0, out, skip=skip)
+    _write(root, 0, out, skip=skip)
     return "\n".join(out) + "\n"

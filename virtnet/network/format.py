@@ -2,7 +2,7 @@
 libvirt's order, attributes of each element in libvirt's order, two-space indentation and
 single quotes (the writer is the domain's, virtnet.conf.format)."""
 
-from virtnet.conf.format import _write
+from virtnet.conf.format import document_text, in_order
 from virtnet.network.model import Network
 
 # Attribute order per element (virNetworkDefFormatBuf and its helpers); others keep theirs.
@@ -49,15 +49,7 @@ def _sorted_children(node):
     order = CHILD_ORDER.get(node.tag)
     if not order:
         return
-    rank = {tag: i for i, tag in enumerate(order)}
-    groups, pending = [], []
-    for child in list(node):  # a comment travels with the element after it
-        pending.append(child)
-        if isinstance(child.tag, str):
-            groups.append((rank.get(child.tag, len(order)), pending))
-            pending = []
-    groups.sort(key=lambda g: g[0])
-    for child in [c for _, group in groups for c in group] + pending:
+    for child in in_order(list(node), {tag: i for i, tag in enumerate(order)}):
         node.append(child)  # moves it to the end, in the new order
 
 
@@ -73,6 +65,4 @@ def canonicalize(network):
 def format_network(network):
     """The canonical XML text of a Network (ends with a newline)."""
     canonicalize(network)
-    out = []
-    _write(network.node, 0, out)
-    return "\n".join(out) + "\n"
+    return document_text(network.node)
