@@ -44,6 +44,20 @@ def test_rejected_input_exits_1_with_one_line_and_no_traceback():
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
+def test_validate_refuses_what_xml2argv_refuses(tmp_path):
+    """A rule the command-line builder enforces (here: offset='timezone' needs its timezone) makes
+    validate fail too, with xml2argv's message: validate's "valid" means xml2argv and start accept it."""
+    text = SEED.read_text()
+    assert "<clock offset='utc'/>" in text
+    bad = tmp_path / "tz.xml"
+    bad.write_text(text.replace("<clock offset='utc'/>", "<clock offset='timezone'/>"))
+    refused = virtnet("xml2argv", str(bad))
+    assert refused.returncode == 1 and "needs the attribute timezone=" in refused.stderr, refused.stderr
+    result = virtnet("validate", str(bad))
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", refused.stderr)
+    assert virtnet("validate", str(SEED)).returncode == 0
+
+
 def test_debug_shows_the_traceback():
     result = virtnet("--debug", "validate", str(BAD))
     assert result.returncode != 0 and "Traceback" in result.stderr

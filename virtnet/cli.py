@@ -100,7 +100,8 @@ def build_parser(verb=None):
 
     p = verbs.add_parser("validate", help="check a domain XML against the schema and rules",
                          formatter_class=argparse.RawDescriptionHelpFormatter,
-                         description="Check FILE against virtnet's RelaxNG schema and libvirt's semantic rules.\n"
+                         description="Check FILE against virtnet's RelaxNG schema and libvirt's semantic rules, and\n"
+                         "everything xml2argv and start check while building QEMU's command line.\n"
                          "Prints nothing and exits 0 when it is valid; otherwise one line names the file, line,\n"
                          "element and value, and what is accepted, and the exit status is 1.",
                          epilog=_example("virtnet validate web.xml && echo valid"))
@@ -584,9 +585,13 @@ def _print_warnings(loaded):
 
 
 def cmd_validate(args):
-    from virtnet.conf.load import load_file
+    from virtnet import convert
+    from virtnet.runpaths import default_runtime_dir
 
-    _print_warnings(load_file(args.file))
+    loaded = convert.load(args.file)
+    _print_diagnostics(convert.diagnostics(loaded))
+    # What xml2argv and start refuse while building the command line is invalid here too.
+    convert.check(loaded, runtime_dir=args.runtime_dir or default_runtime_dir())
     return 0
 
 

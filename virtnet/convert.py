@@ -116,6 +116,19 @@ def xml2argv(loaded, *, runtime_dir, host_caps=frozenset(), syntax="json", stand
     return Result("".join(lines), warnings)
 
 
+def check(loaded, *, runtime_dir, host_caps=frozenset()):
+    """Raise what xml2argv and start would refuse while building QEMU's command line for a loaded
+    domain (rules that need the whole machine in view: chardev ports, firmware, clock, boot). Pure:
+    RUNTIME_DIR is only where generated socket paths would go (their length is checked)."""
+    from virtnet.qemu.argv import ArgvOptions, build_command
+
+    try:
+        build_command(loaded.domain, DomainPaths(runtime_dir, loaded.domain.name),
+                      ArgvOptions(host_caps=frozenset(host_caps)))
+    except VirtnetError as e:
+        raise e.located(loaded.filename) from None
+
+
 def plan(loaded, fmt="text", *, runtime_dir, names_in_use=frozenset(), host_caps=frozenset(), bridge_helper=None,
          paused=False, owner=None):
     """What `virtnet start` would do for a loaded domain, as `virtnet plan --format FMT` prints it.
@@ -135,13 +148,12 @@ def plan(loaded, fmt="text", *, runtime_dir, names_in_use=frozenset(), host_caps
     if owner is None and fmt in ("sh", "networkd"):
         raise UsageError(f"the {fmt} format needs the owner of the pre-created taps")
     domain, filename = loaded.domain, loaded.filename
-    from virtnet.qemu.argv import ArgvOptions, build_command, check_dropped, unrendered
+    from virtnet.qemu.argv import check_dropped, unrendered
     from virtnet.qemu.argv import warnings as argv_warnings
 
+    check(loaded, runtime_dir=runtime_dir, host_caps=host_caps)  # what start would refuse, plan refuses too
     paths = DomainPaths(runtime_dir, domain.name)
     try:
-        # What start would refuse while building QEMU's command line, plan refuses too (pure).
-        build_command(domain, paths, ArgvOptions(host_caps=frozenset(host_caps)))
         built = build_plan(domain, names_in_use=frozenset(names_in_use), host_caps=frozenset(host_caps),
                            paused=paused, bridge_helper=bridge_helper, paths=paths)
     except VirtnetError as e:
