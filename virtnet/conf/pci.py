@@ -338,13 +338,28 @@ class Layout:
 # ---------------------------------------------------------------- assignment
 
 
+def _pci_0_full(node):
+    """The error for a device NODE of a pc guest that finds no free slot (pc adds no bus itself)."""
+    return XMLInputError(
+        f"{_where(node)}: no free PCI slot left on pci.0 (slots {FIRST_FREE_SLOT}..{LAST_SLOT} are taken); give "
+        "some devices explicit <address type='pci' bus=...> on a <controller type='pci' model='pci-bridge'>",
+        line=node.sourceline)
+
+
+def _place_in_turn(pending):
+    """Each (element, connect) of PENDING in the next slot of pci.0 from FIRST_FREE_SLOT up: where a
+    layout of pci.0 alone, with only the chipset's slots taken, would place them."""
+    slots = range(FIRST_FREE_SLOT, LAST_SLOT + 1)
+    if len(pending) > len(slots):
+        raise _pci_0_full(pending[len(slots)][0])
+    for (node, _), slot in zip(pending, slots):
+        _write_address(node, 0, slot)
+
+
 def _grow(layout, connect, node):
     """Add the controllers a device of kind CONNECT needs (libvirt's virDomainPCIAddressSetGrow)."""
     if not layout.q35:
-        raise XMLInputError(
-            f"{_where(node)}: no free PCI slot left on pci.0 (slots {FIRST_FREE_SLOT}..{LAST_SLOT} are taken); give "
-            "some devices explicit <address type='pci' bus=...> on a <controller type='pci' model='pci-bridge'>",
-            line=node.sourceline)
+        raise _pci_0_full(node)
     if connect == "pci":
         spot = layout.find("pcie-bridge")
         if spot is None:
@@ -528,6 +543,11 @@ def assign_addresses(domain):
     # Looked up before any address is written: the only devices given one before the others are
     # placed (the primary video card, the chipset's own controllers) are not among those.
     unaddressed, controllers = _survey(devices, addresses)
+    if not (explicit or controllers or "video" in unaddressed or domain.is_q35):
+        # Most domains: a pc guest without PCI addresses or controllers written, so pci.0 is the
+        # only bus, with only the chipset's slots taken: no layout to build to find the next one.
+        _place_in_turn(unplaced_devices(unaddressed, False))
+        return
     layout = Layout(domain, explicit, controllers)
     _primary_video(devices, layout, unaddressed)
     _builtin_addresses(layout)
