@@ -37,7 +37,7 @@ def _normalize_mac(iface, node):
     if not written:
         return None
     value = mac.normal(written)
-    if mac.is_zero(value):
+    if value == mac.ZERO:
         return None
     if value != written:
         iface.mac = value

@@ -114,10 +114,11 @@ def _prepare_storage(domain):
             controller.alias = controller_alias(domain, controller)
 
 
-def _first_new_net_number(taken):
-    """N of the first alias 'netN' a new NIC gets. libvirt's rule: one past the highest netN in use
-    (so a removed device's id is not reused), counting the ones given before it."""
-    numbers = [int(m.group(1)) for m in map(NET_ALIAS.fullmatch, taken) if m]
+def _first_new_net_number(aliases):
+    """N of the first alias 'netN' a new NIC gets (ALIASES: the NICs', None for none). libvirt's
+    rule: one past the highest netN in use (so a removed device's id is not reused), counting the
+    ones given before it."""
+    numbers = [int(m.group(1)) for m in map(NET_ALIAS.fullmatch, filter(None, aliases)) if m]
     return max(numbers) + 1 if numbers else 0
 
 
@@ -157,7 +158,7 @@ def prepare(domain, nics=None):
     if nics is None:
         nics = [read_nic(iface) for iface in interfaces]
     aliases = [_attribute(alias, "name") for _, alias, _, _ in nics]
-    number = _first_new_net_number({alias for alias in aliases if alias}) if None in aliases else None
+    number = _first_new_net_number(aliases) if None in aliases else None
     for iface, (iftype, node, guest_mac, dev), alias in zip(interfaces, nics, aliases):
         if alias is None:
             alias = f"net{number}"

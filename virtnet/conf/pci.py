@@ -189,7 +189,7 @@ def _survey(devices, addresses):
     """From one pass over <devices>: the devices without an <address>, by tag ({tag: [element, ...]}
     in document order), and every <controller> (model objects). ADDRESSES: every <address> below
     <devices> (those still in the tree say which devices have one)."""
-    addressed = {address.getparent() for address in addresses}
+    addressed = {address.getparent() for address in addresses} if addresses else ()
     unaddressed, controllers = {}, []
     for node in devices[:]:  # a slice: no lxml iterator to set up (see xmlmodel._fill)
         tag = node.tag
@@ -219,8 +219,9 @@ def unplaced_devices(by_tag, q35):
             found.append((node, _virtio_connect(node.get("model"))))
     for tag in ("memballoon", "rng"):
         for node in by_tag.get(tag, ()):
-            if node.get("model") in VIRTIO_MODELS:
-                found.append((node, _virtio_connect(node.get("model"))))
+            model = node.get("model")
+            if model in VIRTIO_MODELS:
+                found.append((node, _virtio_connect(model)))
     if not q35:
         return [(node, "pci") for node, _ in found]
     return found
