@@ -45,8 +45,8 @@ def _normalize_mac(iface, node):
 
 
 def _fill_macs(domain, macs):
-    """A generated MAC for each interface without one to keep (None in MACS, by position, which
-    gets it)."""
+    """A generated MAC for each interface without one to keep (None in MACS, by position), written
+    in MACS too."""
     if None not in macs:
         return
     used = {value for value in macs if value}

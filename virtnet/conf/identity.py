@@ -157,7 +157,7 @@ def prepare(domain, nics=None):
     interfaces = domain.interfaces
     if nics is None:
         nics = [read_nic(iface) for iface in interfaces]
-    aliases = [_attribute(alias, "name") for _, alias, _, _ in nics]
+    aliases = [node.get("name") if node is not None else None for _, node, _, _ in nics]
     number = _first_new_net_number(aliases) if None in aliases else None
     for iface, (iftype, node, guest_mac, dev), alias in zip(interfaces, nics, aliases):
         if alias is None:
