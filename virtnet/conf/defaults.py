@@ -37,30 +37,35 @@ def _normalize_mac(iface, node):
     if not written:
         return None
     value = mac.normal(written)
-    if mac.is_zero(value):
+    if value == mac.ZERO:
         return None
     if value != written:
         iface.mac = value
     return value
 
 
-def _fill_macs(domain, given):
-    """A generated MAC for each interface without one to keep (None in GIVEN, by position)."""
-    if None not in given:
+def _fill_macs(domain, macs):
+    """A generated MAC for each interface without one to keep (None in MACS, by position), written
+    in MACS too."""
+    if None not in macs:
         return
-    used = {value for value in given if value}
-    for index, (iface, value) in enumerate(zip(domain.interfaces, given)):
+    used = {value for value in macs if value}
+    for index, (iface, value) in enumerate(zip(domain.interfaces, macs)):
         if value is None:
             new = mac.unused(domain.uuid, index, used)
             used.add(new)
-            iface.mac = new
+            iface.mac = macs[index] = new
 
 
-def _drop_generated_target(iface, target):
-    dev = target.get("dev")
+def _target_dev(iface, target):
+    """The <target dev> of the interface (TARGET: its <target>, or None), once a generated name is
+    dropped (it would not be the tap's name at start)."""
+    dev = target.get("dev") if target is not None else None
     if dev and target.get("managed") != "no" and ifname.is_generated(dev):
         # The whole <target> goes: managed='yes' is the default, and <target> without dev is invalid.
         iface.node.remove(target)
+        return None
+    return dev
 
 
 def _normalize_model(iface, node):
@@ -108,19 +113,23 @@ def _drop_runtime_only(iface, source, coalesce):
 
 
 def apply_defaults(domain):
-    """Fill in and normalise the domain in place. Returns warnings as (line, message)."""
+    """Fill in and normalise the domain in place. Returns (warnings, nics): the warnings as (line,
+    message), and for each interface what conf.identity reads of it (see identity.read_nic), as
+    read here: it is handed on rather than read again."""
     warnings = []
     _ensure_uuid(domain)
-    macs = []
+    types, aliases, macs, devs = [], [], [], []
     for iface in domain.interfaces:
         children = iface.first_children()  # each looked up once (see there)
-        if iface.declared_type is None:
-            iface.declared_type = "user"  # libvirt writes the default type out
-        target, driver = children.get("target"), children.get("driver")
-        if target is not None:
-            _drop_generated_target(iface, target)
+        iftype = iface.node.get("type")  # (as iface.declared_type: the model is not frozen here)
+        if iftype is None:
+            iftype = iface.declared_type = "user"  # libvirt writes the default type out
+        types.append(iftype)
+        aliases.append(children.get("alias"))
+        devs.append(_target_dev(iface, children.get("target")))
         _drop_runtime_only(iface, children.get("source"), children.get("coalesce"))
         model = _normalize_model(iface, children.get("model"))
+        driver = children.get("driver")
         if driver is not None:
             _tidy_driver(iface, driver, children.get("backend"), model, warnings)
         macs.append(_normalize_mac(iface, children.get("mac")))
@@ -138,4 +147,4 @@ def apply_defaults(domain):
     pci.assign_addresses(domain)  # every PCI device, normalised or given a slot
     if "channel" in present:
         guest.assign_virtio_serial_ports(domain)
-    return warnings
+    return warnings, list(zip(types, aliases, macs, devs))

@@ -13,7 +13,6 @@ the device's lifetime: a device added or removed later renumbers nothing else. I
 generated aliases out, as libvirt does (conf.format).
 """
 
-import itertools
 import re
 
 from lxml import etree
@@ -115,11 +114,12 @@ def _prepare_storage(domain):
             controller.alias = controller_alias(domain, controller)
 
 
-def _new_net_aliases(taken):
-    """The aliases new NICs get, in turn. libvirt's rule: each is one past the highest netN in use
-    (so a removed device's id is not reused), counting the ones given before it."""
-    numbers = [int(m.group(1)) for m in map(NET_ALIAS.fullmatch, taken) if m]
-    return (f"net{number}" for number in itertools.count(max(numbers) + 1 if numbers else 0))
+def _first_new_net_number(aliases):
+    """N of the first alias 'netN' a new NIC gets (ALIASES: the NICs', None for none). libvirt's
+    rule: one past the highest netN in use (so a removed device's id is not reused), counting the
+    ones given before it."""
+    numbers = [int(m.group(1)) for m in map(NET_ALIAS.fullmatch, filter(None, aliases)) if m]
+    return max(numbers) + 1 if numbers else 0
 
 
 @copied
@@ -132,34 +132,42 @@ def _attribute(node, name):
     return node.get(name) if node is not None else None
 
 
-def _tap_name(iftype, target):
-    """The tap of an interface of type IFTYPE (TARGET: its <target>, or None), or None if it has none."""
-    if not iftypes.kind(iftype).tap:
+def _tap_name(iftype, dev):
+    """The tap of an interface of type IFTYPE whose <target dev> is DEV (or None), or None if it has none."""
+    if iftype not in iftypes.TAP_TYPES:
         return None
-    dev = _attribute(target, "dev")
     if dev:
         return dev
     return ("macvtap" if iftype == "direct" else GENERATED_PREFIX) + "%d"  # libvirt's two counters
 
 
-def prepare(domain):
-    """Stamp every interface with its NicIds (alias written into the XML when it has none)."""
+def read_nic(iface):
+    """What `prepare` reads of an interface: (its type, its <alias> element or None, its MAC, its
+    <target dev> or None). Each element is looked up once, and read here directly (as
+    Interface.alias, .mac and .target_dev would): the model is not frozen yet."""
+    children = iface.first_children()
+    return (iface.type, children.get("alias"), _attribute(children.get("mac"), "address"),
+            _attribute(children.get("target"), "dev"))
+
+
+def prepare(domain, nics=None):
+    """Stamp every interface with its NicIds (alias written into the XML when it has none).
+    NICS: what `read_nic` gives for each interface, when the caller has read that already (the
+    defaults step, which reads every interface just before)."""
     interfaces = domain.interfaces
-    # Each interface's <alias>, <mac> and <target> looked up once, and read and written here
-    # directly (as Interface.alias, .mac and .target_dev would): the model is not frozen here.
-    elements = [iface.first_children() for iface in interfaces]
-    aliases = [_attribute(children.get("alias"), "name") for children in elements]
-    new_aliases = _new_net_aliases({alias for alias in aliases if alias}) if None in aliases else None
-    for iface, children, alias in zip(interfaces, elements, aliases):
+    if nics is None:
+        nics = [read_nic(iface) for iface in interfaces]
+    aliases = [node.get("name") if node is not None else None for _, node, _, _ in nics]
+    number = _first_new_net_number(aliases) if None in aliases else None
+    for iface, (iftype, node, guest_mac, dev), alias in zip(interfaces, nics, aliases):
         if alias is None:
-            alias = next(new_aliases)
-            node = children.get("alias")
+            alias = f"net{number}"
+            number += 1
             if node is None:
                 iface.node.append(_alias_element(alias))
             else:
                 node.set("name", alias)
-        host_mac = mac.host_side(_attribute(children.get("mac"), "address"))
-        iface.ids = NicIds(alias, host_mac, _tap_name(iface.type, children.get("target")))
+        iface.ids = NicIds(alias, mac.host_side(guest_mac), _tap_name(iftype, dev))
     _prepare_storage(domain)
     return domain
 

@@ -55,4 +55,5 @@ def phrase(type_names):
 
 
 DRIVEN = names(driven=True)
+TAP_TYPES = frozenset(names(tap=True))
 SOCKET_TYPES = names(socket=True)

@@ -185,45 +185,56 @@ def _nic_connect(node):
     return "pcie" if model in PCIE_NIC_MODELS else "pci"
 
 
+# The devices the layout places (unplaced_devices) or keeps a slot for (_primary_video).
+SURVEYED = frozenset(("interface", "controller", "disk", "memballoon", "rng", "video"))
+
+
 def _survey(devices, addresses):
-    """From one pass over <devices>: the devices without an <address>, by tag ({tag: [element, ...]}
-    in document order), and every <controller> (model objects). ADDRESSES: every <address> below
-    <devices> (those still in the tree say which devices have one)."""
-    addressed = {address.getparent() for address in addresses}
+    """From one pass over <devices>: the devices of SURVEYED without an <address>, by tag ({tag:
+    [element, ...]} in document order), and every <controller> (model objects). ADDRESSES: every
+    <address> below <devices> (those still in the tree say which devices have one)."""
+    addressed = {address.getparent() for address in addresses} if addresses else ()
     unaddressed, controllers = {}, []
     for node in devices[:]:  # a slice: no lxml iterator to set up (see xmlmodel._fill)
         tag = node.tag
         if tag == "controller":
             controllers.append(Controller(node))
-        if node not in addressed and isinstance(tag, str):  # (not a comment)
+        if tag in SURVEYED and node not in addressed:
             unaddressed.setdefault(tag, []).append(node)
     return unaddressed, controllers
 
 
 def unplaced_devices(by_tag, q35):
-    """(element, connect) of every device virtnet gives a PCI address that has no <address> yet
-    (BY_TAG: as _survey gives them), in libvirt's order of assignment. connect is 'pcie' for a PCI
-    Express endpoint (a root port of its own on q35) or 'pci' for conventional PCI (a
-    pcie-to-pci-bridge on q35). A device with an <address> is placed already, or is on another
-    bus (ccw, virtio-mmio, drive)."""
-    # i440fx: every device is conventional PCI (see the end), so a NIC's model matters on q35 only
-    found = [(node, _nic_connect(node) if q35 else "pci") for node in by_tag.get("interface", ())]
+    """Every device virtnet gives a PCI address that has no <address> yet (BY_TAG: as _survey gives
+    them), in libvirt's order of assignment. A device with an <address> is placed already, or is
+    on another bus (ccw, virtio-mmio, drive)."""
+    found = list(by_tag.get("interface", ()))
     for node in by_tag.get("controller", ()):
-        if node.get("type") != "pci":
-            connect = controller_connect(node, q35)
-            if connect:
-                found.append((node, connect))
+        if node.get("type") != "pci" and controller_connect(node, q35):
+            found.append(node)
     for node in by_tag.get("disk", ()):
         target = _first(node, "target")
         if target is not None and target.get("bus") == "virtio":
-            found.append((node, _virtio_connect(node.get("model"))))
+            found.append(node)
     for tag in ("memballoon", "rng"):
         for node in by_tag.get(tag, ()):
             if node.get("model") in VIRTIO_MODELS:
-                found.append((node, _virtio_connect(node.get("model"))))
-    if not q35:
-        return [(node, "pci") for node, _ in found]
+                found.append(node)
     return found
+
+
+def connect_kind(node, q35):
+    """How a device of `unplaced_devices` plugs in: 'pcie' for a PCI Express endpoint (a root port
+    of its own on q35) or 'pci' for conventional PCI (a pcie-to-pci-bridge on q35). On i440fx
+    every device is conventional PCI."""
+    if not q35:
+        return "pci"
+    tag = node.tag
+    if tag == "interface":
+        return _nic_connect(node)
+    if tag == "controller":
+        return controller_connect(node, q35)
+    return _virtio_connect(node.get("model"))  # a virtio disk, balloon or RNG
 
 
 def _int(text, default=None):
@@ -338,13 +349,28 @@ class Layout:
 # ---------------------------------------------------------------- assignment
 
 
+def _pci_0_full(node):
+    """The error for a device NODE of a pc guest that finds no free slot (pc adds no bus itself)."""
+    return XMLInputError(
+        f"{_where(node)}: no free PCI slot left on pci.0 (slots {FIRST_FREE_SLOT}..{LAST_SLOT} are taken); give "
+        "some devices explicit <address type='pci' bus=...> on a <controller type='pci' model='pci-bridge'>",
+        line=node.sourceline)
+
+
+def _place_in_turn(nodes):
+    """Each of the devices NODES in the next slot of pci.0 from FIRST_FREE_SLOT up: where a layout
+    of pci.0 alone, with only the chipset's slots taken, would place them."""
+    slots = range(FIRST_FREE_SLOT, LAST_SLOT + 1)
+    if len(nodes) > len(slots):
+        raise _pci_0_full(nodes[len(slots)])
+    for node, slot in zip(nodes, slots):
+        _write_address(node, 0, slot)
+
+
 def _grow(layout, connect, node):
     """Add the controllers a device of kind CONNECT needs (libvirt's virDomainPCIAddressSetGrow)."""
     if not layout.q35:
-        raise XMLInputError(
-            f"{_where(node)}: no free PCI slot left on pci.0 (slots {FIRST_FREE_SLOT}..{LAST_SLOT} are taken); give "
-            "some devices explicit <address type='pci' bus=...> on a <controller type='pci' model='pci-bridge'>",
-            line=node.sourceline)
+        raise _pci_0_full(node)
     if connect == "pci":
         spot = layout.find("pcie-bridge")
         if spot is None:
@@ -528,11 +554,16 @@ def assign_addresses(domain):
     # Looked up before any address is written: the only devices given one before the others are
     # placed (the primary video card, the chipset's own controllers) are not among those.
     unaddressed, controllers = _survey(devices, addresses)
+    if not (explicit or controllers or "video" in unaddressed or domain.is_q35):
+        # Most domains: a pc guest without PCI addresses or controllers written, so pci.0 is the
+        # only bus, with only the chipset's slots taken: no layout to build to find the next one.
+        _place_in_turn(unplaced_devices(unaddressed, False))
+        return
     layout = Layout(domain, explicit, controllers)
     _primary_video(devices, layout, unaddressed)
     _builtin_addresses(layout)
     _missing_buses(domain, layout)
-    pending = unplaced_devices(unaddressed, layout.q35)
+    pending = [(node, connect_kind(node, layout.q35)) for node in unplaced_devices(unaddressed, layout.q35)]
     if layout.q35:
         # First pass on a copy of the layout: which root ports and bridges must be added (libvirt
         # does the same); then the layout again, with them. (On pc nothing is added: pci.0 only.)
