@@ -792,6 +792,7 @@ class Checker:
             return
         v.accepted = True
         self._one_line_diagnostics("load", convert.diagnostics(loaded))
+        self._step(v, "validate", lambda: convert.check(loaded, runtime_dir=RUNTIME_DIR))  # what validate adds
         out = {}
 
         # xml2xml: accepted again, and a fixed point
@@ -1090,7 +1091,7 @@ def cli_check(checker, case, which, verdict=None):
 
     expected_load = verdict.errors.get("load")
     commands = {
-        "validate": (["validate", str(path)], "load", None),
+        "validate": (["validate", "--runtime-dir", RUNTIME_DIR, str(path)], "validate", None),
         "xml2xml": (["xml2xml", str(path)], "xml2xml", verdict.outputs.get("xml2xml")),
         "xml2argv": (["xml2argv", *argv_options(case.facts.argv_pinned), str(path)], "xml2argv",
                      verdict.outputs.get("xml2argv")),
