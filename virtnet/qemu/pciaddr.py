@@ -25,7 +25,13 @@ def address_element(device):
     """The <address> element of the model object DEVICE, or None. Read from the element, found in
     C: every rendered device has an address, and through the model each would cost a frozen
     object, its snapshot and five first reads for these few values."""
-    return next(device.node.iterchildren("address"), None)
+    node = device.node
+    # The grammar allows one <address> per device, and libvirt's order writes it last: the last
+    # child (one C look-up) is checked before a tag-matching walk (several times its cost).
+    last = node[-1] if len(node) else None
+    if last is not None and last.tag == "address":
+        return last
+    return next(node.iterchildren("address"), None)
 
 
 @lru_cache(maxsize=1024)  # a batch's devices sit at a few dozen places: each is worked out once

@@ -4,6 +4,9 @@ import re
 
 # The words shlex.quote leaves bare: non-empty, of these characters only.
 _shell_safe = re.compile(r"[\w@%+=:,./-]+", re.ASCII).fullmatch
+# The same, with group 1 matched when the word is an option (a dash and a letter: bare words are
+# ASCII, so [A-Za-z] is what str.isalpha() accepts there).
+_bare_word = re.compile(r"(-(?=[A-Za-z]))?[\w@%+=:,./-]+", re.ASCII).fullmatch
 
 
 def to_json(props):
@@ -82,14 +85,27 @@ def option_value(props, syntax, lead_key):
 def shell_lines(argv):
     """One option per line with ` \\` continuations, each word shell-quoted (as shlex.quote does),
     ready to paste."""
-    first = argv[0]
-    out = [first if _shell_safe(first) else _shell_quote(first)]
+    out = [shell_word(argv[0])]
     for word in argv[1:]:
-        # One flat loop, quoting inline: most words (options, ids, numbers) need no quotes.
-        out.append(" \\\n" if word[:1] == "-" and word[1:2].isalpha() else " ")
-        out.append(word if _shell_safe(word) else _shell_quote(word))
+        # One flat loop: most words (options, ids, numbers) need no quotes, and the one regex
+        # match that finds a word bare also tells whether it is an option.
+        bare = _bare_word(word)
+        if bare is None:
+            out.append(_separator(word))
+            out.append(_shell_quote(word))
+        elif bare.lastindex:  # an option
+            out.append(" \\\n")
+            out.append(word)
+        else:
+            out.append(" ")
+            out.append(word)
     out.append("\n")
     return "".join(out)
+
+
+def _separator(word):
+    """What goes before WORD: a line break before an option (`-name`, `-device`)."""
+    return " \\\n" if word[:1] == "-" and word[1:2].isalpha() else " "
 
 
 def shell_word(word):
