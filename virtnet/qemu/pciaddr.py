@@ -26,11 +26,12 @@ def address_element(device):
     C: every rendered device has an address, and through the model each would cost a frozen
     object, its snapshot and five first reads for these few values."""
     node = device.node
-    # The grammar allows one <address> per device, and libvirt's order writes it last: the last
-    # child (one C look-up) is checked before a tag-matching walk (several times its cost).
-    last = node[-1] if len(node) else None
-    if last is not None and last.tag == "address":
-        return last
+    # The grammar allows one <address> per device, and it comes last (libvirt's order), or just
+    # before the <alias> conf.identity appends: the last two children (one C call) are looked at
+    # before a tag-matching walk (several times the cost).
+    for child in reversed(node[-2:]):
+        if child.tag == "address":
+            return child
     return next(node.iterchildren("address"), None)
 
 
