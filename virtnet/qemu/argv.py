@@ -297,8 +297,18 @@ def _scan_devices(domain, node, found):
         found.append(Dropped(_label(child), child.sourceline, data=tag in _DATA, display=tag in _DISPLAY))
 
 
+def _scan_current_memory(domain, node, found):
+    if domain.current_memory is not None and machine.kib_of(domain.current_memory, domain.current_memory_unit) \
+            < machine.memory_kib(domain):
+        found.append(Dropped("<currentMemory>", node.sourceline,
+                             why="the guest starts with all of <memory>; the balloon is not inflated"))
+
+
 _TOP_SCANS = {"os": _scan_os, "features": _scan_features, "cpu": _scan_cpu, "clock": _scan_clock,
-              "memoryBacking": _scan_memory_backing, "devices": _scan_devices}
+              "memoryBacking": _scan_memory_backing, "devices": _scan_devices, "currentMemory": _scan_current_memory}
+# The <domain> children left alone: rendered without a look at their own children, or passed as
+# they are (<qemu:commandline>: warnings() speaks of it).
+_TOP_KEPT = _TOP_RENDERED.difference(_TOP_SCANS) | {_QEMU_COMMANDLINE}
 
 
 def unrendered(domain):
@@ -307,20 +317,13 @@ def unrendered(domain):
     root = domain.node
     for child in _children(root):
         tag = child.tag
-        if tag == _QEMU_COMMANDLINE:
-            continue
-        if tag == "currentMemory":
-            if domain.current_memory is not None and machine.kib_of(domain.current_memory, domain.current_memory_unit) \
-                    < machine.memory_kib(domain):
-                found.append(Dropped("<currentMemory>", child.sourceline,
-                                     why="the guest starts with all of <memory>; the balloon is not inflated"))
-            continue
-        if tag not in _TOP_RENDERED:
-            found.append(Dropped(_label(child, with_kind=False), child.sourceline))
+        if tag in _TOP_KEPT:  # most of them: one test
             continue
         scan = _TOP_SCANS.get(tag)
         if scan is not None:
             scan(domain, child, found)
+        else:
+            found.append(Dropped(_label(child, with_kind=False), child.sourceline))
     for line, what, why in machine.lifecycle_dropped(domain):
         found.append(Dropped(what, line, why=why))
     found.sort(key=lambda d: d.line or 0)

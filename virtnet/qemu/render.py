@@ -91,7 +91,7 @@ def shell_lines(argv):
         # match that finds a word bare also tells whether it is an option.
         bare = _bare_word(word)
         if bare is None:
-            out.append(_separator(word))
+            out.append(" \\\n" if word[:1] == "-" and word[1:2].isalpha() else " ")
             out.append(_shell_quote(word))
         elif bare.lastindex:  # an option
             out.append(" \\\n")
@@ -101,11 +101,6 @@ def shell_lines(argv):
             out.append(word)
     out.append("\n")
     return "".join(out)
-
-
-def _separator(word):
-    """What goes before WORD: a line break before an option (`-name`, `-device`)."""
-    return " \\\n" if word[:1] == "-" and word[1:2].isalpha() else " "
 
 
 def shell_word(word):
