@@ -194,7 +194,6 @@ _INTERFACE_RENDERED = frozenset({"mac", "source", "target", "model", "driver", "
 # where it cannot apply them).
 _HOST_SIDE = frozenset({"bandwidth", "coalesce", "filterref"})
 _HOST_SIDE_TYPES = ("ethernet", "bridge", "network")  # the interface types whose tap the host shapes
-_INTERFACE_RENDERED_OR_HOST_SIDE = _INTERFACE_RENDERED | _HOST_SIDE
 _DISPLAY = frozenset({"graphics", "video", "input", "sound", "audio"})
 _DATA = frozenset({"disk", "filesystem", "hostdev"})
 _QEMU_COMMANDLINE = f"{{{QEMU_NS}}}commandline"
@@ -273,11 +272,12 @@ def _scan_devices(domain, node, found):
     for child in _children(node):
         tag = child.tag
         if tag == "interface":
-            kept = _INTERFACE_RENDERED_OR_HOST_SIDE if child.get("type") in _HOST_SIDE_TYPES else _INTERFACE_RENDERED
             # A slice: lxml builds it in one call, at two thirds of an iterator's cost (comments
-            # and processing instructions, whose tag is no string, are passed over).
+            # and processing instructions, whose tag is no string, are passed over). The type is
+            # read only for an element the command line leaves out, which the host may apply.
             for part in child[:]:
-                if part.tag not in kept and type(part.tag) is str:
+                if part.tag not in _INTERFACE_RENDERED and type(part.tag) is str and not (
+                        part.tag in _HOST_SIDE and child.get("type") in _HOST_SIDE_TYPES):
                     found.append(Dropped(f"{_label(child)}{_label(part, with_kind=False)}", part.sourceline))
             continue
         if tag == "emulator" or tag in _CHARACTER_DEVICES:
