@@ -2,11 +2,12 @@
 
 import re
 
-# The words shlex.quote leaves bare: non-empty, of these characters only.
-_shell_safe = re.compile(r"[\w@%+=:,./-]+", re.ASCII).fullmatch
+# The words shlex.quote leaves bare: non-empty, of these characters only (its [\w@%+=:,./-] with
+# re.ASCII, spelt out: a class of plain characters is one bitmap test per character).
+_shell_safe = re.compile(r"[A-Za-z0-9_@%+=:,./-]+").fullmatch
 # The same, with group 1 matched when the word is an option (a dash and a letter: bare words are
 # ASCII, so [A-Za-z] is what str.isalpha() accepts there).
-_bare_word = re.compile(r"(-(?=[A-Za-z]))?[\w@%+=:,./-]+", re.ASCII).fullmatch
+_bare_word = re.compile(r"(-(?=[A-Za-z]))?[A-Za-z0-9_@%+=:,./-]+").fullmatch
 
 
 def to_json(props):
