@@ -194,7 +194,6 @@ _INTERFACE_RENDERED = frozenset({"mac", "source", "target", "model", "driver", "
 # where it cannot apply them).
 _HOST_SIDE = frozenset({"bandwidth", "coalesce", "filterref"})
 _HOST_SIDE_TYPES = ("ethernet", "bridge", "network")  # the interface types whose tap the host shapes
-_INTERFACE_RENDERED_OR_HOST_SIDE = _INTERFACE_RENDERED | _HOST_SIDE
 _DISPLAY = frozenset({"graphics", "video", "input", "sound", "audio"})
 _DATA = frozenset({"disk", "filesystem", "hostdev"})
 _QEMU_COMMANDLINE = f"{{{QEMU_NS}}}commandline"
@@ -270,14 +269,15 @@ def _scan_memory_backing(domain, node, found):
 
 def _scan_devices(domain, node, found):
     left_out = storage.unrendered(domain)  # {element: why} of the disks and controllers
-    for child in _children(node):
+    for child in node[:]:  # a slice, as below: comments and processing instructions reach no branch
         tag = child.tag
         if tag == "interface":
-            kept = _INTERFACE_RENDERED_OR_HOST_SIDE if child.get("type") in _HOST_SIDE_TYPES else _INTERFACE_RENDERED
             # A slice: lxml builds it in one call, at two thirds of an iterator's cost (comments
-            # and processing instructions, whose tag is no string, are passed over).
+            # and processing instructions, whose tag is no string, are passed over). The type is
+            # read only for an element the command line leaves out, which the host may apply.
             for part in child[:]:
-                if part.tag not in kept and type(part.tag) is str:
+                if part.tag not in _INTERFACE_RENDERED and type(part.tag) is str and not (
+                        part.tag in _HOST_SIDE and child.get("type") in _HOST_SIDE_TYPES):
                     found.append(Dropped(f"{_label(child)}{_label(part, with_kind=False)}", part.sourceline))
             continue
         if tag == "emulator" or tag in _CHARACTER_DEVICES:
@@ -294,33 +294,38 @@ def _scan_devices(domain, node, found):
             continue  # the i8042 of pc and q35 machines
         if tag == "audio" and child.get("type") == "none":
             continue
-        found.append(Dropped(_label(child), child.sourceline, data=tag in _DATA, display=tag in _DISPLAY))
+        if type(tag) is str:  # an element, not a comment or processing instruction
+            found.append(Dropped(_label(child), child.sourceline, data=tag in _DATA, display=tag in _DISPLAY))
+
+
+def _scan_current_memory(domain, node, found):
+    if domain.current_memory is not None and machine.kib_of(domain.current_memory, domain.current_memory_unit) \
+            < machine.memory_kib(domain):
+        found.append(Dropped("<currentMemory>", node.sourceline,
+                             why="the guest starts with all of <memory>; the balloon is not inflated"))
 
 
 _TOP_SCANS = {"os": _scan_os, "features": _scan_features, "cpu": _scan_cpu, "clock": _scan_clock,
-              "memoryBacking": _scan_memory_backing, "devices": _scan_devices}
+              "memoryBacking": _scan_memory_backing, "devices": _scan_devices, "currentMemory": _scan_current_memory}
+# The <domain> children left alone: rendered without a look at their own children, or passed as
+# they are (<qemu:commandline>: warnings() speaks of it).
+_TOP_KEPT = _TOP_RENDERED.difference(_TOP_SCANS) | {_QEMU_COMMANDLINE}
 
 
 def unrendered(domain):
     """Every element of DOMAIN that does not reach QEMU's command line, in document order."""
     found = []
     root = domain.node
-    for child in _children(root):
+    # A slice: lxml builds it in one call, cheaper than an iterator that matches elements only.
+    for child in root[:]:
         tag = child.tag
-        if tag == _QEMU_COMMANDLINE:
-            continue
-        if tag == "currentMemory":
-            if domain.current_memory is not None and machine.kib_of(domain.current_memory, domain.current_memory_unit) \
-                    < machine.memory_kib(domain):
-                found.append(Dropped("<currentMemory>", child.sourceline,
-                                     why="the guest starts with all of <memory>; the balloon is not inflated"))
-            continue
-        if tag not in _TOP_RENDERED:
-            found.append(Dropped(_label(child, with_kind=False), child.sourceline))
+        if tag in _TOP_KEPT:  # most of them: one test
             continue
         scan = _TOP_SCANS.get(tag)
         if scan is not None:
             scan(domain, child, found)
+        elif type(tag) is str:  # an element, not a comment or processing instruction
+            found.append(Dropped(_label(child, with_kind=False), child.sourceline))
     for line, what, why in machine.lifecycle_dropped(domain):
         found.append(Dropped(what, line, why=why))
     found.sort(key=lambda d: d.line or 0)

@@ -143,6 +143,20 @@ def first_serial_console(domain):
 
 def check(domain, paths):
     """The rules the character devices rely on."""
+    if domain.serials or domain.consoles or domain.channels:  # most domains have none
+        _check_ports(domain, paths)
+    for device in [domain.memballoon] + domain.rngs:
+        addr = address_element(device) if device is not None else None
+        if addr is not None and addr.get("type") != "pci":
+            raise XMLInputError(f"<{device.node.tag}>: <address type='{addr.get('type')}'> is for other machines; "
+                                "virtnet puts x86 guests' devices on PCI (type='pci')", line=addr.sourceline)
+    balloon = domain.memballoon
+    if balloon is not None and balloon.model == "none" and (balloon.autodeflate or balloon.stats_period):
+        raise XMLInputError("<memballoon model='none'> takes no autodeflate or <stats>", line=balloon.line)
+
+
+def _check_ports(domain, paths):
+    """The rules of serial ports, consoles and channels."""
     seen_ports = {}
     for index, chardev in enumerate(serial_ports(domain)):
         port = chardev.target_port if chardev.target_port is not None else index
@@ -181,14 +195,6 @@ def check(domain, paths):
             raise XMLInputError(f"<{chardev.kind} type='unix'>: the socket path {path} is longer than the "
                                 f"{UNIX_PATH_MAX} bytes a unix socket address holds; use a shorter path "
                                 "(or a shorter --runtime-dir or domain name)", line=chardev.line)
-    for device in [domain.memballoon] + domain.rngs:
-        addr = address_element(device) if device is not None else None
-        if addr is not None and addr.get("type") != "pci":
-            raise XMLInputError(f"<{device.node.tag}>: <address type='{addr.get('type')}'> is for other machines; "
-                                "virtnet puts x86 guests' devices on PCI (type='pci')", line=addr.sourceline)
-    balloon = domain.memballoon
-    if balloon is not None and balloon.model == "none" and (balloon.autodeflate or balloon.stats_period):
-        raise XMLInputError("<memballoon model='none'> takes no autodeflate or <stats>", line=balloon.line)
 
 
 # ---------------------------------------------------------------- the options
@@ -222,6 +228,8 @@ def _virtio_serial_bus(domain, chardev):
 def chardev_options(domain, paths, syntax):
     """Serial ports, then channels, then virtio consoles: libvirt's order."""
     argv = []
+    if not (domain.serials or domain.consoles or domain.channels):  # most domains have none
+        return argv
     for index, chardev in enumerate(serial_ports(domain)):
         port = chardev.target_port if chardev.target_port is not None else index
         alias = chardev.alias if chardev.kind == "serial" and chardev.alias else f"serial{port}"

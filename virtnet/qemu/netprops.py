@@ -7,6 +7,7 @@ interchangeable with libvirt's. Rendering to JSON or keyval happens in render.py
 import ipaddress
 
 from virtnet.conf import iftypes
+from virtnet.conf.domain import VIRTIO_MODELS
 from virtnet.errors import UnsupportedError, UsageError
 from virtnet.qemu.pciaddr import add_pci_address
 from virtnet.record import Record
@@ -182,8 +183,8 @@ def chardev_props(iface, paths):
     return props
 
 
-def device_driver(domain, iface):
-    model = iface.model
+def device_driver(model):
+    """QEMU's device for the <model type> MODEL (as Interface.model gives it)."""
     return VIRTIO_DRIVERS.get(model, model)
 
 
@@ -228,8 +229,9 @@ def device_props(domain, iface, queues=None):
     """The -device properties. QUEUES: the queues actually opened when fewer than <driver queues>
     (qemu-bridge-helper passes a single tap fd)."""
     ids = iface.ids
-    props = {"driver": device_driver(domain, iface)}
-    if iface.is_virtio:
+    model = iface.model
+    props = {"driver": device_driver(model)}
+    if model in VIRTIO_MODELS:  # iface.is_virtio, from the model at hand (one model read fewer)
         _virtio_props(props, iface, queues or iface.queue_count)
     props["netdev"] = ids.netdev
     props["id"] = ids.device

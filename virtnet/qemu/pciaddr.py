@@ -25,7 +25,14 @@ def address_element(device):
     """The <address> element of the model object DEVICE, or None. Read from the element, found in
     C: every rendered device has an address, and through the model each would cost a frozen
     object, its snapshot and five first reads for these few values."""
-    return next(device.node.iterchildren("address"), None)
+    node = device.node
+    # The grammar allows one <address> per device, and it comes last (libvirt's order), or just
+    # before the <alias> conf.identity appends: the last two children (one C call) are looked at
+    # before a tag-matching walk (several times the cost).
+    for child in reversed(node[-2:]):
+        if child.tag == "address":
+            return child
+    return next(node.iterchildren("address"), None)
 
 
 @lru_cache(maxsize=1024)  # a batch's devices sit at a few dozen places: each is worked out once

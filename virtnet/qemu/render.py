@@ -2,49 +2,38 @@
 
 import re
 
-# The words shlex.quote leaves bare: non-empty, of these characters only.
-_shell_safe = re.compile(r"[\w@%+=:,./-]+", re.ASCII).fullmatch
+try:  # json's C encoder, taken as json.encoder takes it: importing the json package costs more than
+    # a one-file conversion's own rendering (its decoder compiles regular expressions)
+    from _json import encode_basestring_ascii, make_encoder
+except ImportError:  # an interpreter without it: json.dumps
+    make_encoder = None
+
+# The words shlex.quote leaves bare: non-empty, of these characters only (its [\w@%+=:,./-] with
+# re.ASCII, spelt out: a class of plain characters is one bitmap test per character).
+_shell_safe = re.compile(r"[A-Za-z0-9_@%+=:,./-]+").fullmatch
+# The same, with group 1 matched when the word is an option (a dash and a letter: bare words are
+# ASCII, so [A-Za-z] is what str.isalpha() accepts there).
+_bare_word = re.compile(r"(-(?=[A-Za-z]))?[A-Za-z0-9_@%+=:,./-]+").fullmatch
 
 
 def to_json(props):
-    """Compact JSON, as json.dumps(props, separators=(",", ":")) writes it. The keys are property
-    names from virtnet's own code: plain words that need no escaping."""
-    try:
-        text = _plain_json(props)
-    except _NotPlain:
-        pass
-    else:
-        # Every string at once: printable ASCII without backslashes needs no escaping (the
-        # structural characters are such), and _plain_json let no quote through.
-        if text.isascii() and text.isprintable() and "\\" not in text:
-            return text
-    import json  # only for values that need escaping: the package is ~2% of a one-file conversion
+    """Compact JSON, as json.dumps(props, separators=(",", ":")) writes it."""
+    if _json_encoder is None:
+        import json
 
-    return json.dumps(props, separators=(",", ":"))
+        return json.dumps(props, separators=(",", ":"))
+    return "".join(_json_encoder(props, 0))
 
 
-class _NotPlain(Exception):
-    """A value _plain_json does not write as it is (a string with a quote, None, a float, ...)."""
+def _not_serializable(value):
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")  # json.dumps's words
 
 
-def _plain_json(props):
-    """JSON of a dict of strings, ints, booleans and such dicts, with its keys and strings written
-    as they are; raises _NotPlain for a string holding a quote or a value of another type."""
-    # One comprehension, strings tested inline: most values are strings, and a call per value
-    # would cost more than all the rest.
-    return "{" + ",".join([f'"{key}":"{value}"' if type(value) is str and '"' not in value
-                           else f'"{key}":{_plain_value(value)}' for key, value in props.items()]) + "}"
-
-
-def _plain_value(value):
-    kind = type(value)
-    if kind is bool:
-        return "true" if value else "false"
-    if kind is int:
-        return str(value)
-    if kind is dict:
-        return _plain_json(value)
-    raise _NotPlain
+# The encoder json.dumps makes at every call (which costs more than encoding a small dict), made
+# once: dumps's arguments for these separators, without its check for circular references
+# (property dicts hold none).
+_json_encoder = make_encoder and make_encoder(None, _not_serializable, encode_basestring_ascii, None, ":", ",",
+                                              False, False, True)
 
 
 def keyval_escape(text):
@@ -82,12 +71,20 @@ def option_value(props, syntax, lead_key):
 def shell_lines(argv):
     """One option per line with ` \\` continuations, each word shell-quoted (as shlex.quote does),
     ready to paste."""
-    first = argv[0]
-    out = [first if _shell_safe(first) else _shell_quote(first)]
+    out = [shell_word(argv[0])]
     for word in argv[1:]:
-        # One flat loop, quoting inline: most words (options, ids, numbers) need no quotes.
-        out.append(" \\\n" if word[:1] == "-" and word[1:2].isalpha() else " ")
-        out.append(word if _shell_safe(word) else _shell_quote(word))
+        # One flat loop: most words (options, ids, numbers) need no quotes, and the one regex
+        # match that finds a word bare also tells whether it is an option.
+        bare = _bare_word(word)
+        if bare is None:
+            out.append(" \\\n" if word[:1] == "-" and word[1:2].isalpha() else " ")
+            out.append(_shell_quote(word))
+        elif bare.lastindex:  # an option
+            out.append(" \\\n")
+            out.append(word)
+        else:
+            out.append(" ")
+            out.append(word)
     out.append("\n")
     return "".join(out)
 
