@@ -100,7 +100,7 @@ def test_the_usual_mac_screen_passes_only_unicast_mac_addresses():
         if checks._usual_unicast_macs([value]):
             assert mac.is_mac(value) and not mac.is_multicast(value), value
         else:
-            assert not (len(value) == 17 and mac.is_mac(value) and not mac.is_multicast(value)), value
+            assert not (len(value) == mac.TWO_DIGIT_LENGTH and mac.is_mac(value) and not mac.is_multicast(value)), value
     assert checks._usual_unicast_macs(["52:54:00:ab:cd:0e", "02:00:00:00:00:01"])
     assert not checks._usual_unicast_macs(["52:54:00:ab:cd:0e,52:54:00:ab:cd:0f"])  # one value, a separator
 
@@ -110,8 +110,35 @@ def test_seventeen_characters_make_a_mac_key_its_lower_case():
     from virtnet.conf import mac
 
     for value in _mac_variants():
-        if len(value) == 17 and mac.is_mac(value):
+        if len(value) == mac.TWO_DIGIT_LENGTH and mac.is_mac(value):
             assert mac.normalized(value) == value.lower(), value
+
+
+TRICKY_MODEL_LISTS = (
+    ["virtio"], ["virtio", "e1000"], ["virtio", "-x"], ["-"], ["a b"], ["virtio", "a b"], [""], ["virtio", ""],
+    ["", "virtio"], [None], ["virtio", None], [], ["virtio\n"], ["\n"], ["é"], ["virtio", "e1000é"], ["١"],
+    ["ｖｉｒｔｉｏ"], ["a,b"], ["a.b"], ["virtio", "rtl8139", "e1000e", "ne2k_pci", "x-y_z0"],
+)
+
+
+def _model_problems(models):
+    """What model_name_characters finds on a domain whose interfaces name MODELS (its whole code)."""
+    from types import SimpleNamespace
+
+    ifaces = [SimpleNamespace(type="user", model_raw=m, line_of=lambda tag, n=n: n) for n, m in enumerate(models)]
+    return list(checks.model_name_characters(SimpleNamespace(interfaces=ifaces)))
+
+
+def test_the_model_screen_gives_the_verdicts_of_each_model_asked():
+    """model_name_characters' screen (one match of the models joined) passes a list only where asking
+    each model would find nothing; and for models all given, it passes every such list."""
+    for models in TRICKY_MODEL_LISTS:
+        each_plain = all(m is None or checks.MODEL_RE.fullmatch(m) for m in models)
+        assert (not _model_problems(models)) == each_plain, models
+        if checks._plain_models(models):
+            assert each_plain, models
+        elif models and None not in models:
+            assert not each_plain, models
 
 
 def test_the_multicast_screen_passes_only_ipv4_multicast_addresses():

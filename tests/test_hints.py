@@ -177,3 +177,19 @@ def test_define_warns_about_each_interface_start_will_refuse(tmp_path):
     subprocess.run(argv + ["net-define", str(network)], check=True, capture_output=True, cwd=REPO, timeout=60)
     again = subprocess.run(argv + ["define", str(path)], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert again.returncode == 0 and again.stderr == "", again.stderr
+
+
+def test_define_warns_about_what_building_the_command_line_refuses(tmp_path):
+    """A definition that validate refuses for the command-line builder's rules (here: a timezone
+    clock without its timezone) is still stored by define, which says at once that start will
+    refuse it, with validate's message."""
+    path = write(tmp_path / "tz.xml", domain_xml("tz", "").replace("<devices>", "<clock offset='timezone'/>\n  <devices>", 1))
+    assert "<clock offset='timezone'/>" in path.read_text()
+    argv = [sys.executable, "-m", "virtnet", "--state-dir", str(tmp_path / "state")]
+    validate = subprocess.run(argv + ["validate", str(path)], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert validate.returncode == 1 and "needs the attribute timezone=" in validate.stderr, validate.stderr
+    result = subprocess.run(argv + ["define", str(path)], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    message = validate.stderr.removeprefix("virtnet: error: ").rstrip("\n")
+    assert result.stderr == f"virtnet: warning: {message}; `virtnet start tz` will refuse it\n"
+    assert result.stdout == f"Domain 'tz' defined from {path}\n"

@@ -101,7 +101,8 @@ def build_parser(verb=None):
     p = verbs.add_parser("validate", help="check a domain XML against the schema and rules",
                          formatter_class=argparse.RawDescriptionHelpFormatter,
                          description="Check FILE against virtnet's RelaxNG schema and libvirt's semantic rules, and\n"
-                         "everything xml2argv and start check while building QEMU's command line.\n"
+                         "everything xml2argv and start check while building QEMU's command line (socket\n"
+                         "paths under --runtime-dir must fit, as for start).\n"
                          "Prints nothing and exits 0 when it is valid; otherwise one line names the file, line,\n"
                          "element and value, and what is accepted, and the exit status is 1.",
                          epilog=_example("virtnet validate web.xml && echo valid"))
@@ -705,7 +706,7 @@ def cmd_define(args):
     _print_warnings(loaded)
     store = _store(args)
     new = domains.define(store, loaded)
-    _print_diagnostics(domains.start_refusals(loaded) + domains.unknown_networks(store, loaded))
+    _print_diagnostics(domains.start_refusals(loaded, store.runtime_dir) + domains.unknown_networks(store, loaded))
     print(f"Domain '{loaded.domain.name}' {'defined' if new else 'updated'} from {loaded.filename}")
     return 0
 

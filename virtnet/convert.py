@@ -1,6 +1,8 @@
-"""The conversions behind `xml2xml`, `xml2argv` and `plan`: a loaded domain in, text out.
+"""The conversions behind `xml2xml`, `xml2argv` and `plan`: a loaded domain in, text out. And
+`check`, which `validate` and `plan` run: it raises what building QEMU's command line would
+refuse, and returns nothing.
 
-The CLI prints what these functions return; `virtnet golden` and the golden tests compare it
+The CLI prints what the conversions return; `virtnet golden` and the golden tests compare it
 with expectation files. Nothing here prints, probes the host or reads the store: warnings come
 back as data, and what a conversion needs to know about the host (capabilities, names in use,
 the bridge helper, the runtime directory) is an argument. Errors are raised as VirtnetError,

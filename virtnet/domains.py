@@ -14,7 +14,7 @@ all of them (list, and define's conflict checks); undefine removes it like any o
 import os
 import sys
 
-from virtnet.errors import StoreError, UsageError
+from virtnet.errors import StoreError, UsageError, VirtnetError
 
 
 def summarize(domain):
@@ -36,9 +36,11 @@ def summarize_xml(text):
     return summarize(load_text(text, "stored definition").domain)
 
 
-def start_refusals(loaded):
-    """One warning per interface that `start` will refuse (a type virtnet reads and writes but does
-    not run yet), so that define says so at once rather than start later."""
+def start_refusals(loaded, runtime_dir):
+    """What `start` will refuse in a domain define accepts, as warnings, so that define says so at
+    once rather than start later: each interface of a type virtnet reads and writes but does not
+    run yet; else what building QEMU's command line refuses (as validate does; RUNTIME_DIR: where
+    the domain's generated sockets go)."""
     from virtnet.conf import iftypes
 
     warnings = []
@@ -48,6 +50,13 @@ def start_refusals(loaded):
             warnings.append(f"{where}: <interface type='{iface.type}'> is not supported yet by start and "
                             f"xml2argv: `virtnet start {loaded.domain.name}` will refuse it; supported: "
                             f"{', '.join(iftypes.DRIVEN)}")
+    if not warnings:
+        from virtnet import convert
+
+        try:
+            convert.check(loaded, runtime_dir=runtime_dir)
+        except VirtnetError as e:
+            warnings.append(f"{e}; `virtnet start {loaded.domain.name}` will refuse it")
     return warnings
 
 
@@ -154,7 +163,6 @@ def undefine(store, name, nvram=None):
 def _nvram_file(store, name):
     """The NVRAM file of defined domain NAME when it exists, else None (a definition that no longer
     loads has none virtnet can find)."""
-    from virtnet.errors import VirtnetError
     from virtnet.qemu.machine import nvram_path
 
     try:

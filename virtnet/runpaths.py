@@ -43,15 +43,19 @@ class DomainPaths:
 
     @property
     def passt_dir(self):
+        return Path(self.passt_dir_text)
+
+    @property
+    def passt_dir_text(self):
         # Its own directory: passt started by root drops to user nobody before it binds its socket
         # and writes its pid file, so this one is handed to nobody (virtnet.host.passt).
-        return self.dir / "passt"
+        return _join(self.dir_text, "passt")
 
     def passt_socket(self, alias):
         return Path(self.passt_socket_text(alias))
 
     def passt_socket_text(self, alias):
-        return _join(_join(self.dir_text, "passt"), f"{alias}.socket")
+        return _join(self.passt_dir_text, f"{alias}.socket")
 
     def passt_pid(self, alias):
         return self.passt_dir / f"{alias}.pid"

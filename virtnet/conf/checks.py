@@ -22,6 +22,8 @@ from virtnet.errors import XMLInputError
 
 RULES = []
 
+# One character class with '+', nothing else: so a string of such names joined together matches it
+# exactly when each name does, which is what the screen of model_name_characters relies on.
 MODEL_RE = re.compile(r"[A-Za-z0-9_-]+")
 USER_ALIAS_RE = re.compile(r"ua-[A-Za-z0-9_-]+")
 QUEUE_SIZES = (256, 512, 1024)  # powers of two that QEMU accepts for virtio-net rings
@@ -384,11 +386,16 @@ def queue_sizes_are_powers_of_two(domain):
                 )
 
 
+def _plain_models(models):
+    """Whether every model of MODELS (strings, or None for none) is there and matches MODEL_RE, told
+    in one match for all (the common case; see MODEL_RE). False means: ask each one."""
+    return all(models) and MODEL_RE.fullmatch("".join(models)) is not None
+
+
 @rule_about("model")
 def model_name_characters(domain):
-    models = [iface.model_raw for iface in domain.interfaces]
-    if all(models) and MODEL_RE.fullmatch("".join(models)):
-        return  # each interface names a model of those characters: one match for all (the common case)
+    if _plain_models([iface.model_raw for iface in domain.interfaces]):
+        return
     for iface in domain.interfaces:
         model = iface.model_raw
         if model is not None and not MODEL_RE.fullmatch(model):
@@ -603,14 +610,13 @@ def alias_is_user_alias(domain):
 # cheaper than asking conf.mac about each (the rules' common case; the others go the long way).
 _USUAL_UNICAST_MAC = r"[0-9A-Fa-f][02468AaCcEe](?::[0-9A-Fa-f]{2}){5}"
 _USUAL_UNICAST_MACS = re.compile(f"{_USUAL_UNICAST_MAC}(?:,{_USUAL_UNICAST_MAC})*")
-_MAC_LENGTH = len("52:54:00:12:34:56")
 
 
 def _usual_unicast_macs(macs):
     """Whether every MAC of MACS (a list of strings) is written as usual (see above): then it is a
     unicast MAC address (conf.mac). The length tells that no value held the separator."""
     joined = ",".join(macs)
-    if len(joined) != (_MAC_LENGTH + 1) * len(macs) - 1:
+    if len(joined) != (mac.TWO_DIGIT_LENGTH + 1) * len(macs) - 1:
         return False
     return _USUAL_UNICAST_MACS.fullmatch(joined) is not None
 
@@ -631,8 +637,8 @@ def _duplicates(domain, key, describe):
 @rule_about("mac")
 def unique_macs(domain):
     macs = [iface.mac for iface in domain.interfaces if iface.mac]
-    if set(map(len, macs)) == {_MAC_LENGTH} and len(set(map(str.lower, macs))) == len(macs):
-        # The common case, told in C: 17 characters long, a MAC address has two digits an octet, so
+    if set(map(len, macs)) == {mac.TWO_DIGIT_LENGTH} and len(set(map(str.lower, macs))) == len(macs):
+        # The common case, told in C: that long, a MAC address has two digits an octet, so
         # its key below (its normal form) is its lower case; a value that is no MAC address is its
         # own key, and no MAC's lower case. Distinct lower cases, distinct keys.
         return
@@ -1050,8 +1056,8 @@ def rules_for(present):
 def _rules_for_names(names):
     """rules_for(NAMES) for a frozenset of names, worked out once per distinct set: domains share
     a handful of them, and asking each of the ~50 rules (~1 K instructions each) costs as much as
-    running several. Assumes RULES and their names stay as imported (as rules_for itself reads them
-    at every call, it is what the tests ask)."""
+    running several. The answers are kept, so RULES and their rule_about names must not change
+    after import; tests that change them ask rules_for, which reads them at every call."""
     return tuple(rules_for(names))
 
 
@@ -1060,7 +1066,7 @@ _TAG = operator.attrgetter("tag")
 
 def device_element_names(domain):
     """The names of the elements below <devices>, at any depth (what rule_about names)."""
-    devices = next(domain.node.iterchildren("devices"), None)
+    devices = domain.devices_node()
     return frozenset() if devices is None else frozenset(map(_TAG, devices.iter()))  # a loop in C
 
 

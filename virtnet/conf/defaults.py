@@ -6,7 +6,7 @@ input always gives the same canonical XML and argv — what golden tests and CI 
 
 from lxml import etree
 
-from virtnet.conf import disk, guest, ifname, mac, pci
+from virtnet.conf import disk, guest, identity, ifname, mac, pci
 from virtnet.conf.domain import VIRTIO_MODELS, model_name
 
 DEFAULT_MODEL = "rtl8139"  # libvirt's choice for x86 guests when <model> is absent
@@ -114,8 +114,8 @@ def _drop_runtime_only(iface, source, coalesce):
 
 def apply_defaults(domain):
     """Fill in and normalise the domain in place. Returns (warnings, nics): the warnings as (line,
-    message), and for each interface what conf.identity reads of it (see identity.read_nic), as
-    read here: it is handed on rather than read again."""
+    message), and for each interface the identity.NicRead of what is read here: it is handed on
+    to identity.prepare rather than read again."""
     warnings = []
     _ensure_uuid(domain)
     types, aliases, macs, devs = [], [], [], []
@@ -147,4 +147,4 @@ def apply_defaults(domain):
     pci.assign_addresses(domain)  # every PCI device, normalised or given a slot
     if "channel" in present:
         guest.assign_virtio_serial_ports(domain)
-    return warnings, list(zip(types, aliases, macs, devs))
+    return warnings, [identity.NicRead(*fields) for fields in zip(types, aliases, macs, devs)]

@@ -3,16 +3,22 @@
 from virtnet.conf import guest, iftypes
 from virtnet.conf.address import Address
 from virtnet.conf.disk import Controller, Disk
+from virtnet.conf.guest import VIRTIO_MODELS
 from virtnet.conf.xmlmodel import Child, Children, Prop, XMLObject, yes
 
 # Models that want IFF_VNET_HDR on their tap (libvirt's "vnet-header compatible" list).
-VNET_HDR_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional", "e1000e", "vmxnet3")
-VIRTIO_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional")
+VNET_HDR_MODELS = VIRTIO_MODELS + ("e1000e", "vmxnet3")
 # libvirt's known model names (virDomainNetModel), matched case-insensitively; others pass verbatim.
 KNOWN_MODELS = frozenset(VIRTIO_MODELS + (
     "netfront", "rtl8139", "e1000", "e1000e", "igb", "usb-net", "spapr-vlan", "lan9118", "smc91c111",
     "vlance", "vmxnet", "vmxnet2", "vmxnet3", "ne2k_pci", "pcnet", "i82551", "i82557b", "i82559er",
 ))
+
+
+def is_device_pci_address(address):
+    """Whether an <address> element below <devices> places a device on the guest's PCI bus: of type
+    'pci', and not a <source>'s (that names a host device, e.g. of a <hostdev>)."""
+    return address.get("type") == "pci" and address.getparent().tag != "source"
 
 
 def model_name(raw):
@@ -283,8 +289,7 @@ class Domain(XMLObject):
         devices = self.devices_node()
         if devices is None:
             return []
-        return [(a.getparent().tag, a) for a in devices.iter("address")
-                if a.get("type") == "pci" and a.getparent().tag != "source"]
+        return [(a.getparent().tag, a) for a in devices.iter("address") if is_device_pci_address(a)]
 
     @property
     def is_q35(self):

@@ -6,12 +6,10 @@ these objects through one-line properties (domain.os, domain.serials, ...). What
 them on QEMU's command line lives in qemu/machine.py and qemu/chardevs.py.
 """
 
-import functools
-
 from lxml import etree
 
 from virtnet.conf.address import Address
-from virtnet.conf.xmlmodel import Child, Children, Prop, XMLObject
+from virtnet.conf.xmlmodel import Child, Children, Prop, XMLObject, copied
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 VIRTIO_SERIAL = "virtio-serial"
@@ -258,19 +256,6 @@ MODEL_CLASSES = (Os, Loader, Nvram, Cpu, CpuFeature, Clock, Timer, Features, Pm,
                  VirtioSerialController, Rng, Memballoon, QemuArg, QemuEnv)
 
 
-def copied(make):
-    """Decorator: MAKE(*KEY) makes a new element; the decorated function returns a copy of the one
-    made (once) for KEY. lxml sets a new element's attributes one at a time, which costs about
-    three times a copy: each prepared domain gets its balloon, aliases and PCI addresses this way.
-    The elements made are never put in a tree, so no domain sees another's."""
-    kept = functools.lru_cache(maxsize=1024)(make)
-
-    def copy(*key):
-        return kept(*key).__copy__()
-
-    return functools.wraps(make)(copy)
-
-
 def new_element(parent, tag, attrib, after=()):
     """A child element of PARENT, put after the last child whose tag is in AFTER (else first)."""
     node = etree.Element(tag, attrib)
@@ -287,6 +272,7 @@ def new_element(parent, tag, attrib, after=()):
 
 # ---------------------------------------------------------------- defaults (the defaults step)
 
+# The virtio device models (NICs, balloons, RNGs, disks' controllers): one home, used across conf/.
 VIRTIO_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional")
 DEFAULT_VIRTIO_SERIAL_PORTS = 31  # virtio-serial-pci's max_ports
 # Where libvirt puts a new controller among the devices, and the devices a balloon goes before.

@@ -18,8 +18,8 @@ import re
 from lxml import etree
 
 from virtnet.conf import iftypes, mac
-from virtnet.conf.guest import copied
 from virtnet.conf.ifname import GENERATED_PREFIX
+from virtnet.conf.xmlmodel import copied
 from virtnet.record import Record
 
 NET_ALIAS = re.compile(r"net(\d+)")
@@ -48,6 +48,18 @@ class NicIds(Record):
     @property
     def chardev(self):
         return "char" + self.alias
+
+
+class NicRead(Record):
+    """What `prepare` reads of an interface (read_nic), or what the defaults step hands it having
+    read the same just before (so nothing is looked up twice)."""
+    __slots__ = ("iftype", "alias_node", "guest_mac", "dev")
+
+    def __init__(self, iftype, alias_node, guest_mac, dev):
+        self.iftype = iftype
+        self.alias_node = alias_node  # the <alias> element, or None
+        self.guest_mac = guest_mac
+        self.dev = dev  # <target dev>, or None
 
 
 class DiskIds(Record):
@@ -142,32 +154,31 @@ def _tap_name(iftype, dev):
 
 
 def read_nic(iface):
-    """What `prepare` reads of an interface: (its type, its <alias> element or None, its MAC, its
-    <target dev> or None). Each element is looked up once, and read here directly (as
-    Interface.alias, .mac and .target_dev would): the model is not frozen yet."""
+    """What `prepare` reads of an interface, as a NicRead. Each element is looked up once, and read
+    here directly (as Interface.alias, .mac and .target_dev would): the model is not frozen yet."""
     children = iface.first_children()
-    return (iface.type, children.get("alias"), _attribute(children.get("mac"), "address"),
-            _attribute(children.get("target"), "dev"))
+    return NicRead(iface.type, children.get("alias"), _attribute(children.get("mac"), "address"),
+                   _attribute(children.get("target"), "dev"))
 
 
 def prepare(domain, nics=None):
     """Stamp every interface with its NicIds (alias written into the XML when it has none).
-    NICS: what `read_nic` gives for each interface, when the caller has read that already (the
-    defaults step, which reads every interface just before)."""
+    NICS: a NicRead for each interface, when the caller has read that already (the defaults step,
+    which reads every interface just before)."""
     interfaces = domain.interfaces
     if nics is None:
         nics = [read_nic(iface) for iface in interfaces]
-    aliases = [node.get("name") if node is not None else None for _, node, _, _ in nics]
+    aliases = [_attribute(nic.alias_node, "name") for nic in nics]
     number = _first_new_net_number(aliases) if None in aliases else None
-    for iface, (iftype, node, guest_mac, dev), alias in zip(interfaces, nics, aliases):
+    for iface, nic, alias in zip(interfaces, nics, aliases):
         if alias is None:
             alias = f"net{number}"
             number += 1
-            if node is None:
+            if nic.alias_node is None:
                 iface.node.append(_alias_element(alias))
             else:
-                node.set("name", alias)
-        iface.ids = NicIds(alias, mac.host_side(guest_mac), _tap_name(iftype, dev))
+                nic.alias_node.set("name", alias)
+        iface.ids = NicIds(alias, mac.host_side(nic.guest_mac), _tap_name(nic.iftype, nic.dev))
     _prepare_storage(domain)
     return domain
 

@@ -56,4 +56,4 @@ def phrase(type_names):
 
 DRIVEN = names(driven=True)
 TAP_TYPES = frozenset(names(tap=True))
-SOCKET_TYPES = names(socket=True)
+SOCKET_TYPES = frozenset(names(socket=True))

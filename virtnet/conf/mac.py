@@ -3,7 +3,9 @@
 import re
 
 MAC_RE = re.compile(r"[0-9A-Fa-f]{1,2}(:[0-9A-Fa-f]{1,2}){5}")
-ZERO = "00:00:00:00:00:00"  # the all-zero MAC in normal form (see is_zero)
+ZERO = "00:00:00:00:00:00"  # the all-zero MAC in normal form (is_zero tells it in any form)
+# A valid MAC this long has two digits in every octet: the longest a valid one can be.
+TWO_DIGIT_LENGTH = len(ZERO)
 QEMU_OUI = "52:54:00"  # QEMU/KVM's prefix, as libvirt uses for generated MACs
 
 
@@ -14,9 +16,9 @@ def is_mac(text):
 def normal(mac):
     """Two lowercase hex digits per octet, as QEMU requires ('52:54:0:a:b:c' → '52:54:00:0a:0b:0c').
     MAC: a valid one (see is_mac)."""
-    if len(mac) == len(ZERO):
-        # Two digits per octet already (the longest a valid MAC can be): only the case to fold. Told
-        # by the length, not by a pattern: most MACs are written so, and a match costs ten times more.
+    if len(mac) == TWO_DIGIT_LENGTH:
+        # Two digits per octet already: only the case to fold. Told by the length, not by a
+        # pattern: most MACs are written so, and a match costs ten times more.
         return mac.lower()
     return ":".join(f"{int(octet, 16):02x}" for octet in mac.split(":"))
 

@@ -25,7 +25,9 @@ from lxml import etree
 
 from virtnet.conf.address import pci_number
 from virtnet.conf.disk import ROOT_MODELS, Controller, add_controller, ensure_root
-from virtnet.conf.guest import copied
+from virtnet.conf.domain import is_device_pci_address
+from virtnet.conf.guest import VIRTIO_MODELS
+from virtnet.conf.xmlmodel import copied
 from virtnet.errors import XMLInputError
 from virtnet.record import Record
 
@@ -34,7 +36,6 @@ LAST_SLOT = 31
 FUNCTIONS = 8
 Q35_RESERVED = {0x1F}  # ICH9 LPC/SATA/SMBus on q35
 PRIMARY_VIDEO_SLOT = {False: 2, True: 1}  # libvirt's place for the primary video card: pc, q35
-VIRTIO_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional")
 PCIE_NIC_MODELS = ("e1000e", "igb", "virtio", "virtio-non-transitional")
 CONVENTIONAL_SCSI_MODELS = ("lsilogic", "lsisas1068", "lsisas1078", "vmpvscsi", "virtio-transitional")
 PCI_VIDEO_MODELS = (None, "vga", "cirrus", "vmvga", "qxl", "virtio", "bochs")
@@ -120,8 +121,8 @@ def _normalize_explicit(addresses):
     it); one that names no place goes (see names_a_place). Returns what `_explicit` would, after that."""
     kept = []
     for addr in addresses:
-        if addr.get("type") != "pci" or addr.getparent().tag == "source":
-            continue  # not a device's PCI address (as Domain.pci_addresses)
+        if not is_device_pci_address(addr):
+            continue
         if names_a_place(addr):
             kept.append(addr)
         else:
@@ -185,8 +186,22 @@ def _nic_connect(node):
     return "pcie" if model in PCIE_NIC_MODELS else "pci"
 
 
-# The devices the layout places (unplaced_devices) or keeps a slot for (_primary_video).
-SURVEYED = frozenset(("interface", "controller", "disk", "memballoon", "rng", "video"))
+def _virtio_disk(node, q35):
+    target = _first(node, "target")
+    return target is not None and target.get("bus") == "virtio"
+
+
+# The devices unplaced_devices places, by tag in libvirt's order of assignment, each with the test
+# that tells which of them are PCI devices (None: all are). _survey's tags derive from it.
+PLACED = {
+    "interface": None,
+    "controller": lambda node, q35: node.get("type") != "pci" and controller_connect(node, q35),
+    "disk": _virtio_disk,
+    "memballoon": lambda node, q35: node.get("model") in VIRTIO_MODELS,
+    "rng": lambda node, q35: node.get("model") in VIRTIO_MODELS,
+}
+# Those, and the video cards: _primary_video keeps a slot for the first.
+SURVEYED = frozenset(PLACED).union(("video",))
 
 
 def _survey(devices, addresses):
@@ -208,18 +223,11 @@ def unplaced_devices(by_tag, q35):
     """Every device virtnet gives a PCI address that has no <address> yet (BY_TAG: as _survey gives
     them), in libvirt's order of assignment. A device with an <address> is placed already, or is
     on another bus (ccw, virtio-mmio, drive)."""
-    found = list(by_tag.get("interface", ()))
-    for node in by_tag.get("controller", ()):
-        if node.get("type") != "pci" and controller_connect(node, q35):
-            found.append(node)
-    for node in by_tag.get("disk", ()):
-        target = _first(node, "target")
-        if target is not None and target.get("bus") == "virtio":
-            found.append(node)
-    for tag in ("memballoon", "rng"):
-        for node in by_tag.get(tag, ()):
-            if node.get("model") in VIRTIO_MODELS:
-                found.append(node)
+    found = []
+    for tag, is_pci in PLACED.items():
+        nodes = by_tag.get(tag)
+        if nodes:
+            found.extend(nodes if is_pci is None else [node for node in nodes if is_pci(node, q35)])
     return found
 
 
@@ -355,6 +363,14 @@ def _pci_0_full(node):
         f"{_where(node)}: no free PCI slot left on pci.0 (slots {FIRST_FREE_SLOT}..{LAST_SLOT} are taken); give "
         "some devices explicit <address type='pci' bus=...> on a <controller type='pci' model='pci-bridge'>",
         line=node.sourceline)
+
+
+def _fits_in_turn(domain, explicit, controllers, unaddressed):
+    """Whether _place_in_turn places the devices where the layout would (its arguments: as
+    assign_addresses has them). Most domains: a pc guest without PCI addresses or controllers
+    written, so pci.0 is the only bus, with only the chipset's slots taken (and no video card's):
+    no layout to build to find the next slot."""
+    return not (explicit or controllers or "video" in unaddressed or domain.is_q35)
 
 
 def _place_in_turn(nodes):
@@ -554,9 +570,7 @@ def assign_addresses(domain):
     # Looked up before any address is written: the only devices given one before the others are
     # placed (the primary video card, the chipset's own controllers) are not among those.
     unaddressed, controllers = _survey(devices, addresses)
-    if not (explicit or controllers or "video" in unaddressed or domain.is_q35):
-        # Most domains: a pc guest without PCI addresses or controllers written, so pci.0 is the
-        # only bus, with only the chipset's slots taken: no layout to build to find the next one.
+    if _fits_in_turn(domain, explicit, controllers, unaddressed):
         _place_in_turn(unplaced_devices(unaddressed, False))
         return
     layout = Layout(domain, explicit, controllers)

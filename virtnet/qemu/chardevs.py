@@ -134,6 +134,12 @@ def serial_ports(domain):
     return ports
 
 
+def _has_chardevs(domain):
+    """Whether DOMAIN has any serial port, console or channel: most have none, and their rules and
+    options are then skipped whole."""
+    return bool(domain.serials or domain.consoles or domain.channels)
+
+
 def first_serial_console(domain):
     consoles = domain.consoles
     if consoles and consoles[0].target_type in (None, "serial"):
@@ -143,7 +149,7 @@ def first_serial_console(domain):
 
 def check(domain, paths):
     """The rules the character devices rely on."""
-    if domain.serials or domain.consoles or domain.channels:  # most domains have none
+    if _has_chardevs(domain):
         _check_ports(domain, paths)
     for device in [domain.memballoon] + domain.rngs:
         addr = address_element(device) if device is not None else None
@@ -228,7 +234,7 @@ def _virtio_serial_bus(domain, chardev):
 def chardev_options(domain, paths, syntax):
     """Serial ports, then channels, then virtio consoles: libvirt's order."""
     argv = []
-    if not (domain.serials or domain.consoles or domain.channels):  # most domains have none
+    if not _has_chardevs(domain):
         return argv
     for index, chardev in enumerate(serial_ports(domain)):
         port = chardev.target_port if chardev.target_port is not None else index

@@ -2,18 +2,31 @@
 
 import re
 
-try:  # json's C encoder, taken as json.encoder takes it: importing the json package costs more than
-    # a one-file conversion's own rendering (its decoder compiles regular expressions)
-    from _json import encode_basestring_ascii, make_encoder
-except ImportError:  # an interpreter without it: json.dumps
-    make_encoder = None
-
 # The words shlex.quote leaves bare: non-empty, of these characters only (its [\w@%+=:,./-] with
 # re.ASCII, spelt out: a class of plain characters is one bitmap test per character).
-_shell_safe = re.compile(r"[A-Za-z0-9_@%+=:,./-]+").fullmatch
-# The same, with group 1 matched when the word is an option (a dash and a letter: bare words are
-# ASCII, so [A-Za-z] is what str.isalpha() accepts there).
-_bare_word = re.compile(r"(-(?=[A-Za-z]))?[A-Za-z0-9_@%+=:,./-]+").fullmatch
+_SHELL_SAFE = r"[A-Za-z0-9_@%+=:,./-]+"
+_shell_safe = re.compile(_SHELL_SAFE).fullmatch
+# The same, with group 1 matched when the word is an option: shell_lines's rule (a dash and a
+# letter) for bare words, which are ASCII, so [A-Za-z] is what str.isalpha() accepts there.
+_bare_word = re.compile(r"(-(?=[A-Za-z]))?" + _SHELL_SAFE).fullmatch
+
+
+def _not_serializable(value):
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")  # json.dumps's words
+
+
+# The encoder json.dumps makes at every call (which costs more than encoding a small dict), made
+# once from json's C encoder, as json.encoder makes it: dumps's arguments for these separators,
+# without its check for circular references (property dicts hold none). Importing the json package
+# instead costs more than a one-file conversion's own rendering (its decoder compiles regular
+# expressions).
+try:
+    from _json import encode_basestring_ascii, make_encoder
+
+    _json_encoder = make_encoder(None, _not_serializable, encode_basestring_ascii, None, ":", ",",
+                                 False, False, True)
+except (ImportError, TypeError):  # no C encoder, or a private signature changed: json.dumps
+    _json_encoder = None
 
 
 def to_json(props):
@@ -23,17 +36,6 @@ def to_json(props):
 
         return json.dumps(props, separators=(",", ":"))
     return "".join(_json_encoder(props, 0))
-
-
-def _not_serializable(value):
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")  # json.dumps's words
-
-
-# The encoder json.dumps makes at every call (which costs more than encoding a small dict), made
-# once: dumps's arguments for these separators, without its check for circular references
-# (property dicts hold none).
-_json_encoder = make_encoder and make_encoder(None, _not_serializable, encode_basestring_ascii, None, ":", ",",
-                                              False, False, True)
 
 
 def keyval_escape(text):
@@ -74,7 +76,9 @@ def shell_lines(argv):
     out = [shell_word(argv[0])]
     for word in argv[1:]:
         # One flat loop: most words (options, ids, numbers) need no quotes, and the one regex
-        # match that finds a word bare also tells whether it is an option.
+        # match that finds a word bare also tells whether it is an option. The rule is spelt out
+        # only for quoted words (which may be non-ASCII): applying it to every word instead costs
+        # ~5 % of xml2argv's rendering.
         bare = _bare_word(word)
         if bare is None:
             out.append(" \\\n" if word[:1] == "-" and word[1:2].isalpha() else " ")
