@@ -82,7 +82,7 @@ def xml2argv(loaded, *, runtime_dir, host_caps=frozenset(), syntax="json", stand
     (default: /var/lib/virtnet, root's). QEMU's environment (<qemu:env>, a clock's TZ) comes first,
     as NAME=VALUE lines the shell takes as the command's environment.
     """
-    from virtnet.qemu.argv import DEFAULT_STATE_DIR, ArgvOptions, build_command, warnings as argv_warnings
+    from virtnet.qemu.argv import DEFAULT_STATE_DIR, ArgvOptions, warnings as argv_warnings
     from virtnet.qemu.render import shell_lines, shell_word
 
     domain, filename = loaded.domain, loaded.filename
@@ -90,10 +90,7 @@ def xml2argv(loaded, *, runtime_dir, host_caps=frozenset(), syntax="json", stand
     options = ArgvOptions(syntax=syntax, standalone=standalone, network_only=network_only,
                           host_caps=frozenset(host_caps), bridge_helper=bridge_helper,
                           state_dir=str(state_dir or DEFAULT_STATE_DIR))
-    try:
-        command = build_command(domain, paths, options)
-    except VirtnetError as e:
-        raise e.located(filename) from None
+    command = _build_command(loaded, paths, options)
     warnings = []
     if not network_only:
         warnings += [Diagnostic(filename, line, message) for line, message in argv_warnings(domain)]
@@ -122,11 +119,18 @@ def check(loaded, *, runtime_dir, host_caps=frozenset()):
     """Raise what xml2argv and start would refuse while building QEMU's command line for a loaded
     domain (rules that need the whole machine in view: chardev ports, firmware, clock, boot). Pure:
     RUNTIME_DIR is only where generated socket paths would go (their length is checked)."""
-    from virtnet.qemu.argv import ArgvOptions, build_command
+    from virtnet.qemu.argv import ArgvOptions
+
+    paths = DomainPaths(runtime_dir, loaded.domain.name)
+    _build_command(loaded, paths, ArgvOptions(host_caps=frozenset(host_caps)))
+
+
+def _build_command(loaded, paths, options):
+    """qemu.argv.build_command for a loaded domain, its errors located in the domain's file."""
+    from virtnet.qemu.argv import build_command
 
     try:
-        build_command(loaded.domain, DomainPaths(runtime_dir, loaded.domain.name),
-                      ArgvOptions(host_caps=frozenset(host_caps)))
+        return build_command(loaded.domain, paths, options)
     except VirtnetError as e:
         raise e.located(loaded.filename) from None
 
