@@ -350,3 +350,24 @@ def test_a_model_class_may_name_itself():
     outer = freeze(_Nested(etree.fromstring("<n v='1'><n v='2'><n v='3'/></n></n>")))
     assert (outer.v, outer.inner.v, outer.inner.inner.v, outer.inner.inner.inner) == ("1", "2", "3", None)
     assert type(outer.inner) is type(outer)
+
+
+def test_a_frozen_document_is_freed_without_the_cycle_collector():
+    """A frozen model makes no reference cycle (its group holds the objects by weak reference): a
+    batch would otherwise leave every domain to the garbage collector."""
+    import gc
+    import weakref
+
+    from virtnet.conf.load import load_file
+
+    gc.disable()
+    try:
+        domain = load_file(str(REPO / "examples" / "net-eth-unmanaged-tap.xml")).domain
+        assert is_frozen(domain)
+        sources = [iface.source for iface in domain.interfaces]  # frozen sub-objects, memoised
+        assert sources and is_frozen(domain.interfaces[0])
+        gone = weakref.ref(domain)
+        del domain, sources
+        assert gone() is None
+    finally:
+        gc.enable()

@@ -579,12 +579,6 @@ def _version():
     return __version__
 
 
-def _print_warnings(loaded):
-    for line, message in loaded.warnings:
-        where = f"{loaded.filename}:{line}" if line else loaded.filename
-        print(f"{PROG}: warning: {where}: {message}", file=sys.stderr)
-
-
 def cmd_validate(args):
     from virtnet import convert
     from virtnet.runpaths import default_runtime_dir
@@ -699,11 +693,10 @@ def _store(args):
 
 
 def cmd_define(args):
-    from virtnet import domains
-    from virtnet.conf.load import load_file
+    from virtnet import convert, domains
 
-    loaded = load_file(args.file)
-    _print_warnings(loaded)
+    loaded = convert.load(args.file)
+    _print_diagnostics(convert.diagnostics(loaded))
     store = _store(args)
     new = domains.define(store, loaded)
     _print_diagnostics(domains.start_refusals(loaded, store.runtime_dir) + domains.unknown_networks(store, loaded))
@@ -851,11 +844,10 @@ cmd_resume = _domain_action("resume", "resumed")
 
 
 def cmd_create(args):
-    from virtnet import runner
-    from virtnet.conf.load import load_file
+    from virtnet import convert, runner
 
-    loaded = load_file(args.file)
-    _print_warnings(loaded)
+    loaded = convert.load(args.file)
+    _print_diagnostics(convert.diagnostics(loaded))
     state = runner.create(_store(args), loaded, paused=args.paused, netns_name=_netns_name(args),
                           unprivileged=args.unprivileged, bridge_helper=args.bridge_helper,
                           allow_dropped=args.allow_dropped)

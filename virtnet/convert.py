@@ -154,11 +154,12 @@ def plan(loaded, fmt="text", *, runtime_dir, names_in_use=frozenset(), host_caps
     if owner is None and fmt in ("sh", "networkd"):
         raise UsageError(f"the {fmt} format needs the owner of the pre-created taps")
     domain, filename = loaded.domain, loaded.filename
-    from virtnet.qemu.argv import check_dropped, unrendered
+    from virtnet.qemu.argv import ArgvOptions, check_dropped, unrendered
     from virtnet.qemu.argv import warnings as argv_warnings
 
-    check(loaded, runtime_dir=runtime_dir, host_caps=host_caps)  # what start would refuse, plan refuses too
     paths = DomainPaths(runtime_dir, domain.name)
+    # What start would refuse while building QEMU's command line, plan refuses too (as check does).
+    _build_command(loaded, paths, ArgvOptions(host_caps=frozenset(host_caps)))
     try:
         built = build_plan(domain, names_in_use=frozenset(names_in_use), host_caps=frozenset(host_caps),
                            paused=paused, bridge_helper=bridge_helper, paths=paths)

@@ -16,7 +16,7 @@ from lxml import etree
 from virtnet.conf import disk as diskconf
 from virtnet.conf import ifname, iftypes, mac, pci
 from virtnet.conf.address import pci_number
-from virtnet.conf.domain import VIRTIO_MODELS
+from virtnet.conf.guest import VIRTIO_MODELS
 from virtnet.conf.text import control_re, surely_plain, visible
 from virtnet.errors import XMLInputError
 
@@ -990,9 +990,9 @@ def controller_models(domain):
             )
         elif ctype == "pci" and model == "pci-root" and domain.is_q35:
             yield controller.line, f"{where} model='pci-root'> is pc's root bus; q35's is model='pcie-root'"
-        elif ctype == "pci" and model in pci.ROOT_MODELS and controller.index not in (None, 0):
+        elif ctype == "pci" and model in diskconf.ROOT_MODELS and controller.index not in (None, 0):
             yield controller.line, f"{where} model='{model}'> is the root bus: its index is 0"
-        elif ctype == "pci" and controller.index == 0 and model not in pci.ROOT_MODELS:
+        elif ctype == "pci" and controller.index == 0 and model not in diskconf.ROOT_MODELS:
             yield controller.line, (
                 f"{where} index='0'> is the root bus: model='{diskconf.root_model(domain)}' (model='{model}' needs "
                 "an index above 0)"

@@ -7,7 +7,8 @@ input always gives the same canonical XML and argv — what golden tests and CI 
 from lxml import etree
 
 from virtnet.conf import disk, guest, identity, ifname, mac, pci
-from virtnet.conf.domain import VIRTIO_MODELS, model_name
+from virtnet.conf.domain import model_name
+from virtnet.conf.guest import VIRTIO_MODELS
 
 DEFAULT_MODEL = "rtl8139"  # libvirt's choice for x86 guests when <model> is absent
 # <driver> attributes that only mean something to virtio-net.
@@ -134,11 +135,10 @@ def apply_defaults(domain):
             _tidy_driver(iface, driver, children.get("backend"), model, warnings)
         macs.append(_normalize_mac(iface, children.get("mac")))
     _fill_macs(domain, macs)
-    # The kinds of device the domain has, from one look at <devices> (as Domain.device_tags, with
-    # the element kept for the balloon): most domains have none of those the virtio-serial and disk
-    # steps are about, and those would look through the model.
+    # The kinds of device the domain has, from one look at <devices>: most domains have none of
+    # those the virtio-serial and disk steps are about, and those would look through the model.
     devices = guest.devices_element(domain)
-    present = {child.tag for child in devices[:]}
+    present = domain.device_tags()
     guest.add_default_memballoon(devices, present)
     if present & SERIAL_PORT_USERS:
         guest.add_virtio_serial_controllers(domain)

@@ -18,8 +18,7 @@ class Loaded:
 
 def load_tree(tree, filename):
     schema.validate(tree, filename)
-    _check(tree, filename)
-    return _prepare(tree, filename)
+    return _prepare(*_check(tree, filename))
 
 
 def _check(tree, filename):
@@ -45,8 +44,7 @@ def _prepare(tree, filename):
 
 def load_file(path):
     """Load and check a domain file ('-' for standard input)."""
-    filename, tree = xmlparse.parse_file(path)
-    return load_tree(tree, filename)
+    return _prepare(*_check(*_parse_and_validate(path)))  # the stages load_files runs, in turn
 
 
 # Files a batch takes through one stage before the next (see load_files).
@@ -69,18 +67,14 @@ def load_files(paths):
 
 
 def _chunks(paths):
-    """PATHS in runs of at most BATCH_CHUNK; standard input ('-') in a run of its own, so that it is
-    read only once every file before it has been loaded (a refused one stops the verb first)."""
+    """PATHS in runs of at most BATCH_CHUNK; standard input ('-') starts a run, so that it is read
+    only once every file before it has been loaded (a refused one stops the verb first)."""
     chunk = []
     for path in paths:
-        if path == "-" or len(chunk) == BATCH_CHUNK:
-            if chunk:
-                yield chunk
-            chunk = []
-        chunk.append(path)
-        if path == "-":
+        if chunk and (path == "-" or len(chunk) == BATCH_CHUNK):
             yield chunk
             chunk = []
+        chunk.append(path)
     if chunk:
         yield chunk
 

@@ -18,13 +18,12 @@ import os
 from virtnet.conf.guest import VIRTIO_MODELS, VIRTIO_SERIAL
 from virtnet.errors import XMLInputError
 from virtnet.qemu import render
-from virtnet.qemu.pciaddr import add_pci_address, address_element
+from virtnet.qemu.pciaddr import VIRTIO_PCI_SUFFIX, add_pci_address, address_element
 
 UNIX_PATH_MAX = 107  # sun_path holds 108 bytes including the terminating NUL
 ISA_SERIAL_PORTS = 4  # COM1..COM4
 DEFAULT_RNG_SOURCE = "/dev/random"  # libvirt's default for <backend model='random'/>
 CHANNEL_DIR = "channel"
-MODEL_SUFFIX = {"virtio": "", "virtio-transitional": "-transitional", "virtio-non-transitional": "-non-transitional"}
 
 
 # ---------------------------------------------------------------- ids and addresses
@@ -275,7 +274,7 @@ def balloon_options(domain, syntax):
     balloon = domain.memballoon
     if balloon is None or balloon.model not in VIRTIO_MODELS:
         return []
-    props = {"driver": "virtio-balloon-pci" + MODEL_SUFFIX[balloon.model], "id": _alias(balloon, "balloon0")}
+    props = {"driver": "virtio-balloon-pci" + VIRTIO_PCI_SUFFIX[balloon.model], "id": _alias(balloon, "balloon0")}
     if balloon.autodeflate in ("on", "off"):
         props["deflate-on-oom"] = balloon.autodeflate == "on"
     if balloon.free_page_reporting in ("on", "off"):
@@ -297,7 +296,7 @@ def rng_options(domain, syntax):
         else:
             obj = {"qom-type": "rng-random", "id": backend, "filename": rng.backend or DEFAULT_RNG_SOURCE}
         argv += ["-object", render.option_value(obj, syntax, "qom-type")]
-        props = {"driver": "virtio-rng-pci" + MODEL_SUFFIX[rng.model], "rng": backend, "id": alias}
+        props = {"driver": "virtio-rng-pci" + VIRTIO_PCI_SUFFIX[rng.model], "rng": backend, "id": alias}
         if rng.rate_bytes is not None:
             props["max-bytes"] = rng.rate_bytes
             props["period"] = rng.rate_period or 1000

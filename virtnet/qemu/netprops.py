@@ -7,9 +7,9 @@ interchangeable with libvirt's. Rendering to JSON or keyval happens in render.py
 import ipaddress
 
 from virtnet.conf import iftypes
-from virtnet.conf.domain import VIRTIO_MODELS
+from virtnet.conf.guest import VIRTIO_MODELS
 from virtnet.errors import UnsupportedError, UsageError
-from virtnet.qemu.pciaddr import add_pci_address
+from virtnet.qemu.pciaddr import VIRTIO_PCI_SUFFIX, add_pci_address
 from virtnet.record import Record
 
 # QEMU 7.2 (Debian 12) wants `reconnect` in seconds; QEMU 9.2 renamed it reconnect-ms.
@@ -21,9 +21,6 @@ HOST_OFFLOAD_PROPS = (("csum", "csum"), ("gso", "gso"), ("tso4", "host_tso4"), (
                       ("ecn", "host_ecn"), ("ufo", "host_ufo"), ("mrg_rxbuf", "mrg_rxbuf"))
 GUEST_OFFLOAD_PROPS = (("csum", "guest_csum"), ("tso4", "guest_tso4"), ("tso6", "guest_tso6"),
                        ("ecn", "guest_ecn"), ("ufo", "guest_ufo"))
-# <model type> → QEMU's device for the virtio models; any other model is QEMU's device name itself.
-VIRTIO_DRIVERS = {"virtio": "virtio-net-pci", "virtio-transitional": "virtio-net-pci-transitional",
-                  "virtio-non-transitional": "virtio-net-pci-non-transitional"}
 
 
 class HostFds(Record):
@@ -184,8 +181,10 @@ def chardev_props(iface, paths):
 
 
 def device_driver(model):
-    """QEMU's device for the <model type> MODEL (as Interface.model gives it)."""
-    return VIRTIO_DRIVERS.get(model, model)
+    """QEMU's device for the <model type> MODEL (as Interface.model gives it): any model but the
+    virtio ones is QEMU's device name itself."""
+    suffix = VIRTIO_PCI_SUFFIX.get(model)
+    return model if suffix is None else "virtio-net-pci" + suffix
 
 
 def _virtio_props(props, iface, queues):

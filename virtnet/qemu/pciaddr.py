@@ -6,6 +6,11 @@ from functools import lru_cache
 from virtnet.conf.address import pci_number
 from virtnet.conf.pci import bus_name
 
+# The suffix of QEMU's virtio PCI device for each virtio model (virtio-net-pci,
+# virtio-balloon-pci-transitional, ...).
+VIRTIO_PCI_SUFFIX = {"virtio": "", "virtio-transitional": "-transitional",
+                     "virtio-non-transitional": "-non-transitional"}
+
 
 def add_pci_address(props, domain, device):
     """Add bus, multifunction and addr (libvirt's order) to the device properties PROPS when the

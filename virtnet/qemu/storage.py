@@ -21,7 +21,8 @@ and LUN devices, other buses, image formats other than raw and qcow2, and disk s
 
 import re
 
-from virtnet.conf.pci import CONTROLLER_MODEL_NAMES, ROOT_MODELS, SINGLE_SLOT
+from virtnet.conf.disk import ROOT_MODELS
+from virtnet.conf.pci import CONTROLLER_MODEL_NAMES, SINGLE_SLOT
 from virtnet.qemu import render
 from virtnet.qemu.pciaddr import add_pci_address
 
