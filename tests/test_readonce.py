@@ -193,6 +193,20 @@ def test_prop_paths_must_be_plain_names():
     Prop("suspend-to-mem/@enabled")
 
 
+def test_a_default_answers_only_for_an_absent_value():
+    class Item(XMLObject):
+        kind = Prop("@kind", default="user")
+        size = Prop("size/@n", int, default=1)
+
+    for xml, kind, size in (("<i/>", "user", 1), ("<i kind='bridge'><size n=' 4 '/></i>", "bridge", 4),
+                            ("<i><size/></i>", "user", 1), ("<i kind=''><size n='0'/></i>", "", 0)):
+        for item in (Item(etree.fromstring(xml)), freeze(Item(etree.fromstring(xml)))):
+            assert (item.kind, item.size) == (kind, size), xml
+    item = Item(etree.fromstring("<i/>"))
+    item.kind = "direct"
+    assert item.node.get("kind") == "direct"
+
+
 def test_plain_multistep_paths_follow_findall_order():
     root = etree.fromstring("<d><g><c i='1'/><x/><c i='2'/></g><!-- c --><g><c i='3'/></g><c i='0'/></d>")
 

@@ -2,6 +2,7 @@
 
 from virtnet.conf import guest, iftypes
 from virtnet.conf.address import Address
+from virtnet.conf.bandwidth import Rates
 from virtnet.conf.disk import Controller, Disk
 from virtnet.conf.guest import VIRTIO_MODELS
 from virtnet.conf.xmlmodel import Child, Children, Prop, XMLObject, yes
@@ -71,15 +72,6 @@ class Offloads(XMLObject):
     mrg_rxbuf = Prop("@mrg_rxbuf")
 
 
-class Rates(XMLObject):
-    """<bandwidth><inbound/> or <outbound/>: libvirt's units, kilobytes/s and KiB (burst)."""
-
-    average = Prop("@average", int)
-    peak = Prop("@peak", int)
-    floor = Prop("@floor", int)
-    burst = Prop("@burst", int)
-
-
 class FilterParameter(XMLObject):
     name = Prop("@name")
     value = Prop("@value")
@@ -120,6 +112,7 @@ class Interface(XMLObject):
     )
     ids = None  # NicIds, stamped by conf.identity.prepare
     declared_type = Prop("@type")
+    type = Prop("@type", default="user")  # a missing type means user-mode networking (libvirt's rule)
     mac = Prop("mac/@address")
     source = Child("source", Source)
     target_dev = Prop("target/@dev")
@@ -169,11 +162,6 @@ class Interface(XMLObject):
         for child in self.node[:]:  # a slice: no lxml iterator to set up, as in xmlmodel._fill
             children.setdefault(child.tag, child)
         return children
-
-    @property
-    def type(self):
-        # A missing type attribute means user-mode networking (libvirt's rule).
-        return self.declared_type or "user"
 
     @property
     def kind(self):

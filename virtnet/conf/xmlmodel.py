@@ -53,11 +53,13 @@ _PLAIN_STEP = re.compile(r"(\{[^{}*]+\})?" + _NAME)
 
 
 class Prop:
-    """One attribute or text value. `kind` converts on read (int, or a function)."""
+    """One attribute or text value. `kind` converts on read (int, or a function); `default` is what
+    reading an absent value gives (a rule of the format, e.g. a missing interface type is 'user')."""
 
-    def __init__(self, path, kind=str):
+    def __init__(self, path, kind=str, default=None):
         self.path = path
         self.kind = kind
+        self.default = default
         self.elements, self.attr = _split(path)
         for name in self.elements + [self.attr or "x"]:
             if not _PLAIN_NAME.fullmatch(name):
@@ -90,9 +92,11 @@ class Prop:
         for tag in self.elements:
             node = next(node.iterchildren(tag), None)
             if node is None:
-                return None
+                return self.default
         value = node.get(self.attr) if self.attr else node.text
-        if value is None or self.kind is str:
+        if value is None:
+            return self.default
+        if self.kind is str:
             return value
         return self.kind(value.strip())
 
@@ -469,17 +473,19 @@ def _frozen_has(self, path):
 class _MemoAttr:
     """A Prop of the wrapped element's own attribute ('@name'): one look-up, no snapshot."""
 
-    __slots__ = ("name", "desc", "attr", "convert")
+    __slots__ = ("name", "desc", "attr", "convert", "default")
 
     def __init__(self, name, desc):
-        self.name, self.desc, self.attr = name, desc, desc.attr
+        self.name, self.desc, self.attr, self.default = name, desc, desc.attr, desc.default
         self.convert = None if desc.kind is str else desc.kind
 
     def __get__(self, obj, owner=None):
         if obj is None:
             return self.desc
         value = obj.node.get(self.attr)
-        if value is not None and self.convert is not None:
+        if value is None:
+            value = self.default
+        elif self.convert is not None:
             value = self.convert(value.strip())
         obj.__dict__[self.name] = value
         return value
@@ -488,10 +494,10 @@ class _MemoAttr:
 class _MemoProp:
     """A Prop of an element below the wrapped one: read from the object's snapshot."""
 
-    __slots__ = ("name", "desc", "attr", "convert", "element_path")
+    __slots__ = ("name", "desc", "attr", "convert", "element_path", "default")
 
     def __init__(self, name, desc):
-        self.name, self.desc, self.attr = name, desc, desc.attr
+        self.name, self.desc, self.attr, self.default = name, desc, desc.attr, desc.default
         self.convert = None if desc.kind is str else desc.kind
         self.element_path = "/".join(desc.elements)
 
@@ -503,12 +509,11 @@ class _MemoProp:
         if snap is None:
             snap = _snapshot(obj)
         node = snap.get(self.element_path)
-        if node is None:
-            value = None
-        else:
-            value = node.get(self.attr) if self.attr else node.text
-            if value is not None and self.convert is not None:
-                value = self.convert(value.strip())
+        value = None if node is None else node.get(self.attr) if self.attr else node.text
+        if value is None:
+            value = self.default
+        elif self.convert is not None:
+            value = self.convert(value.strip())
         memo[self.name] = value
         return value
 

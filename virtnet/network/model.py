@@ -6,7 +6,7 @@ checks, dnsmasq's configuration, the firewall and net-start read them from one p
 
 import ipaddress
 
-from virtnet.conf.domain import Rates  # <bandwidth> is the same element on a domain's interface
+from virtnet.conf.bandwidth import Rates
 from virtnet.conf.xmlmodel import Child, Children, Prop, XMLObject, yes
 
 DNSMASQ_NS = "http://libvirt.org/schemas/network/dnsmasq/1.0"
