@@ -139,14 +139,12 @@ class Child:
         # A path of plain names ('source', 'devices/interface', '{uri}commandline') is walked with
         # iterchildren (C), in the same order as find/findall (lxml's ElementPath, in Python) but
         # at half the cost; anything else (predicates, wildcards) goes to ElementPath.
-        steps = _STEP.findall(path)
-        plain = "/".join(steps) == path and all(_PLAIN_STEP.fullmatch(step) for step in steps)
-        self.tag = path if plain and len(steps) == 1 else None
-        self.steps = steps if plain and len(steps) > 1 else None
         # A plain path is also answered by a frozen object's snapshot, which notes the first
         # element along it (looking under the first element of each step: the grammar allows one).
-        self.plain_steps = steps if plain else None
-        self.plain_path = path if plain else None
+        steps = _STEP.findall(path)
+        plain = "/".join(steps) == path and all(_PLAIN_STEP.fullmatch(step) for step in steps)
+        self.steps = steps if plain else None  # None: the path is ElementPath's
+        self.tag = path if plain and len(steps) == 1 else None  # one step: a single iterchildren
 
     def __set_name__(self, owner, name):
         self.name = name
@@ -212,6 +210,10 @@ class XMLObject:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            # A frozen document makes its sub-objects without calling __init__ (xmlmodel._frozen_object).
+            raise TypeError(f"model class {cls.__name__} defines __init__: a model object only wraps its "
+                            "element; derive values with @property instead")
         if "_model" not in cls.__dict__:
             cls._model = cls  # the model class itself (a frozen variant names its base here)
 
@@ -336,9 +338,7 @@ def _freeze_into(obj, group):
 
 def _frozen_object(cls, node, group):
     """A frozen object of the frozen class CLS wrapping NODE: what freezing CLS._model(NODE) into
-    GROUP makes, without building the plain object first."""
-    if not cls._plain_init:
-        return _freeze_into(cls._model(node), group)
+    GROUP makes, without building the plain object first (model classes have no __init__ of their own)."""
     obj = object.__new__(cls)
     memo = obj.__dict__
     memo["node"] = node
@@ -422,12 +422,10 @@ def _make_frozen_class(model):
     # <portForward>, <driver><host>, a domain's <disk>s and <serial>s, ...) is answered without
     # looking again, and a present one wraps the element the snapshot found.
     paths = [d.desc.elements for d in namespace.values() if type(d) is _MemoProp]
-    paths += [d.desc.plain_steps for d in namespace.values()
-              if isinstance(d, _MemoChild) and d.desc.plain_steps is not None]
+    paths += [d.desc.steps for d in namespace.values() if isinstance(d, _MemoChild) and d.desc.steps is not None]
     namespace.update(
         __module__=model.__module__, __qualname__=model.__qualname__, __doc__=model.__doc__,
         _model=model,
-        _plain_init=model.__init__ is XMLObject.__init__,
         _dropped_at_thaw=frozenset(set(memo_names) - set(kept_lists)) | {"_group", "_snap", "_has"},
         _kept_lists=kept_lists,
         _snapshot_plan=_snapshot_plan(paths),
@@ -525,7 +523,8 @@ class _MemoChild:
     __slots__ = ("name", "desc", "path", "frozen_cls")
 
     def __init__(self, name, desc):
-        self.name, self.desc, self.path = name, desc, desc.plain_path
+        self.name, self.desc = name, desc
+        self.path = desc.path if desc.steps is not None else None  # the snapshot's key, for a plain path
         self.frozen_cls = None  # set by _frozen_class, once the class is registered (it may name itself)
 
     def __get__(self, obj, owner=None):
