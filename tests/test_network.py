@@ -320,3 +320,15 @@ def test_the_nftables_rules_do_what_libvirts_do(corpus):
             clauses, verdict = _clauses(rule)
             found = [line for line in ours if all(c in line for c in clauses) and line.endswith(verdict)]
             assert found, f"{golden.name}: no rule of virtnet's does `{' '.join(rule)}`:\n" + "\n".join(ours)
+
+
+def test_a_network_is_loaded_and_written_without_the_domain_model():
+    # A net-* verb pays for the modules it uses: the network model and the generic XML writer.
+    code = ("import sys\n"
+            "from virtnet.network.load import load_text\n"
+            "from virtnet.network.format import format_network\n"
+            "format_network(load_text(\"<network><name>n</name><bridge name='vb0'/></network>\").network)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('virtnet.conf.')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "virtnet.conf.xmlwrite" in out and "virtnet.conf.bandwidth" in out, out
+    assert "virtnet.conf.domain" not in out and "virtnet.conf.format" not in out, out

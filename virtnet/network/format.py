@@ -1,8 +1,8 @@
 """A network's canonical XML, as libvirt's `net-dumpxml` writes it: <network>'s children in
 libvirt's order, attributes of each element in libvirt's order, two-space indentation and
-single quotes (the writer is the domain's, virtnet.conf.format)."""
+single quotes (conf.xmlwrite)."""
 
-from virtnet.conf.format import document_text, in_order
+from virtnet.conf.xmlwrite import document_text, in_order
 from virtnet.network.model import Network
 
 # Attribute order per element (virNetworkDefFormatBuf and its helpers); others keep theirs.
