@@ -149,7 +149,6 @@ def test_a_bridge_tap_joins_with_its_mac_and_the_bridge_mtu_already_set(netns, n
         # check-bridge reads the bridge; then one read of it (MTU, ifindex) and one change of the tap.
         # One by one it was seven: a read for the MTU and one for enslave, and a change each.
         assert requests == [RTM_GETLINK, RTM_GETLINK, RTM_NEWLINK]
-
     finally:
         outcome.close_fds()
 
