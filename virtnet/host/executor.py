@@ -52,6 +52,24 @@ def _close(fd):
         pass
 
 
+# Setup kinds that change one attribute of a device and record no inverse (a managed tap's MAC,
+# MTU, master and up state go with the tap). Consecutive ones of a tap created just before go to
+# the kernel as one request: see Executor.run.
+LINK_CHANGES = (p.SetMac, p.SetMtu, p.Enslave, p.SetUp)
+
+
+@dataclass
+class TapChanges:
+    """The link changes held back for the tap created last, to be sent in one request."""
+
+    ifname: str
+    ifindex: int
+    actions: list = field(default_factory=list)
+
+    def takes(self, action):
+        return isinstance(action, LINK_CHANGES) and action.ifname == self.ifname
+
+
 def run_script(path, ifname, what="script", timeout=None):
     """Run an interface script with the ifname as its only argument; non-zero exit fails. The script
     runs in a process group of its own, so one that hangs is killed with everything it started."""
@@ -93,12 +111,15 @@ class Executor:
         self.journal = journal
         self.tun_path = tun_path
         self.launched = None
+        self._held = None  # TapChanges not sent yet
 
     def setup(self, plan):
         outcome = Outcome()
+        self._held = None
         try:
             for action in plan.setup:
                 self.run(action, outcome)
+            self._send_held(outcome)
         except BaseException as failure:
             leftovers = self.teardown(outcome.teardown)
             outcome.close_fds()
@@ -108,8 +129,16 @@ class Executor:
         return outcome
 
     def run(self, action, outcome):
-        """Carry out one setup action; its inverse (if any) is recorded in OUTCOME."""
-        handler = getattr(self, "_" + action.kind.replace("-", "_"))
+        """Carry out one setup action; its inverse (if any) is recorded in OUTCOME.
+
+        Link changes of the tap created just before are held back, and sent together before any
+        other action runs (or at the end of setup): one request by ifindex instead of one each.
+        They record no inverse, so the journal and rollback are the same either way."""
+        if self._held is not None and self._held.takes(action):
+            self._held.actions.append(action)
+            return
+        self._send_held(outcome)
+        handler = self._handler(action)
         pending = action.inverse()
         if self.journal is not None and pending is not None and pending.kind in OUTLIVES_THE_PROCESS:
             self.journal(outcome.inverses + [pending])
@@ -118,6 +147,43 @@ class Executor:
             outcome.inverses.append(inverse)
             if self.journal is not None and inverse.kind == "stop-qemu":
                 self.journal(list(outcome.inverses))  # now with QEMU's pid
+
+    def _send_held(self, outcome):
+        """Send the held link changes as one request; if the kernel refuses it, they are redone one
+        by one, so that the change at fault fails with its own error (e.g. the MTU range)."""
+        held, self._held = self._held, None
+        if held is None or not held.actions:
+            return
+        try:
+            self.nl.change_link(held.ifname, held.ifindex, **self._link_request(held.actions))
+        except HostError:
+            for action in held.actions:
+                self._handler(action)(action, outcome)
+
+    def _link_request(self, actions):
+        """Netlink.change_link's keywords for the link changes ACTIONS (LINK_CHANGES of one device)."""
+        request, bridges = {}, {}
+
+        def bridge(name):  # read once for both its MTU and its ifindex
+            if name not in bridges:
+                bridges[name] = self.nl.link(name)
+            if bridges[name] is None:
+                raise HostError(f"no bridge '{name}'")  # the one-by-one pass gives the real error
+            return bridges[name]
+
+        for a in actions:
+            if isinstance(a, p.SetMac):
+                request["mac"] = a.mac
+            elif isinstance(a, p.SetMtu):
+                request["mtu"] = a.mtu if a.mtu else bridge(a.bridge).mtu
+            elif isinstance(a, p.Enslave):
+                request["master"] = bridge(a.bridge).index
+            elif isinstance(a, p.SetUp):
+                request["up"] = True
+        return request
+
+    def _handler(self, action):
+        return getattr(self, "_" + action.kind.replace("-", "_"))
 
     def teardown(self, actions):
         """Run teardown actions (in the order given: see plan.teardown_order). Every one is tried;
@@ -142,7 +208,7 @@ class Executor:
                 continue
             if self.nl is None and action.kind in NEEDS_NETNS:
                 continue  # the namespace is gone, and its devices with it
-            attempt(getattr(self, "_" + action.kind.replace("-", "_")), action)
+            attempt(self._handler(action), action)
         return errors
 
     # --- setup: one handler per action kind; each returns its recorded inverse or None ----------
@@ -152,6 +218,7 @@ class Executor:
         outcome.fds.setdefault(a.device, HostFds()).taps = fds
         inverse = a.inverse()
         inverse.ifindex = socket.if_nametoindex(ifname)  # an ioctl, no netlink round trip
+        self._held = TapChanges(ifname, inverse.ifindex)
         return inverse
 
     def _attach_tap(self, a, outcome):
