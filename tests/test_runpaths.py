@@ -31,3 +31,11 @@ def test_domain_paths_text_and_paths_agree():
     assert paths.passt_socket("net0") == paths.passt_dir / "net0.socket"
     assert paths.passt_pid("net0") == paths.passt_dir / "net0.pid"
     assert paths.log == paths.dir / "qemu.log"
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_below_text_is_pathlibs_join(base):
+    paths = DomainPaths(base, "vm")
+    for name in NAMES:
+        assert paths.below_text("channel", name) == str(paths.dir / "channel" / name), (base, name)
+    assert paths.below_text() == paths.dir_text

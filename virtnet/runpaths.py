@@ -29,6 +29,13 @@ class DomainPaths:
     def dir(self):
         return Path(self.dir_text)
 
+    def below_text(self, *names):
+        """The path NAME/... below the domain's directory, as text (str(self.dir / NAME / ...))."""
+        text = self.dir_text
+        for name in names:
+            text = _join(text, name)
+        return text
+
     @property
     def qmp(self):
         return Path(self.qmp_text)

@@ -744,7 +744,7 @@ def _passt(iface, paths):
 
     alias = iface.ids.alias
     sock, pid = str(paths.passt_socket(alias)), str(paths.passt_pid(alias))
-    return StartPasst(alias, passt_argv(iface, sock, pid), sock, pid, str(paths.passt_dir))
+    return StartPasst(alias, passt_argv(iface, sock, pid), sock, pid, paths.passt_dir_text)
 
 
 # Interfaces whose tap virtnet shapes and filters (a network's tap is a port of its bridge).

@@ -20,6 +20,7 @@ from collections import Counter
 
 from lxml import etree
 
+from virtnet.conf import iftypes
 from virtnet.conf.guest import QEMU_NS, VIRTIO_SERIAL
 from virtnet.errors import UnsupportedError
 from virtnet.qemu import chardevs, machine, netprops, render, storage
@@ -33,6 +34,9 @@ __all__ = ["ArgvOptions", "Command", "Dropped", "build_argv", "build_command", "
            "DEFAULT_EMULATOR", "DEFAULT_STATE_DIR", "check_shared_memory", "qmp_options"]
 
 FIRST_FD = 3  # xml2argv numbers descriptors from 3, as if stdin/stdout/stderr were the only ones open
+# The interface types whose tap fds QEMU is handed. Asked by type name: an interface's `kind` is
+# three model look-ups at its first read, which nothing else on the way to the argv needs.
+_DRIVEN_TAP_TYPES = frozenset(iftypes.names(tap=True, driven=True))
 
 
 class ArgvOptions(Record):
@@ -61,7 +65,7 @@ def placeholder_fds(domain, host_caps):
     """Descriptor numbers for xml2argv output: 3, 4, ... in document order (taps, then vhost)."""
     fds, next_fd = {}, FIRST_FD
     for iface in domain.interfaces:
-        if not (iface.kind.tap and iface.kind.driven):
+        if iface.type not in _DRIVEN_TAP_TYPES:
             continue
         count = iface.queue_count
         taps = list(range(next_fd, next_fd + count))
@@ -99,7 +103,7 @@ def network_options(domain, paths, options, boot_net=None):
         netdev = netprops.netdev_props(domain, iface, fds=host_fds, paths=paths, host_caps=options.host_caps,
                                        standalone=standalone, helper=options.bridge_helper)
         # Fewer tap fds than <driver queues> (qemu-bridge-helper passes one): the NIC gets as many.
-        opened = len(host_fds.taps) if iface.kind.tap and not standalone else 0
+        opened = len(host_fds.taps) if iface.type in iftypes.TAP_TYPES and not standalone else 0
         device = netprops.device_props(domain, iface, queues=opened or None)
         if boot_net and position == 0 and "bootindex" not in device:
             device = _with_bootindex(device, boot_net)

@@ -54,7 +54,7 @@ def channel_socket_path(paths, chardev):
         addr = chardev.address
         controller, bus, port = (addr.controller or 0, addr.bus or 0, addr.port or 0) if addr is not None else (0, 0, 0)
         name = f"vioser-{controller:02d}-{bus:02d}-{port:02d}.sock"
-    return str(paths.dir / CHANNEL_DIR / name)
+    return paths.below_text(CHANNEL_DIR, name)
 
 
 def _log_props(chardev):

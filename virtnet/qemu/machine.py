@@ -359,7 +359,10 @@ def boot_indexes(domain):
     """{'hd'|'cdrom'|'fd'|'network': bootindex}: <os><boot dev> turned into per-device bootindex
     as libvirt does — the first disk, CD-ROM, floppy and NIC get the position of their kind in the
     boot order (virtnet.qemu.storage gives them to disks; network_options to the first NIC)."""
-    return {dev: position for position, dev in reversed(list(enumerate(effective_boot_devs(domain), 1)))}
+    indexes = {}
+    for position, dev in enumerate(effective_boot_devs(domain), 1):
+        indexes.setdefault(dev, position)  # a kind named twice boots at its first place
+    return indexes
 
 
 def boot_options(domain):

@@ -141,12 +141,13 @@ def netdev_props(domain, iface, *, fds, paths, standalone=False, helper=None, ho
     `host_caps`: with standalone, vhost-net lets QEMU open /dev/vhost-net itself (vhost=on)."""
     ids = iface.ids
     kind = iface.type
-    if not iface.kind.driven:
+    row = iftypes.kind(kind)  # the table row, without iface.kind's model look-ups
+    if not row.driven:
         raise unsupported_type(iface)
     if kind == "network" and iface.source is not None and iface.source.portgroup:
         raise UnsupportedError(f"<source portgroup='{iface.source.portgroup}'>: virtnet's networks have no "
                                "portgroups; remove portgroup=", line=iface.line)
-    if iface.kind.tap:
+    if row.tap:
         if standalone:
             props = _standalone_tap_netdev(iface, helper)
             if props["type"] == "tap" and wants_vhost(domain, iface, host_caps):
@@ -155,7 +156,7 @@ def netdev_props(domain, iface, *, fds, paths, standalone=False, helper=None, ho
             props = _tap_netdev(iface, fds)
     elif kind == "user":
         props = _user_netdev(iface, paths)
-    elif iface.kind.socket:
+    elif row.socket:
         props = _socket_netdev(iface)
     else:  # vhostuser
         props = {"type": "vhost-user", "chardev": ids.chardev}

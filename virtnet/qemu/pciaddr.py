@@ -33,8 +33,9 @@ def address_element(device):
     node = device.node
     # The grammar allows one <address> per device, and it comes last (libvirt's order), or just
     # before the <alias> conf.identity appends: the last two children (one C call) are looked at
-    # before a tag-matching walk (several times the cost).
-    for child in reversed(node[-2:]):
+    # before a tag-matching walk (several times the cost), in document order, which finds a NIC's
+    # (before its alias) at the first look.
+    for child in node[-2:]:
         if child.tag == "address":
             return child
     return next(node.iterchildren("address"), None)

@@ -195,9 +195,12 @@ def controller_props(domain, controller):
 
 
 def controller_options(domain, syntax):
+    controllers = domain.controllers
+    if not controllers:  # most domains: no sort to set up
+        return []
     argv = []
     # One pass, one sort (stable: equal indexes stay in document order), rather than one per type.
-    ordered = sorted((c for c in domain.controllers if c.type in _CONTROLLER_RANK),
+    ordered = sorted((c for c in controllers if c.type in _CONTROLLER_RANK),
                      key=lambda c: (_CONTROLLER_RANK[c.type], c.index or 0))
     for controller in ordered:
         props = controller_props(domain, controller)
@@ -331,6 +334,8 @@ def disk_device_props(domain, disk, bootindex=None):
 def disk_options(domain, syntax, boot):
     """Each rendered disk's block nodes and -device. BOOT: the domain's machine.boot_indexes()."""
     argv = []
+    if not domain.disks:  # most domains: nothing to filter
+        return argv
     for disk in rendered_disks(domain):
         if disk.path is not None:
             for props in blockdev_props(disk):
@@ -338,7 +343,6 @@ def disk_options(domain, syntax, boot):
         device = disk_device_props(domain, disk, boot_index(domain, disk, boot))
         argv += ["-device", render.option_value(device, syntax, "driver")]
     return argv
-
 
 
 def disk_sources(domain):
