@@ -18,6 +18,7 @@ import re
 from lxml import etree
 
 from virtnet.conf import iftypes, mac
+from virtnet.conf.disk import STORAGE_DEVICES
 from virtnet.conf.ifname import GENERATED_PREFIX
 from virtnet.conf.xmlmodel import copied
 from virtnet.record import Record
@@ -112,9 +113,10 @@ def controller_alias(domain, controller):
     return f"{ctype}{index}"
 
 
-def _prepare_storage(domain):
-    """Stamp every disk and controller with its ids (aliases written into the XML when missing)."""
-    if not domain.has_device("disk", "controller"):
+def _prepare_storage(domain, index):
+    """Stamp every disk and controller with its ids (aliases written into the XML when missing).
+    INDEX: the guest.device_index of <devices>, or None."""
+    if STORAGE_DEVICES.isdisjoint(index) if index is not None else not domain.has_device(*STORAGE_DEVICES):
         return  # most domains: no model objects made to find that out
     disks = domain.disks
     for position, disk in enumerate(disks):
@@ -161,10 +163,11 @@ def read_nic(iface):
                    _attribute(children.get("target"), "dev"))
 
 
-def prepare(domain, nics=None):
-    """Stamp every interface with its NicIds (alias written into the XML when it has none).
-    NICS: a NicRead for each interface, when the caller has read that already (the defaults step,
-    which reads every interface just before)."""
+def prepare(domain, nics=None, index=None):
+    """Stamp every interface with its NicIds (alias written into the XML when it has none), and
+    the disks and controllers with theirs. NICS: a NicRead for each interface, and INDEX: the
+    guest.device_index of <devices>, when the caller has read them already (the defaults step,
+    which reads every interface and device just before)."""
     interfaces = domain.interfaces
     if nics is None:
         nics = [read_nic(iface) for iface in interfaces]
@@ -179,7 +182,7 @@ def prepare(domain, nics=None):
             else:
                 nic.alias_node.set("name", alias)
         iface.ids = NicIds(alias, mac.host_side(nic.guest_mac), _tap_name(nic.iftype, nic.dev))
-    _prepare_storage(domain)
+    _prepare_storage(domain, index)
     return domain
 
 
