@@ -31,12 +31,25 @@ DISK_ALIAS_PREFIX = {"ide": "ide", "sata": "sata", "scsi": "scsi", "virtio": "vi
 
 
 class NicIds(Record):
-    __slots__ = ("alias", "host_mac", "tap")
+    """An interface's identity. What only the host plan reads (host_mac, tap) is derived when
+    asked, from what the interface had when it was stamped: a conversion never asks."""
+    __slots__ = ("alias", "guest_mac", "iftype", "dev")
 
-    def __init__(self, alias, host_mac, tap):
+    def __init__(self, alias, guest_mac, iftype, dev):
         self.alias = alias  # 'net0', or the user's 'ua-…'
-        self.host_mac = host_mac  # the MAC of the host side of a tap (see mac.host_side)
-        self.tap = tap  # tap-backed types: the name or '%d' template of the tap (managed='no': as given)
+        self.guest_mac = guest_mac
+        self.iftype = iftype
+        self.dev = dev  # <target dev>, or None
+
+    @property
+    def host_mac(self):
+        """The MAC of the host side of a tap (see mac.host_side)."""
+        return mac.host_side(self.guest_mac)
+
+    @property
+    def tap(self):
+        """Tap-backed types: the name or '%d' template of the tap (managed='no': as given); else None."""
+        return _tap_name(self.iftype, self.dev)
 
     @property
     def netdev(self):
@@ -132,6 +145,8 @@ def _first_new_net_number(aliases):
     """N of the first alias 'netN' a new NIC gets (ALIASES: the NICs', None for none). libvirt's
     rule: one past the highest netN in use (so a removed device's id is not reused), counting the
     ones given before it."""
+    if not any(aliases):
+        return 0  # most domains: no alias given, none to match
     numbers = [int(m.group(1)) for m in map(NET_ALIAS.fullmatch, filter(None, aliases)) if m]
     return max(numbers) + 1 if numbers else 0
 
@@ -181,7 +196,7 @@ def prepare(domain, nics=None, index=None):
                 iface.node.append(_alias_element(alias))
             else:
                 nic.alias_node.set("name", alias)
-        iface.ids = NicIds(alias, mac.host_side(nic.guest_mac), _tap_name(nic.iftype, nic.dev))
+        iface.ids = NicIds(alias, nic.guest_mac, nic.iftype, nic.dev)
     _prepare_storage(domain, index)
     return domain
 
