@@ -30,7 +30,7 @@ def _pc_domain(nics, balloon="none"):
 """
 
 
-def _load(text, layout_only, taken=None):
+def _load(monkeypatch, text, layout_only, taken=None):
     """The domain of TEXT loaded, as its XML (bytes), or the VirtnetError loading it raises.
     LAYOUT_ONLY: never take the shortcut. TAKEN: a list that gets True for each shortcut taken."""
     fits = pci._fits_in_turn
@@ -41,13 +41,12 @@ def _load(text, layout_only, taken=None):
             taken.append(True)
         return answer
 
-    original, pci._fits_in_turn = pci._fits_in_turn, fits_in_turn
-    try:
-        return etree.tostring(load.load_text(text).domain.node)
-    except VirtnetError as error:
-        return error
-    finally:
-        pci._fits_in_turn = original
+    with monkeypatch.context() as patched:
+        patched.setattr(pci, "_fits_in_turn", fits_in_turn)
+        try:
+            return etree.tostring(load.load_text(text).domain.node)
+        except VirtnetError as error:
+            return error
 
 
 def _error(result):
@@ -59,35 +58,35 @@ def _error(result):
     (31, "none", "<interface type='user'/>"),  # pci.0 has slots 2..31: the 31st NIC finds none
     (30, "virtio", "<memballoon model='virtio'/>"),  # the balloon is placed after the NICs
 ])
-def test_a_full_pci_0_is_refused_as_by_the_layout(nics, balloon, culprit):
+def test_a_full_pci_0_is_refused_as_by_the_layout(monkeypatch, nics, balloon, culprit):
     text = _pc_domain(nics, balloon)
     taken = []
-    shortcut = _load(text, layout_only=False, taken=taken)
+    shortcut = _load(monkeypatch, text, layout_only=False, taken=taken)
     assert taken, "the shortcut was not taken: the test does not exercise it"
     message, line = _error(shortcut)
     assert "no free PCI slot left on pci.0" in message
     assert text.splitlines()[line - 1].strip() == culprit
-    assert (message, line) == _error(_load(text, layout_only=True))
+    assert (message, line) == _error(_load(monkeypatch, text, layout_only=True))
 
 
-def test_a_pci_0_just_full_is_accepted():
+def test_a_pci_0_just_full_is_accepted(monkeypatch):
     text = _pc_domain(30)
     taken = []
-    placed = _load(text, layout_only=False, taken=taken)
+    placed = _load(monkeypatch, text, layout_only=False, taken=taken)
     assert taken and isinstance(placed, bytes), placed
     assert placed.count(b'slot="0x1f"') == 1
-    assert placed == _load(text, layout_only=True)
+    assert placed == _load(monkeypatch, text, layout_only=True)
 
 
-def test_testdata_domains_that_take_the_shortcut_get_the_layouts_addresses():
+def test_testdata_domains_that_take_the_shortcut_get_the_layouts_addresses(monkeypatch):
     compared = 0
     for path in CASES:
         text = path.read_text()
         taken = []
-        shortcut = _load(text, layout_only=False, taken=taken)
+        shortcut = _load(monkeypatch, text, layout_only=False, taken=taken)
         if not taken:
             continue  # refused before the addresses, or a domain the shortcut is not for
-        layout = _load(text, layout_only=True)
+        layout = _load(monkeypatch, text, layout_only=True)
         if isinstance(shortcut, VirtnetError):
             assert isinstance(layout, VirtnetError), path
             assert (str(shortcut), shortcut.line) == (str(layout), layout.line), path

@@ -15,7 +15,8 @@ DEFAULT_MODEL = "rtl8139"  # libvirt's choice for x86 guests when <model> is abs
 VIRTIO_DRIVER_ATTRS = ("txmode", "ioeventfd", "event_idx", "queues", "rx_queue_size", "tx_queue_size",
                        "rss", "rss_hash_report")
 SERIAL_PORT_USERS = frozenset(("channel", "console"))  # devices that may need a virtio-serial controller
-STORAGE_DEVICES = frozenset(("disk", "controller"))  # what disk.apply_defaults normalises
+# The devices disk.apply_defaults normalises: storage, and the controllers added for the above.
+DISK_STEP_DEVICES = disk.STORAGE_DEVICES | SERIAL_PORT_USERS
 UUID_NAMESPACE = "6ba7b811-9dad-11d1-80b4-00c04fd430c8"  # the RFC 4122 URL namespace
 
 
@@ -45,23 +46,21 @@ def _normalize_mac(iface, node):
     return value
 
 
-def _fill_macs(domain, macs):
-    """A generated MAC for each interface without one to keep (None in MACS, by position), written
-    in MACS too."""
-    if None not in macs:
-        return
-    used = {value for value in macs if value}
-    for index, (iface, value) in enumerate(zip(domain.interfaces, macs)):
-        if value is None:
+def _fill_macs(domain, nics):
+    """A generated MAC for each interface without one to keep (NICS: their identity.NicRead, by
+    position; guest_mac None), written in the NicRead too."""
+    used = {nic.guest_mac for nic in nics if nic.guest_mac}
+    for index, (iface, nic) in enumerate(zip(domain.interfaces, nics)):
+        if nic.guest_mac is None:
             new = mac.unused(domain.uuid, index, used)
             used.add(new)
-            iface.mac = macs[index] = new
+            iface.mac = nic.guest_mac = new
 
 
 def _target_dev(iface, target):
-    """The <target dev> of the interface (TARGET: its <target>, or None), once a generated name is
-    dropped (it would not be the tap's name at start)."""
-    dev = target.get("dev") if target is not None else None
+    """The <target dev> of the interface (TARGET: its <target>), once a generated name is dropped
+    (it would not be the tap's name at start)."""
+    dev = target.get("dev")
     if dev and target.get("managed") != "no" and ifname.is_generated(dev):
         # The whole <target> goes: managed='yes' is the default, and <target> without dev is invalid.
         iface.node.remove(target)
@@ -98,9 +97,9 @@ def _tidy_driver(iface, driver, backend, model, warnings):
         iface.node.remove(driver)
 
 
-def _drop_runtime_only(iface, source, coalesce):
+def _drop_runtime_only(iface, iftype, source, coalesce):
     """What libvirt leaves out of inactive XML: a network port's id, and coalescing that does nothing."""
-    if source is not None:
+    if iftype == "network" and source is not None:  # the grammar allows portid there only (see the caller)
         source.attrib.pop("portid", None)
     if coalesce is not None:
         for frames in coalesce.findall("rx/frames"):
@@ -113,38 +112,47 @@ def _drop_runtime_only(iface, source, coalesce):
             iface.node.remove(coalesce)
 
 
+def _interface_defaults(iface, warnings):
+    """Normalise one interface in place; returns the identity.NicRead of what is read here. Each
+    child element is looked up once (see Interface.first_children), and a step is called only for
+    an interface that has its element: most have no <target>, <driver> or <coalesce>."""
+    children = iface.first_children()
+    iftype = iface.node.get("type")  # (as iface.declared_type: the model is not frozen here)
+    if iftype is None:
+        iftype = iface.declared_type = "user"  # libvirt writes the default type out
+    target = children.get("target")
+    dev = _target_dev(iface, target) if target is not None else None
+    source, coalesce = children.get("source"), children.get("coalesce")
+    if coalesce is not None or (source is not None and iftype == "network"):
+        _drop_runtime_only(iface, iftype, source, coalesce)
+    model = _normalize_model(iface, children.get("model"))
+    driver = children.get("driver")
+    if driver is not None:
+        _tidy_driver(iface, driver, children.get("backend"), model, warnings)
+    return identity.NicRead(iftype, children.get("alias"), _normalize_mac(iface, children.get("mac")), dev)
+
+
 def apply_defaults(domain):
-    """Fill in and normalise the domain in place. Returns (warnings, nics): the warnings as (line,
-    message), and for each interface the identity.NicRead of what is read here: it is handed on
-    to identity.prepare rather than read again."""
+    """Fill in and normalise the domain in place. Returns (warnings, nics, index): the warnings
+    as (line, message); for each interface the identity.NicRead of what is read here, and the
+    guest.device_index of <devices> once every device is added: both handed on to
+    identity.prepare rather than read again."""
     warnings = []
     _ensure_uuid(domain)
-    types, aliases, macs, devs = [], [], [], []
-    for iface in domain.interfaces:
-        children = iface.first_children()  # each looked up once (see there)
-        iftype = iface.node.get("type")  # (as iface.declared_type: the model is not frozen here)
-        if iftype is None:
-            iftype = iface.declared_type = "user"  # libvirt writes the default type out
-        types.append(iftype)
-        aliases.append(children.get("alias"))
-        devs.append(_target_dev(iface, children.get("target")))
-        _drop_runtime_only(iface, children.get("source"), children.get("coalesce"))
-        model = _normalize_model(iface, children.get("model"))
-        driver = children.get("driver")
-        if driver is not None:
-            _tidy_driver(iface, driver, children.get("backend"), model, warnings)
-        macs.append(_normalize_mac(iface, children.get("mac")))
-    _fill_macs(domain, macs)
-    # The kinds of device the domain has, from one look at <devices>: most domains have none of
-    # those the virtio-serial and disk steps are about, and those would look through the model.
+    nics = [_interface_defaults(iface, warnings) for iface in domain.interfaces]
+    if None in [nic.guest_mac for nic in nics]:
+        _fill_macs(domain, nics)
+    # The devices by tag, from one look at <devices>: most domains have none of those the
+    # virtio-serial and disk steps are about, and those would look through the model.
     devices = guest.devices_element(domain)
-    present = domain.device_tags()
-    guest.add_default_memballoon(devices, present)
-    if present & SERIAL_PORT_USERS:
+    index = guest.device_index(devices)
+    guest.add_default_memballoon(devices, index)
+    if not SERIAL_PORT_USERS.isdisjoint(index):
         guest.add_virtio_serial_controllers(domain)
-    if present & (STORAGE_DEVICES | SERIAL_PORT_USERS):  # (and the virtio-serial controllers just added)
+    if not DISK_STEP_DEVICES.isdisjoint(index):
         disk.apply_defaults(domain)
-    pci.assign_addresses(domain)  # every PCI device, normalised or given a slot
-    if "channel" in present:
+        index = guest.device_index(devices)  # those steps add controllers and reorder disks
+    pci.assign_addresses(domain, index)  # every PCI device, normalised or given a slot
+    if "channel" in index:
         guest.assign_virtio_serial_ports(domain)
-    return warnings, [identity.NicRead(*fields) for fields in zip(types, aliases, macs, devs)]
+    return warnings, nics, index

@@ -25,6 +25,7 @@ SCSI_CONTROLLER_UNIT = 7  # a wide SCSI bus: unit 7 is the controller itself
 # <driver> attributes whose value 'default' libvirt reads as "not set" and does not write back.
 DRIVER_DEFAULTABLE = ("cache", "error_policy", "rerror_policy", "io", "ioeventfd", "event_idx", "copy_on_read",
                       "discard", "detect_zeroes")
+STORAGE_DEVICES = frozenset(("disk", "controller"))  # the <devices> elements this module models
 DEFAULT_SCSI_MODEL = "lsilogic"  # libvirt's choice for x86 when QEMU has the LSI controller (7.2 has)
 
 

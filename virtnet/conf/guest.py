@@ -300,18 +300,28 @@ def wants_virtio_serial(chardev):
     return chardev.kind == "console" and chardev.target_type == "virtio"
 
 
-def add_default_memballoon(devices, tags):
+def device_index(devices):
+    """The elements of <devices> (DEVICES) by tag: {tag: [element, ...]} in document order, from
+    one pass (a slice: no lxml iterator or tag matcher to set up). The steps that add devices
+    keep it current, or make it again."""
+    index = {}
+    for node in devices[:]:
+        index.setdefault(node.tag, []).append(node)
+    return index
+
+
+def add_default_memballoon(devices, index):
     """libvirt gives every x86 guest a virtio balloon unless the domain has a <memballoon>
     (model='none' opts out); virtnet does the same, so a domain means the same guest in both.
-    DEVICES: the domain's <devices>; TAGS: the tags of its elements (a set, which gets the balloon's)."""
-    if "memballoon" in tags:
+    DEVICES: the domain's <devices>; INDEX: its device_index, which gets the balloon."""
+    if "memballoon" in index:
         return
     node = _virtio_balloon()
-    if tags.isdisjoint(_BALLOON_BEFORE):
+    if _BALLOON_BEFORE.isdisjoint(index):
         devices.append(node)
     else:
         next(child for child in devices if child.tag in _BALLOON_BEFORE).addprevious(node)
-    tags.add("memballoon")
+    index["memballoon"] = [node]
 
 
 def add_virtio_serial_controllers(domain):

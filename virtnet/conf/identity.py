@@ -18,6 +18,7 @@ import re
 from lxml import etree
 
 from virtnet.conf import iftypes, mac
+from virtnet.conf.disk import STORAGE_DEVICES
 from virtnet.conf.ifname import GENERATED_PREFIX
 from virtnet.conf.xmlmodel import copied
 from virtnet.record import Record
@@ -30,12 +31,25 @@ DISK_ALIAS_PREFIX = {"ide": "ide", "sata": "sata", "scsi": "scsi", "virtio": "vi
 
 
 class NicIds(Record):
-    __slots__ = ("alias", "host_mac", "tap")
+    """An interface's identity. What only the host plan reads (host_mac, tap) is derived when
+    asked, from what the interface had when it was stamped: a conversion never asks."""
+    __slots__ = ("alias", "guest_mac", "iftype", "dev")
 
-    def __init__(self, alias, host_mac, tap):
+    def __init__(self, alias, guest_mac, iftype, dev):
         self.alias = alias  # 'net0', or the user's 'ua-…'
-        self.host_mac = host_mac  # the MAC of the host side of a tap (see mac.host_side)
-        self.tap = tap  # tap-backed types: the name or '%d' template of the tap (managed='no': as given)
+        self.guest_mac = guest_mac
+        self.iftype = iftype
+        self.dev = dev  # <target dev>, or None
+
+    @property
+    def host_mac(self):
+        """The MAC of the host side of a tap (see mac.host_side)."""
+        return mac.host_side(self.guest_mac)
+
+    @property
+    def tap(self):
+        """Tap-backed types: the name or '%d' template of the tap (managed='no': as given); else None."""
+        return _tap_name(self.iftype, self.dev)
 
     @property
     def netdev(self):
@@ -112,9 +126,10 @@ def controller_alias(domain, controller):
     return f"{ctype}{index}"
 
 
-def _prepare_storage(domain):
-    """Stamp every disk and controller with its ids (aliases written into the XML when missing)."""
-    if not domain.has_device("disk", "controller"):
+def _prepare_storage(domain, index):
+    """Stamp every disk and controller with its ids (aliases written into the XML when missing).
+    INDEX: the guest.device_index of <devices>, or None."""
+    if STORAGE_DEVICES.isdisjoint(index) if index is not None else not domain.has_device(*STORAGE_DEVICES):
         return  # most domains: no model objects made to find that out
     disks = domain.disks
     for position, disk in enumerate(disks):
@@ -130,6 +145,8 @@ def _first_new_net_number(aliases):
     """N of the first alias 'netN' a new NIC gets (ALIASES: the NICs', None for none). libvirt's
     rule: one past the highest netN in use (so a removed device's id is not reused), counting the
     ones given before it."""
+    if not any(aliases):
+        return 0  # most domains: no alias given, none to match
     numbers = [int(m.group(1)) for m in map(NET_ALIAS.fullmatch, filter(None, aliases)) if m]
     return max(numbers) + 1 if numbers else 0
 
@@ -161,10 +178,11 @@ def read_nic(iface):
                    _attribute(children.get("target"), "dev"))
 
 
-def prepare(domain, nics=None):
-    """Stamp every interface with its NicIds (alias written into the XML when it has none).
-    NICS: a NicRead for each interface, when the caller has read that already (the defaults step,
-    which reads every interface just before)."""
+def prepare(domain, nics=None, index=None):
+    """Stamp every interface with its NicIds (alias written into the XML when it has none), and
+    the disks and controllers with theirs. NICS: a NicRead for each interface, and INDEX: the
+    guest.device_index of <devices>, when the caller has read them already (the defaults step,
+    which reads every interface and device just before)."""
     interfaces = domain.interfaces
     if nics is None:
         nics = [read_nic(iface) for iface in interfaces]
@@ -178,8 +196,8 @@ def prepare(domain, nics=None):
                 iface.node.append(_alias_element(alias))
             else:
                 nic.alias_node.set("name", alias)
-        iface.ids = NicIds(alias, mac.host_side(nic.guest_mac), _tap_name(nic.iftype, nic.dev))
-    _prepare_storage(domain)
+        iface.ids = NicIds(alias, nic.guest_mac, nic.iftype, nic.dev)
+    _prepare_storage(domain, index)
     return domain
 
 

@@ -32,10 +32,10 @@ def _check(tree, filename):
 def _prepare(tree, filename):
     domain = Domain(tree.getroot())
     try:
-        warnings, nics = defaults.apply_defaults(domain)
+        warnings, nics, index = defaults.apply_defaults(domain)
     except XMLInputError as e:
         raise e.located(filename) from None
-    identity.prepare(domain, nics)
+    identity.prepare(domain, nics, index)
     # Every step that edits the tree goes above this line. From here on the model is read-once;
     # a later write through it (dumpxml's live names, start's taps) thaws it again.
     freeze(domain)

@@ -26,11 +26,12 @@ from lxml import etree
 from virtnet.conf.address import pci_number
 from virtnet.conf.disk import ROOT_MODELS, Controller, add_controller, ensure_root
 from virtnet.conf.domain import is_device_pci_address
-from virtnet.conf.guest import VIRTIO_MODELS
+from virtnet.conf.guest import VIRTIO_MODELS, device_index
 from virtnet.conf.xmlmodel import copied
 from virtnet.errors import XMLInputError
 from virtnet.record import Record
 
+PLACE_ATTRIBUTES = ("domain", "bus", "slot", "function")  # of an <address type='pci'>
 FIRST_FREE_SLOT = 2  # slot 0 is the host bridge, slot 1 the PIIX3/ICH chipset functions
 LAST_SLOT = 31
 FUNCTIONS = 8
@@ -87,9 +88,13 @@ def _where(node):
 
 def _parse_address(node):
     """(bus, slot, function) of an <address type='pci'> element, with a clear error for bad numbers."""
+    return _parse_place(node)[1:]
+
+
+def _parse_place(node):
+    """(domain, bus, slot, function) of an <address type='pci'> element, with a clear error for bad numbers."""
     try:
-        pci_number(node.get("domain", "0"))  # checked here too, for the message: _normalize_node writes it back
-        return tuple(pci_number(node.get(attr, "0")) for attr in ("bus", "slot", "function"))
+        return tuple(pci_number(node.get(attr, "0")) for attr in PLACE_ATTRIBUTES)
     except ValueError:
         # Devices virtnet does not model are not schema-checked in detail: say where the bad value is.
         raise XMLInputError(
@@ -99,8 +104,7 @@ def _parse_address(node):
 
 def _written(node):
     """The place attributes of an <address> as written, for an error message."""
-    return " ".join(f"{attr}='{node.get(attr)}'" for attr in ("domain", "bus", "slot", "function")
-                    if node.get(attr) is not None)
+    return " ".join(f"{attr}='{node.get(attr)}'" for attr in PLACE_ATTRIBUTES if node.get(attr) is not None)
 
 
 def _explicit(domain):
@@ -119,26 +123,23 @@ def names_a_place(address):
 def _normalize_explicit(addresses):
     """Check and normalise every PCI address written in <devices> (ADDRESSES: every <address> below
     it); one that names no place goes (see names_a_place). Returns what `_explicit` would, after that."""
-    kept = []
+    explicit = []
     for addr in addresses:
         if not is_device_pci_address(addr):
             continue
-        if names_a_place(addr):
-            kept.append(addr)
-        else:
+        if not names_a_place(addr):
             addr.getparent().remove(addr)
-    explicit = []
-    for addr in kept:
-        numbers = _parse_address(addr)  # a bad number is reported with its device
-        _normalize_node(addr, *numbers)
-        explicit.append((addr.getparent(), numbers))
+            continue
+        domain, *numbers = _parse_place(addr)  # a bad number is reported with its device
+        _normalize_node(addr, domain, *numbers)
+        explicit.append((addr.getparent(), tuple(numbers)))
     return explicit
 
 
-def _normalize_node(node, bus, slot, function):
+def _normalize_node(node, domain, bus, slot, function):
     """libvirt's form of an address (domain='0x0000' bus='0x00' slot='0x03' function='0x0'), from
-    its parsed BUS, SLOT and FUNCTION."""
-    node.set("domain", f"0x{pci_number(node.get('domain', '0')):04x}")
+    its parsed DOMAIN, BUS, SLOT and FUNCTION."""
+    node.set("domain", f"0x{domain:04x}")
     node.set("bus", f"0x{bus:02x}")
     node.set("slot", f"0x{slot:02x}")
     node.set("function", f"0x{function:x}")
@@ -204,19 +205,19 @@ PLACED = {
 SURVEYED = frozenset(PLACED).union(("video",))
 
 
-def _survey(devices, addresses):
-    """From one pass over <devices>: the devices of SURVEYED without an <address>, by tag ({tag:
-    [element, ...]} in document order), and every <controller> (model objects). ADDRESSES: every
-    <address> below <devices> (those still in the tree say which devices have one)."""
-    addressed = {address.getparent() for address in addresses} if addresses else ()
-    unaddressed, controllers = {}, []
-    for node in devices[:]:  # a slice: no lxml iterator to set up (see xmlmodel._fill)
-        tag = node.tag
-        if tag == "controller":
-            controllers.append(Controller(node))
-        if tag in SURVEYED and node not in addressed:
-            unaddressed.setdefault(tag, []).append(node)
-    return unaddressed, controllers
+def _survey(index, addresses):
+    """The devices of SURVEYED without an <address>, by tag ({tag: [element, ...]} in document
+    order; lists to read only), and every <controller> (model objects). INDEX: the device_index of
+    <devices>; ADDRESSES: every <address> below it (those still in the tree say which devices have one)."""
+    addressed = {address.getparent() for address in addresses} if addresses else None
+    unaddressed = {}
+    for tag, nodes in index.items():
+        if tag in SURVEYED:
+            if addressed is not None:
+                nodes = [node for node in nodes if node not in addressed]
+            if nodes:
+                unaddressed[tag] = nodes
+    return unaddressed, [Controller(node) for node in index.get("controller", ())]
 
 
 def unplaced_devices(by_tag, q35):
@@ -380,7 +381,7 @@ def _place_in_turn(nodes):
     if len(nodes) > len(slots):
         raise _pci_0_full(nodes[len(slots)])
     for node, slot in zip(nodes, slots):
-        _write_address(node, 0, slot)
+        node.append(_address(0, slot, 0))  # as _write_address, without a call per device
 
 
 def _grow(layout, connect, node):
@@ -508,17 +509,17 @@ def _builtin_addresses(layout):
     """The chipset's own controllers at their fixed addresses (PIIX3 IDE 00:01.1, ICH9 SATA 00:1f.2)."""
     for controller in layout.controllers:
         place = BUILTIN.get((controller.type, controller.index or 0, layout.q35))
-        if place is not None and controller.node.find("address") is None:
+        if place is not None and _first(controller.node, "address") is None:
             _write_address(controller.node, 0, *place)
 
 
-def _primary_video(devices, layout, unaddressed):
-    """libvirt keeps slot 2 (pc) or 1 (q35) for the primary video card: reserved, and written."""
-    if "video" not in unaddressed:
-        return  # no <video>, or the first one has its address (as all have)
-    video = _first(devices, "video")
-    if video is None or _first(video, "address") is not None:
-        return
+def _primary_video(layout, index, unaddressed):
+    """libvirt keeps slot 2 (pc) or 1 (q35) for the primary video card: reserved, and written.
+    INDEX, UNADDRESSED: as _survey has them."""
+    unplaced = unaddressed.get("video")
+    if not unplaced or unplaced[0] is not index["video"][0]:
+        return  # no <video>, or the first one has its address
+    video = unplaced[0]
     model = _first(video, "model")
     if (model.get("type") if model is not None else None) not in PCI_VIDEO_MODELS:
         return
@@ -558,23 +559,26 @@ def _multifunction(domain):
                     addr.set("multifunction", "on")
 
 
-def assign_addresses(domain):
-    """Give every PCI device virtnet renders an address, adding the PCI controllers they need."""
+def assign_addresses(domain, index=None):
+    """Give every PCI device virtnet renders an address, adding the PCI controllers they need.
+    INDEX: the guest.device_index of <devices>, when the caller has it; kept current."""
     devices = domain.devices_node()
     if devices is None:
         return  # no device to place
+    if index is None:
+        index = device_index(devices)
     # One walk (in C) over the <address> elements below <devices> serves to normalise the PCI
     # ones and to tell the devices without one.
     addresses = list(devices.iter("address"))
     explicit = _normalize_explicit(addresses)
     # Looked up before any address is written: the only devices given one before the others are
     # placed (the primary video card, the chipset's own controllers) are not among those.
-    unaddressed, controllers = _survey(devices, addresses)
+    unaddressed, controllers = _survey(index, addresses)
     if _fits_in_turn(domain, explicit, controllers, unaddressed):
         _place_in_turn(unplaced_devices(unaddressed, False))
         return
     layout = Layout(domain, explicit, controllers)
-    _primary_video(devices, layout, unaddressed)
+    _primary_video(layout, index, unaddressed)
     _builtin_addresses(layout)
     _missing_buses(domain, layout)
     pending = [(node, connect_kind(node, layout.q35)) for node in unplaced_devices(unaddressed, layout.q35)]
@@ -595,6 +599,7 @@ def assign_addresses(domain):
     _controller_defaults(layout.controllers)
     if layout.shares_slots():
         _multifunction(domain)
+    index.update(device_index(devices))  # the controllers added (the layout's is seldom the way)
 
 
 # ---------------------------------------------------------------- hot-plug
