@@ -563,6 +563,30 @@ def test_console_says_where_a_file_serial_goes_and_when_there_is_none(ns, dirs, 
     ok(virtnet(d, "destroy", "none"))
 
 
+def test_the_live_xml_names_the_ptys_qemu_opened(ns, dirs, tmp_path):
+    d = dirs
+    devices = ("    <serial type='pty'><target port='0'/></serial>\n"
+               "    <console type='pty'><source path='/dev/pts/999'/><target type='serial' port='0'/></console>\n"
+               "    <console type='pty' tty='/dev/pts/999'><target type='virtio' port='1'/></console>\n")
+    ok(virtnet(d, "define", write(tmp_path / "p.xml", no_os_xml("p", devices=devices))))
+    ok(virtnet(d, "start", "p", "--paused", netns=ns))
+    live = ok(virtnet(d, "dumpxml", "p"))
+    paths = re.findall(r"<source path='(/dev/pts/\d+)'/>", live)
+    # As libvirt's live XML: the serial port and the serial console share one pty, the virtio
+    # console has its own, and each <console> repeats its pty as tty=.
+    assert len(paths) == 3 and paths[0] == paths[1] != paths[2], live
+    assert re.findall(r"<console type='pty' tty='(/dev/pts/\d+)'>", live) == paths[1:], live
+    assert "/dev/pts/999" not in live
+    for path in set(paths):
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            assert os.isatty(fd), path
+        finally:
+            os.close(fd)
+    assert "/dev/pts" not in ok(virtnet(d, "dumpxml", "p", "--inactive"))  # QEMU picks them at each start
+    ok(virtnet(d, "destroy", "p"))
+
+
 def test_a_user_attaches_to_the_console_of_a_domain_of_their_own(ns, unprivileged_user, image):  # noqa: F811
     """No privileges needed: the user's QEMU made the pty as that user."""
     user = unprivileged_user

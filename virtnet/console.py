@@ -73,6 +73,29 @@ def _choose(name, domain, devname):
     raise HostError(f"domain '{name}' has no character device '{devname}' (it has: {names})")
 
 
+def record_ptys(domain, qmp):
+    """Write the pty QEMU opened for each character device of type 'pty' into DOMAIN, as libvirt's
+    live XML shows it: <source path='/dev/pts/N'/>, and on a <console> also tty='/dev/pts/N'. A
+    serial console (not virtio) is the first serial port, so it shows that port's pty."""
+    from virtnet.qemu.chardevs import first_serial_console
+
+    filenames = {d.get("label"): d.get("filename", "") for d in qmp.execute("query-chardev")}
+    ptys = {}
+    for alias, chardev in _candidates(domain):
+        filename = filenames.get("char" + alias, "")
+        if chardev.type == "pty" and filename.startswith("pty:"):
+            ptys[chardev] = filename[len("pty:"):]
+    serial_console = first_serial_console(domain)
+    if serial_console is not None and serial_console not in ptys and domain.serials:
+        first = domain.serials[0]
+        if serial_console.type == "pty" and first in ptys:
+            ptys[serial_console] = ptys[first]
+    for chardev, path in ptys.items():
+        chardev.source_path = path
+        if chardev.kind == "console":
+            chardev.node.set("tty", path)
+
+
 def find(store, name, devname=None):
     """The Console of running domain NAME (--devname DEVNAME, else its first console)."""
     from virtnet import livestate, runner

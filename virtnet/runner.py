@@ -235,6 +235,7 @@ def start(store, name, *, paused=False, netns_name=None, unprivileged=False, bri
     elements holding the guest's data (disks, filesystems, host devices) are not rendered.
     """
     from virtnet.conf.format import format_domain
+    from virtnet.console import record_ptys
     from virtnet.host import bridgehelper
     from virtnet.host.executor import Executor
     from virtnet.host.netlink import Netlink
@@ -301,6 +302,7 @@ def start(store, name, *, paused=False, netns_name=None, unprivileged=False, bri
             if iface.ids.alias in taps:
                 iface.target_dev = taps[iface.ids.alias]
         try:
+            record_ptys(domain, outcome.launched.qmp)  # ... and the ptys QEMU opened
             with store.lock():
                 livestate.save(store, name, state, format_domain(domain, live=True))
         except BaseException:

@@ -147,6 +147,8 @@ def apply_defaults(domain):
     devices = guest.devices_element(domain)
     index = guest.device_index(devices)
     guest.add_default_memballoon(devices, index)
+    if not guest.CHARDEV_TAGS.isdisjoint(index):
+        guest.drop_pty_paths(index)
     if not SERIAL_PORT_USERS.isdisjoint(index):
         guest.add_virtio_serial_controllers(domain)
     if not DISK_STEP_DEVICES.isdisjoint(index):

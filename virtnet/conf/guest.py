@@ -300,6 +300,24 @@ def wants_virtio_serial(chardev):
     return chardev.kind == "console" and chardev.target_type == "virtio"
 
 
+CHARDEV_TAGS = frozenset(("serial", "console", "channel"))
+
+
+def drop_pty_paths(index):
+    """The pty QEMU opened at a start is in the live XML only (<source path>, and tty= on a
+    <console>): like libvirt, a definition leaves it out, as the next start gets another one."""
+    for node in index.get("console", ()):
+        node.attrib.pop("tty", None)
+    for tag in CHARDEV_TAGS:
+        for node in index.get(tag, ()):
+            if node.get("type") != "pty":
+                continue
+            for source in node.findall("source"):
+                source.attrib.pop("path", None)
+                if not source.attrib and not len(source):
+                    node.remove(source)
+
+
 def device_index(devices):
     """The elements of <devices> (DEVICES) by tag: {tag: [element, ...]} in document order, from
     one pass (a slice: no lxml iterator or tag matcher to set up). The steps that add devices
