@@ -247,3 +247,42 @@ def test_every_verb_help_ends_with_an_example():
         examples = help_text[help_text.rfind("\nexample"):]
         assert examples.startswith(("\nexample:\n  virtnet ", "\nexamples:\n  virtnet ")), (verb, help_text)
         assert f"virtnet {verb} " in examples, (verb, examples)
+
+
+@pytest.mark.parametrize("args", [["xml2argv", str(SEED)], ["xml2argv", str(BAD)], ["xml2xml", str(SEED)],
+                                  ["validate", str(SEED)]])
+def test_a_conversion_verb_run_in_process_leaves_the_cycle_collector_as_it_found_it(args):
+    """The conversion verbs run without the cycle collector; main(ARGV) turns it back on, and a
+    process that ends with the verb (main() reads its command line) freezes instead."""
+    code = ("import gc, sys, contextlib, io\n"
+            "from virtnet.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            f"    status = main({args!r})\n"
+            "    enabled_after_main = gc.isenabled()\n"
+            f"    sys.argv = ['virtnet', *{args!r}]\n"
+            "    main()\n"
+            "print(enabled_after_main, gc.isenabled(), gc.get_freeze_count() > 0)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.stdout.strip() == "True False True", result.stdout + result.stderr
+
+
+def test_a_conversion_leaves_no_cycles_behind():
+    """What a conversion verb makes is freed without the cycle collector (which it runs without).
+    A refused file may leave some (an error's traceback), but it also ends the verb."""
+    code = ("import gc, contextlib, io, pathlib\n"
+            "from virtnet.cli import main\n"
+            "files = [str(p) for p in sorted(pathlib.Path('testdata/xml2argv').glob('*.xml'))]\n"
+            "left, converted = {}, 0\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            "    main(['xml2argv', '--host-caps', 'none', files[0]])  # the first conversion's one-time state\n"
+            "    gc.collect()\n"
+            "    gc.disable()\n"
+            "    for f in files:\n"
+            "        for verb in (['xml2argv', '--host-caps', 'none'], ['xml2argv', '--standalone'], ['xml2xml']):\n"
+            "            if main([*verb, f]) == 0:\n"
+            "                converted += 1\n"
+            "                left[f] = gc.collect()\n"
+            "            gc.collect()\n"
+            "print(converted > 100, {f: n for f, n in left.items() if n})\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.stdout.strip() == "True {}", result.stdout + result.stderr

@@ -3,6 +3,7 @@
 Imports are lazy: each verb imports only what it uses, so `xml2argv` never loads pyroute2 or jinja2.
 """
 
+import gc
 import os
 import sys
 
@@ -648,8 +649,6 @@ def cmd_xml2argv(args):
     runtime_dir = Path(args.runtime_dir) if args.runtime_dir else default_runtime_dir()
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()  # a UEFI guest's NVRAM, as start
     files = _expand_files(args.file)
-    if len(files) > 1:
-        _settle_for_batch()
     out = []
     for path, loaded in convert.load_many(files):
         if isinstance(loaded, VirtnetError):
@@ -669,18 +668,6 @@ def cmd_xml2argv(args):
         out.append(result.text)
     sys.stdout.write("".join(out))
     return 0
-
-
-def _settle_for_batch():
-    """Import what converting a domain uses, then take everything made so far (modules, classes,
-    constants) out of the garbage collector's passes: it lives as long as the process, and a long
-    batch would otherwise walk it again at every full collection (~3 % of a 1000-domain batch)."""
-    import gc
-    import importlib
-
-    for module in ("virtnet.conf.load", "virtnet.qemu.argv"):  # imported now, so that the freeze covers them
-        importlib.import_module(module)
-    gc.freeze()
 
 
 def _store(args):
@@ -1247,6 +1234,8 @@ def _quick_args(argv):
 
 
 def main(argv=None):
+    """Run the command line ARGV (default: the process's own, which ends with the verb)."""
+    whole_process = argv is None
     argv = sys.argv[1:] if argv is None else argv
     args = _quick_args(argv)
     if args is None:
@@ -1255,6 +1244,26 @@ def main(argv=None):
             args = parser.parse_args(argv)
         except SystemExit as e:
             return e.code
+    if args.verb in _QUICK_VERBS and gc.isenabled():
+        # The conversion verbs run without the cycle collector. What they make is freed as its last
+        # reference goes (a frozen document holds no cycle: tests/test_readonce.py), while the
+        # collector's passes over what start-up makes to keep (modules, classes, lxml's) find
+        # nothing: ~9 M instructions of a one-file xml2argv's ~245 M, and ~25 K per domain of a
+        # batch. A process that ends with the verb then freezes what is left, which the
+        # interpreter's exit would otherwise walk once more (another ~16 M).
+        gc.disable()
+        try:
+            return _run(args)
+        finally:
+            if whole_process:
+                gc.freeze()
+            else:
+                gc.enable()
+    return _run(args)
+
+
+def _run(args):
+    """The verb ARGS names, its errors printed as one line each (with --debug: raised)."""
     try:
         if args.netns:
             from virtnet.host import netns

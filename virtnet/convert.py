@@ -9,7 +9,7 @@ the bridge helper, the runtime directory) is an argument. Errors are raised as V
 located in the domain's file.
 
 Imports stay lazy, as in the CLI: xml2xml and xml2argv load neither pyroute2 nor jinja2
-(only plan's sh and networkd formats use jinja2).
+(only plan's sh and networkd formats use jinja2), and xml2xml not QEMU's side either.
 """
 
 from virtnet.errors import VirtnetError
@@ -17,6 +17,26 @@ from virtnet.record import Record
 from virtnet.runpaths import DomainPaths
 
 PLAN_FORMATS = ("text", "json", "sh", "networkd")
+
+
+class _LazyModule:
+    """Stands in for a module among this module's globals until its first use, which imports it
+    and puts it in its place. The conversions a batch runs per domain then import nothing: an
+    import statement inside them cost ~8 K instructions a call (a failed look-up of the module's
+    __path__ raises and formats an AttributeError each time)."""
+
+    def __init__(self, global_name, module_name):
+        self.global_name, self.module_name = global_name, module_name
+
+    def __getattr__(self, name):
+        from importlib import import_module
+
+        module = globals()[self.global_name] = import_module(self.module_name)
+        return getattr(module, name)
+
+
+qemu_argv = _LazyModule("qemu_argv", "virtnet.qemu.argv")
+qemu_render = _LazyModule("qemu_render", "virtnet.qemu.render")
 
 
 class Diagnostic(Record):
@@ -82,18 +102,15 @@ def xml2argv(loaded, *, runtime_dir, host_caps=frozenset(), syntax="json", stand
     (default: /var/lib/virtnet, root's). QEMU's environment (<qemu:env>, a clock's TZ) comes first,
     as NAME=VALUE lines the shell takes as the command's environment.
     """
-    from virtnet.qemu.argv import DEFAULT_STATE_DIR, ArgvOptions, warnings as argv_warnings
-    from virtnet.qemu.render import shell_lines, shell_word
-
     domain, filename = loaded.domain, loaded.filename
     paths = DomainPaths(runtime_dir, domain.name)
-    options = ArgvOptions(syntax=syntax, standalone=standalone, network_only=network_only,
-                          host_caps=frozenset(host_caps), bridge_helper=bridge_helper,
-                          state_dir=str(state_dir or DEFAULT_STATE_DIR))
+    options = qemu_argv.ArgvOptions(syntax=syntax, standalone=standalone, network_only=network_only,
+                                    host_caps=frozenset(host_caps), bridge_helper=bridge_helper,
+                                    state_dir=str(state_dir or qemu_argv.DEFAULT_STATE_DIR))
     command = _build_command(loaded, paths, options)
     warnings = []
     if not network_only:
-        warnings += [Diagnostic(filename, line, message) for line, message in argv_warnings(domain)]
+        warnings += [Diagnostic(filename, line, message) for line, message in qemu_argv.warnings(domain)]
     lines = []
     if standalone:  # passt must be listening before QEMU connects
         from virtnet.host.passt import standalone_lines
@@ -109,28 +126,30 @@ def xml2argv(loaded, *, runtime_dir, host_caps=frozenset(), syntax="json", stand
         if needs_channel_dir(domain):
             warnings.append(Diagnostic(filename, None, f"create {paths.dir}/channel before running this line: "
                                        "QEMU listens there for the unix channels that name no path"))
-    env = "".join(f"{name}={shell_word(value)} \\\n" for name, value in command.env.items())
     if command.argv:  # --network-only for a domain without interfaces prints nothing
-        lines.append(env + shell_lines(command.argv))
+        lines.append(_env_lines(command.env) + qemu_render.shell_lines(command.argv))
     return Result("".join(lines), warnings)
+
+
+def _env_lines(env):
+    """QEMU's environment as `NAME=VALUE \\` lines (most domains set none)."""
+    if not env:
+        return ""
+    return "".join(f"{name}={qemu_render.shell_word(value)} \\\n" for name, value in env.items())
 
 
 def check(loaded, *, runtime_dir, host_caps=frozenset()):
     """Raise what xml2argv and start would refuse while building QEMU's command line for a loaded
     domain (rules that need the whole machine in view: chardev ports, firmware, clock, boot). Pure:
     RUNTIME_DIR is only where generated socket paths would go (their length is checked)."""
-    from virtnet.qemu.argv import ArgvOptions
-
     paths = DomainPaths(runtime_dir, loaded.domain.name)
-    _build_command(loaded, paths, ArgvOptions(host_caps=frozenset(host_caps)))
+    _build_command(loaded, paths, qemu_argv.ArgvOptions(host_caps=frozenset(host_caps)))
 
 
 def _build_command(loaded, paths, options):
     """qemu.argv.build_command for a loaded domain, its errors located in the domain's file."""
-    from virtnet.qemu.argv import build_command
-
     try:
-        return build_command(loaded.domain, paths, options)
+        return qemu_argv.build_command(loaded.domain, paths, options)
     except VirtnetError as e:
         raise e.located(loaded.filename) from None
 
@@ -154,21 +173,18 @@ def plan(loaded, fmt="text", *, runtime_dir, names_in_use=frozenset(), host_caps
     if owner is None and fmt in ("sh", "networkd"):
         raise UsageError(f"the {fmt} format needs the owner of the pre-created taps")
     domain, filename = loaded.domain, loaded.filename
-    from virtnet.qemu.argv import ArgvOptions, check_dropped, unrendered
-    from virtnet.qemu.argv import warnings as argv_warnings
-
     paths = DomainPaths(runtime_dir, domain.name)
     # What start would refuse while building QEMU's command line, plan refuses too (as check does).
-    _build_command(loaded, paths, ArgvOptions(host_caps=frozenset(host_caps)))
+    _build_command(loaded, paths, qemu_argv.ArgvOptions(host_caps=frozenset(host_caps)))
     try:
         built = build_plan(domain, names_in_use=frozenset(names_in_use), host_caps=frozenset(host_caps),
                            paused=paused, bridge_helper=bridge_helper, paths=paths)
     except VirtnetError as e:
         raise e.located(filename) from None
-    dropped = unrendered(domain)
-    warnings = [Diagnostic(filename, line, message) for line, message in argv_warnings(domain, dropped)]
+    dropped = qemu_argv.unrendered(domain)
+    warnings = [Diagnostic(filename, line, message) for line, message in qemu_argv.warnings(domain, dropped)]
     try:
-        check_dropped(domain, dropped)
+        qemu_argv.check_dropped(domain, dropped)
     except VirtnetError as e:
         warnings.append(Diagnostic(filename, e.line, e.message))  # start refuses it without --allow-dropped
     warnings += [Diagnostic(filename, None, message) for message in built.warnings]
