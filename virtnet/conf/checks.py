@@ -16,6 +16,7 @@ from lxml import etree
 from virtnet.conf import disk as diskconf
 from virtnet.conf import ifname, iftypes, mac, pci
 from virtnet.conf.address import pci_number
+from virtnet.conf.domain import model_name
 from virtnet.conf.guest import VIRTIO_MODELS
 from virtnet.conf.text import control_re, surely_plain, visible
 from virtnet.errors import XMLInputError
@@ -32,17 +33,21 @@ QUEUE_SIZES = (256, 512, 1024)  # powers of two that QEMU accepts for virtio-net
 def rule(func):
     """Register FUNC, a rule every domain goes through."""
     func.about = None
+    func.screened = False
     RULES.append(func)
     return func
 
 
-def rule_about(*elements):
+def rule_about(*elements, screened=False):
     """Register a rule about some device elements (names of elements below <devices>, at any depth),
     one of which a domain must have for the rule to find anything: check_domain does not run it
     where the devices hold none of them. The rule itself stays complete (called on any domain, it
-    finds the same problems): the names only spare the common case its loop over the devices."""
+    finds the same problems): the names only spare the common case its loop over the devices.
+    SCREENED: a rule about interfaces that finds nothing where every interface is written the usual
+    way (see usual_interfaces); check_domain does not run it there either."""
     def register(func):
         rule(func).about = frozenset(elements)
+        func.screened = screened
         return func
 
     return register
@@ -185,7 +190,7 @@ def machine_name_characters(domain):
         )
 
 
-@rule_about("target")
+@rule_about("target", screened=True)
 def managed_is_yes_or_no(domain):
     for iface in domain.interfaces:
         if iface.managed not in (None, "yes", "no"):
@@ -204,7 +209,7 @@ def udp_chardev_has_a_peer(domain):
             )
 
 
-@rule_about("target")
+@rule_about("target", screened=True)
 def unmanaged_target_is_a_fixed_name(domain):
     for iface in domain.interfaces:
         if iface.unmanaged and iface.target_dev and "%" in iface.target_dev:
@@ -214,7 +219,7 @@ def unmanaged_target_is_a_fixed_name(domain):
             )
 
 
-@rule_about("target")
+@rule_about("target", screened=True)
 def unmanaged_only_on_ethernet(domain):
     for iface in domain.interfaces:
         if iface.unmanaged and not iface.kind.script:
@@ -224,7 +229,7 @@ def unmanaged_only_on_ethernet(domain):
             )
 
 
-@rule_about("mac")
+@rule_about("mac", screened=True)
 def mac_is_valid_unicast(domain):
     macs = [iface.mac for iface in domain.interfaces]
     if all(macs) and _usual_unicast_macs(macs):
@@ -245,7 +250,7 @@ def mac_is_valid_unicast(domain):
             )
 
 
-@rule_about("target")
+@rule_about("target", screened=True)
 def target_dev_is_an_interface_name(domain):
     for iface in domain.interfaces:
         if iface.target_dev is None:
@@ -255,7 +260,7 @@ def target_dev_is_an_interface_name(domain):
             yield iface.line_of("target"), f"{_where(iface)}: <target dev='{iface.target_dev}'> {problem}"
 
 
-@rule_about("source")
+@rule_about("source", screened=True)
 def direct_source_dev_is_an_interface_name(domain):
     for iface in domain.interfaces:
         dev = iface.source.dev if iface.type == "direct" and iface.source is not None else None
@@ -277,7 +282,7 @@ def scripts_only_on_ethernet(domain):
                 )
 
 
-@rule_about("mtu")
+@rule_about("mtu", screened=True)
 def mtu_type_and_range(domain):
     for iface in domain.interfaces:
         if not iface.has("mtu"):
@@ -392,7 +397,7 @@ def _plain_models(models):
     return all(models) and MODEL_RE.fullmatch("".join(models)) is not None
 
 
-@rule_about("model")
+@rule_about("model", screened=True)
 def model_name_characters(domain):
     if _plain_models([iface.model_raw for iface in domain.interfaces]):
         return
@@ -404,7 +409,7 @@ def model_name_characters(domain):
             )
 
 
-@rule_about("interface")
+@rule_about("interface", screened=True)
 def vhostuser_needs_virtio(domain):
     for iface in domain.interfaces:
         if iface.type == "vhostuser" and not iface.is_virtio:
@@ -445,7 +450,7 @@ def _ip(value):
         return None
 
 
-@rule_about("source")
+@rule_about("source", screened=True)
 def socket_addresses(domain):
     for iface in domain.interfaces:
         src = iface.source if iface.type in iftypes.SOCKET_TYPES else None
@@ -634,7 +639,7 @@ def _duplicates(domain, key, describe):
             seen[value] = iface
 
 
-@rule_about("mac")
+@rule_about("mac", screened=True)
 def unique_macs(domain):
     macs = [iface.mac for iface in domain.interfaces if iface.mac]
     if set(map(len, macs)) == {mac.TWO_DIGIT_LENGTH} and len(set(map(str.lower, macs))) == len(macs):
@@ -662,15 +667,17 @@ def custom_tap_path_only_for_taps(domain):
             )
 
 
-@rule_about("target")
-def unique_target_devs(domain):
-    def kept_name(iface):
-        dev = iface.target_dev
-        if not dev or "%" in dev or (ifname.is_generated(dev) and not iface.unmanaged):
-            return None  # templates are filled at start; generated names are dropped
-        return dev
+def _kept_target_name(dev, unmanaged):
+    """The <target dev> DEV an interface keeps (None: no name, or one replaced at start)."""
+    if not dev or "%" in dev or (ifname.is_generated(dev) and not unmanaged):
+        return None  # templates are filled at start; generated names are dropped
+    return dev
 
-    yield from _duplicates(domain, kept_name, lambda v: f"target dev '{v}'")
+
+@rule_about("target", screened=True)
+def unique_target_devs(domain):
+    yield from _duplicates(domain, lambda iface: _kept_target_name(iface.target_dev, iface.unmanaged),
+                           lambda v: f"target dev '{v}'")
 
 
 def _two(first, second):
@@ -1046,6 +1053,100 @@ def rom_only_on_pci(domain):
             yield iface.line_of("rom"), "<rom> tuning is only supported for PCI devices"
 
 
+# ---------------------------------------------------------------- interfaces written the usual way
+
+
+def usual_interfaces(devices):
+    """Whether every <interface> of DEVICES (the <devices> element, or None) is written the usual
+    way, where no screened rule can find anything. Told from one pass over the elements those
+    rules read, without model objects: most interfaces are so written, and the rules' first reads
+    of a fresh model cost several times more. False means: let the rules look."""
+    if devices is None:
+        return True
+    macs, models, kept_targets = [], [], set()
+    # <devices> itself: the schema allows one, which Domain.devices_node() finds.
+    for node in devices.iterchildren("interface"):
+        if not _usual_interface(node, macs, models, kept_targets):
+            return False
+    if macs and not (_usual_unicast_macs(macs) and len(set(map(str.lower, macs))) == len(macs)):
+        return False  # each MAC unicast, and (all two digits an octet) distinct in lower case
+    return not models or _plain_models(models)
+
+
+def _usual_interface(node, macs, models, kept_targets):
+    """One interface for usual_interfaces: what it can tell alone. Adds the MAC, the model and the
+    kept target name to MACS, MODELS and KEPT_TARGETS, which need telling across interfaces."""
+    kind = iftypes.TYPES.get(node.get("type") or "user")
+    if kind is None:
+        return False
+    first = {}
+    for child in node[:]:  # a slice, as the model's snapshot: the first child of each name
+        first.setdefault(child.tag, child)
+    element = first.get("mac")
+    if element is not None and (address := element.get("address")) is not None:
+        macs.append(address)
+    element = first.get("model")
+    if element is not None and (model := element.get("type")) is not None:
+        models.append(model)
+        if kind.name == "vhostuser" and model_name(model) not in VIRTIO_MODELS:
+            return False
+    elif kind.name == "vhostuser":
+        return False
+    element = first.get("target")
+    if element is not None and not _usual_target(element, kind, kept_targets):
+        return False
+    element = first.get("mtu")
+    if element is not None and not (kind.mtu and _number_within(element.get("size"), 68, 65535)):
+        return False
+    element = first.get("source")
+    if element is None:
+        return True
+    if kind.name == "direct" and not _usual_ifname(element.get("dev")):
+        return False
+    return not kind.socket or _usual_socket_source(element, kind.name == "mcast")
+
+
+def _usual_target(target, kind, kept_targets):
+    dev, managed = target.get("dev"), target.get("managed")
+    if managed not in (None, "yes", "no") or (managed == "no" and not kind.script):
+        return False
+    if not _usual_ifname(dev):
+        return False
+    kept = _kept_target_name(dev, managed == "no")
+    if kept is None:
+        return True
+    if kept in kept_targets:
+        return False
+    kept_targets.add(kept)
+    return True
+
+
+def _usual_ifname(dev):
+    """Whether DEV is absent or names an existing interface (no template)."""
+    return dev is None or (ifname.problem(dev) is None and "%" not in dev)
+
+
+def _usual_socket_source(source, mcast):
+    local = next((child for child in source[:] if child.tag == "local"), None)
+    for element in (source, local):
+        if element is None:
+            continue
+        port, address = element.get("port"), element.get("address")
+        if (port is not None and not _number_within(port, 1, 65535)) or (address and ":" in address):
+            return False
+    return not mcast or _IPV4_MULTICAST_RE.fullmatch(source.get("address") or "") is not None
+
+
+def _number_within(text, low, high):
+    """Whether TEXT, read as the model reads a number, is one from LOW to HIGH."""
+    if text is None:
+        return False
+    try:
+        return low <= int(text.strip()) <= high
+    except ValueError:
+        return False
+
+
 def rules_for(present):
     """The rules, in order, that can find something where the devices hold the elements PRESENT
     (a set of names): those about no element in particular, and those about one of PRESENT."""
@@ -1053,12 +1154,13 @@ def rules_for(present):
 
 
 @functools.lru_cache(maxsize=256)
-def _rules_for_names(names):
-    """rules_for(NAMES) for a frozenset of names, worked out once per distinct set: domains share
-    a handful of them, and asking each of the ~50 rules (~1 K instructions each) costs as much as
-    running several. The answers are kept, so RULES and their rule_about names must not change
-    after import; tests that change them ask rules_for, which reads them at every call."""
-    return tuple(rules_for(names))
+def _rules_for_names(names, usual=False):
+    """rules_for(NAMES) for a frozenset of names, without the screened rules when USUAL (the
+    interfaces are usual), worked out once per distinct key: domains share a handful of them, and
+    asking each of the ~50 rules (~1 K instructions each) costs as much as running several. The
+    answers are kept, so RULES and their rule_about names must not change after import; tests
+    that change them ask rules_for, which reads them at every call."""
+    return tuple(func for func in rules_for(names) if not (usual and func.screened))
 
 
 _TAG = operator.attrgetter("tag")
@@ -1073,7 +1175,8 @@ def device_element_names(domain):
 def check_domain(domain, filename=None):
     """Run every rule that can find something; raise the first problem (by line) as an XMLInputError."""
     problems = []
-    for func in _rules_for_names(device_element_names(domain)):
+    usual = usual_interfaces(domain.devices_node())
+    for func in _rules_for_names(device_element_names(domain), usual):
         problems.extend(func(domain))
     if problems:
         line, message = min(problems, key=lambda p: p[0] or 0)
