@@ -21,15 +21,15 @@ CORPUS = (REPO / ".." / "shared" / "conformance" / "libvirt").resolve()
 SCREENED = [func for func in checks.RULES if func.screened]
 
 
-def _roots_with_interfaces():
-    """(name, root) of every file that parses, is a <domain> with an <interface> and passes the grammar."""
+def _roots(with_interfaces=True):
+    """(name, root) of every file that parses, is a <domain> (with an <interface>) and passes the grammar."""
     files = sorted((REPO / "testdata").rglob("*.xml"))
     if CORPUS.is_dir():
         files += sorted(CORPUS.rglob("*.xml"))
     for path in files:
         try:
             _, tree = parse_file(str(path))
-            if tree.getroot().tag != "domain" or tree.find("devices/interface") is None:
+            if tree.getroot().tag != "domain" or (with_interfaces and tree.find("devices/interface") is None):
                 continue
             schema.validate(tree, str(path))
         except VirtnetError:
@@ -37,7 +37,7 @@ def _roots_with_interfaces():
         yield path.name, tree.getroot()
 
 
-ROOTS = list(_roots_with_interfaces())
+ROOTS = list(_roots())
 
 USUAL = """<domain type='qemu'><name>usual</name><memory>128</memory>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
@@ -135,3 +135,14 @@ def test_a_second_element_of_a_name_is_not_read():
         variant = copy.deepcopy(root)
         etree.SubElement(variant.find("devices/interface"), tag).set(attr, value)
         assert _passes(variant) and not _screened_findings(variant), tag
+
+
+def test_the_survey_names_every_element_below_devices():
+    """survey's names, from slices and subtrees, are those of one walk of the whole <devices>."""
+    commented = parse_bytes(USUAL.replace("<mac", "<!-- c --><?pi x?><mac").encode(), "c.xml").getroot()
+    for name, root in list(_roots(with_interfaces=False)) + [("usual", commented)]:
+        devices = root.find("devices")
+        if devices is None:
+            continue
+        assert checks.survey(devices)[0] == frozenset(element.tag for element in devices.iter()), name
+    assert checks.survey(None) == (frozenset(), True)

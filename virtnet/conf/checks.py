@@ -1053,47 +1053,82 @@ def rom_only_on_pci(domain):
             yield iface.line_of("rom"), "<rom> tuning is only supported for PCI devices"
 
 
-# ---------------------------------------------------------------- interfaces written the usual way
+# ---------------------------------------------------------------- the survey of <devices>
+
+_TAG = operator.attrgetter("tag")
+
+
+def survey(devices):
+    """One walk of DEVICES (the <devices> element, or None) for check_domain: (the names of the
+    elements below it, at any depth, as a frozenset: what rule_about names; whether every
+    <interface> is written the usual way, where no screened rule can find anything). One walk for
+    both: the element proxies and tag names it makes are most of either's cost. The interfaces are
+    told from the elements the screened rules read, without model objects (whose first reads cost
+    several times more): usual ones are most, and False means only: let the rules look."""
+    if devices is None:
+        return frozenset(), True
+    names, screen = {devices.tag}, _InterfaceScreen()
+    for device in devices[:]:  # a slice: cheaper than an iterator for a few elements
+        tag = device.tag
+        if tag != "interface":
+            names.update(map(_TAG, device.iter()))  # a loop in C
+            continue
+        names.add(tag)
+        first = {}  # the first child of each name, which the model reads
+        for child in device[:]:
+            first.setdefault(child.tag, child)
+            if len(child):
+                names.update(map(_TAG, child.iter()))
+        names.update(first)
+        screen.add(device, first)
+    return frozenset(names), screen.passed()
+
+
+class _InterfaceScreen:
+    """Interfaces judged one at a time (what each can tell alone), then together (what needs the
+    others: a MAC or a target name used twice; models matched in one go)."""
+
+    def __init__(self):
+        self.usual = True
+        self.macs, self.models, self.kept_targets = [], [], set()
+
+    def add(self, node, first):
+        """The interface NODE, with FIRST its first child of each name."""
+        self.usual = self.usual and _usual_interface(node, first, self)
+
+    def passed(self):
+        macs, models = self.macs, self.models
+        if not self.usual:
+            return False
+        if macs and not (_usual_unicast_macs(macs) and len(set(map(str.lower, macs))) == len(macs)):
+            return False  # each MAC unicast, and (all two digits an octet) distinct in lower case
+        return not models or _plain_models(models)
 
 
 def usual_interfaces(devices):
     """Whether every <interface> of DEVICES (the <devices> element, or None) is written the usual
-    way, where no screened rule can find anything. Told from one pass over the elements those
-    rules read, without model objects: most interfaces are so written, and the rules' first reads
-    of a fresh model cost several times more. False means: let the rules look."""
-    if devices is None:
-        return True
-    macs, models, kept_targets = [], [], set()
-    # <devices> itself: the schema allows one, which Domain.devices_node() finds.
-    for node in devices.iterchildren("interface"):
-        if not _usual_interface(node, macs, models, kept_targets):
-            return False
-    if macs and not (_usual_unicast_macs(macs) and len(set(map(str.lower, macs))) == len(macs)):
-        return False  # each MAC unicast, and (all two digits an octet) distinct in lower case
-    return not models or _plain_models(models)
+    way, where no screened rule can find anything (see survey)."""
+    return survey(devices)[1]
 
 
-def _usual_interface(node, macs, models, kept_targets):
-    """One interface for usual_interfaces: what it can tell alone. Adds the MAC, the model and the
-    kept target name to MACS, MODELS and KEPT_TARGETS, which need telling across interfaces."""
+def _usual_interface(node, first, screen):
+    """One interface for the screen: what it can tell alone; its MAC, model and kept target name
+    go to SCREEN, to be told with the others'."""
     kind = iftypes.TYPES.get(node.get("type") or "user")
     if kind is None:
         return False
-    first = {}
-    for child in node[:]:  # a slice, as the model's snapshot: the first child of each name
-        first.setdefault(child.tag, child)
     element = first.get("mac")
     if element is not None and (address := element.get("address")) is not None:
-        macs.append(address)
+        screen.macs.append(address)
     element = first.get("model")
     if element is not None and (model := element.get("type")) is not None:
-        models.append(model)
+        screen.models.append(model)
         if kind.name == "vhostuser" and model_name(model) not in VIRTIO_MODELS:
             return False
     elif kind.name == "vhostuser":
         return False
     element = first.get("target")
-    if element is not None and not _usual_target(element, kind, kept_targets):
+    if element is not None and not _usual_target(element, kind, screen.kept_targets):
         return False
     element = first.get("mtu")
     if element is not None and not (kind.mtu and _number_within(element.get("size"), 68, 65535)):
@@ -1163,20 +1198,15 @@ def _rules_for_names(names, usual=False):
     return tuple(func for func in rules_for(names) if not (usual and func.screened))
 
 
-_TAG = operator.attrgetter("tag")
-
-
 def device_element_names(domain):
     """The names of the elements below <devices>, at any depth (what rule_about names)."""
-    devices = domain.devices_node()
-    return frozenset() if devices is None else frozenset(map(_TAG, devices.iter()))  # a loop in C
+    return survey(domain.devices_node())[0]
 
 
 def check_domain(domain, filename=None):
     """Run every rule that can find something; raise the first problem (by line) as an XMLInputError."""
     problems = []
-    usual = usual_interfaces(domain.devices_node())
-    for func in _rules_for_names(device_element_names(domain), usual):
+    for func in _rules_for_names(*survey(domain.devices_node())):
         problems.extend(func(domain))
     if problems:
         line, message = min(problems, key=lambda p: p[0] or 0)
