@@ -1,8 +1,9 @@
-"""check_domain skips the screened rules (rule_about(..., screened=True)) where usual_interfaces
-passes the domain's interfaces. A rule so skipped must have had nothing to find: on every domain of
-testdata/ (and of libvirt's corpus, when it is there), and on variants of them with an interface's
-type, MAC, target, model, MTU or socket source changed to values near and past the rules' limits,
-the screen passes only where the screened rules find nothing (and raise nothing)."""
+"""check_domain skips the screened rules (rule(screened=True), rule_about(..., screened=True)) where
+checks.survey finds the domain and its interfaces written the usual way. A rule so skipped must have
+had nothing to find: on every domain of testdata/ (and of libvirt's corpus, when it is there), and on
+variants of them with the name, machine, memory, or an interface's type, MAC, target, model, MTU or
+socket source changed to values near and past the rules' limits, the screen passes only where the
+screened rules find nothing (and raise nothing)."""
 
 import copy
 from pathlib import Path
@@ -85,7 +86,7 @@ def _screened_findings(root):
 
 
 def _passes(root):
-    return checks.usual_interfaces(Domain(root).devices_node())
+    return checks.survey(root)[1]
 
 
 def _variant(root, position, path, attr, value):
@@ -142,7 +143,36 @@ def test_the_survey_names_every_element_below_devices():
     commented = parse_bytes(USUAL.replace("<mac", "<!-- c --><?pi x?><mac").encode(), "c.xml").getroot()
     for name, root in list(_roots(with_interfaces=False)) + [("usual", commented)]:
         devices = root.find("devices")
-        if devices is None:
-            continue
-        assert checks.survey(devices)[0] == frozenset(element.tag for element in devices.iter()), name
-    assert checks.survey(None) == (frozenset(), True)
+        names = frozenset() if devices is None else frozenset(element.tag for element in devices.iter())
+        assert checks.survey(root)[0] == names, name
+    assert checks.survey(etree.fromstring("<domain><name>x</name></domain>")) == (frozenset(), True)
+
+
+# (path below <domain>, attribute or None for the text, values to try)
+DOMAIN_VARIANTS = (
+    ("name", None, ("vm", "", " ", "a/b", ".vm", "vm.", " vm", "\n", None)),
+    ("os/type", "machine", ("pc", "q35", "pc-q35-7.2", "pc q35", "", "pc/", "é", None)),
+    ("memory", None, ("128", "1", "0", "-1", " 64 ", "1_0", "x", "", None)),
+)
+
+
+@pytest.mark.parametrize("path, attr, values", DOMAIN_VARIANTS, ids=[p for p, _, _ in DOMAIN_VARIANTS])
+def test_variants_of_domains(path, attr, values):
+    bases = [parse_bytes(USUAL.encode(), "usual.xml").getroot()] + [root for _, root in ROOTS[:40]]
+    passed = 0
+    for base in bases:
+        for value in values:
+            variant = copy.deepcopy(base)
+            node = variant
+            for tag in path.split("/"):
+                node = node.find(tag) if node.find(tag) is not None else etree.SubElement(node, tag)
+            if attr is None:
+                node.text = value
+            elif value is None:
+                node.attrib.pop(attr, None)
+            else:
+                node.set(attr, value)
+            if _passes(variant):
+                passed += 1
+                assert not _screened_findings(variant), (path, attr, value)
+    assert passed, "the screen passed no variant: the test exercises nothing"

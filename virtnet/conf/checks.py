@@ -8,6 +8,7 @@ about (it could find nothing there): most domains have no <filterref>, <portForw
 
 import functools
 import ipaddress
+import math
 import operator
 import re
 
@@ -30,10 +31,12 @@ USER_ALIAS_RE = re.compile(r"ua-[A-Za-z0-9_-]+")
 QUEUE_SIZES = (256, 512, 1024)  # powers of two that QEMU accepts for virtio-net rings
 
 
-def rule(func):
-    """Register FUNC, a rule every domain goes through."""
+def rule(func=None, *, screened=False):
+    """Register FUNC, a rule every domain goes through (SCREENED: see rule_about)."""
+    if func is None:
+        return functools.partial(rule, screened=screened)
     func.about = None
-    func.screened = False
+    func.screened = screened
     RULES.append(func)
     return func
 
@@ -43,8 +46,8 @@ def rule_about(*elements, screened=False):
     one of which a domain must have for the rule to find anything: check_domain does not run it
     where the devices hold none of them. The rule itself stays complete (called on any domain, it
     finds the same problems): the names only spare the common case its loop over the devices.
-    SCREENED: a rule about interfaces that finds nothing where every interface is written the usual
-    way (see usual_interfaces); check_domain does not run it there either."""
+    SCREENED: a rule that finds nothing where the domain and its interfaces are written the usual
+    way (see survey); check_domain does not run it there either."""
     def register(func):
         rule(func).about = frozenset(elements)
         func.screened = screened
@@ -163,7 +166,7 @@ def _padded_attributes(root):
                 )
 
 
-@rule
+@rule(screened=True)
 def domain_name_rules(domain):
     """libvirt's rules for a domain name: not empty, no '/', and (virtnet's store) no leading '.'."""
     if not domain.has("name"):
@@ -180,7 +183,7 @@ def domain_name_rules(domain):
     yield domain.line_of("name"), problem
 
 
-@rule
+@rule(screened=True)
 def machine_name_characters(domain):
     machine = domain.machine
     if machine is not None and not MACHINE_RE.fullmatch(machine):
@@ -1039,7 +1042,7 @@ def devices_on_a_root_port_use_slot_0(domain):
             )
 
 
-@rule
+@rule(screened=True)
 def memory_is_positive(domain):
     if domain.has("memory") and not domain.memory > 0:
         yield domain.line_of("memory"), "<memory> must be a positive amount of guest RAM"
@@ -1058,13 +1061,52 @@ def rom_only_on_pci(domain):
 _TAG = operator.attrgetter("tag")
 
 
-def survey(devices):
-    """One walk of DEVICES (the <devices> element, or None) for check_domain: (the names of the
-    elements below it, at any depth, as a frozenset: what rule_about names; whether every
-    <interface> is written the usual way, where no screened rule can find anything). One walk for
-    both: the element proxies and tag names it makes are most of either's cost. The interfaces are
-    told from the elements the screened rules read, without model objects (whose first reads cost
-    several times more): usual ones are most, and False means only: let the rules look."""
+def survey(root):
+    """One walk of a domain's elements (ROOT: its <domain>) for check_domain: (the names of the
+    elements below <devices>, at any depth, as a frozenset: what rule_about names; whether the
+    domain and every <interface> are written the usual way, where no screened rule can find
+    anything). One walk for both: the element proxies and tag names it makes are most of either's
+    cost. What the screened rules read is told from the elements, without model objects (whose
+    first reads cost several times more): usual domains are most, and False means only: let the
+    rules look."""
+    first = _first_children(root)
+    usual = _usual_domain(first)
+    names, devices = _device_names_and_screen(first.get("devices"))  # the one <devices> the schema allows
+    return names, usual and devices
+
+
+def _first_children(node):
+    """{name: NODE's first child of that name}, which the model reads (from a slice: cheaper than
+    an iterator, or a look-up per name, for a few elements)."""
+    first = {}
+    for child in node[:]:
+        first.setdefault(child.tag, child)
+    return first
+
+
+def _first_child(node, tag):
+    return next((child for child in node[:] if child.tag == tag), None)
+
+
+def _usual_domain(first):
+    """Whether the domain's name, machine type and memory (FIRST: its first child of each name) are
+    ones the screened rules about them accept."""
+    element = first.get("name")
+    if element is not None:
+        name = element.text
+        if not (name and name.strip() and "/" not in name and not name.startswith(".")):
+            return False
+    element = first.get("os")
+    element = None if element is None else _first_child(element, "type")
+    machine = None if element is None else element.get("machine")
+    if machine is not None and not MACHINE_RE.fullmatch(machine):
+        return False
+    element = first.get("memory")
+    return element is None or _number_within(element.text, 1, math.inf)
+
+
+def _device_names_and_screen(devices):
+    """survey's walk of DEVICES (or None): the names below it, and whether its interfaces are usual."""
     if devices is None:
         return frozenset(), True
     names, screen = {devices.tag}, _InterfaceScreen()
@@ -1074,8 +1116,8 @@ def survey(devices):
             names.update(map(_TAG, device.iter()))  # a loop in C
             continue
         names.add(tag)
-        first = {}  # the first child of each name, which the model reads
-        for child in device[:]:
+        first = {}
+        for child in device[:]:  # _first_children, and the names below each child
             first.setdefault(child.tag, child)
             if len(child):
                 names.update(map(_TAG, child.iter()))
@@ -1103,12 +1145,6 @@ class _InterfaceScreen:
         if macs and not (_usual_unicast_macs(macs) and len(set(map(str.lower, macs))) == len(macs)):
             return False  # each MAC unicast, and (all two digits an octet) distinct in lower case
         return not models or _plain_models(models)
-
-
-def usual_interfaces(devices):
-    """Whether every <interface> of DEVICES (the <devices> element, or None) is written the usual
-    way, where no screened rule can find anything (see survey)."""
-    return survey(devices)[1]
 
 
 def _usual_interface(node, first, screen):
@@ -1162,7 +1198,7 @@ def _usual_ifname(dev):
 
 
 def _usual_socket_source(source, mcast):
-    local = next((child for child in source[:] if child.tag == "local"), None)
+    local = _first_child(source, "local")
     for element in (source, local):
         if element is None:
             continue
@@ -1200,13 +1236,13 @@ def _rules_for_names(names, usual=False):
 
 def device_element_names(domain):
     """The names of the elements below <devices>, at any depth (what rule_about names)."""
-    return survey(domain.devices_node())[0]
+    return survey(domain.node)[0]
 
 
 def check_domain(domain, filename=None):
     """Run every rule that can find something; raise the first problem (by line) as an XMLInputError."""
     problems = []
-    for func in _rules_for_names(*survey(domain.devices_node())):
+    for func in _rules_for_names(*survey(domain.node)):
         problems.extend(func(domain))
     if problems:
         line, message = min(problems, key=lambda p: p[0] or 0)
