@@ -4,6 +4,9 @@ Each rule yields (line, message) for every violation it finds. `check_domain` ru
 raises the first violation in document order, so a user fixes problems top to bottom. A rule
 registered with `rule_about` is skipped for a domain whose devices hold none of the elements it is
 about (it could find nothing there): most domains have no <filterref>, <portForward> or <disk>.
+A rule registered as `screened` is skipped where one walk of the raw elements (`survey`) finds the
+values it reads written the usual way (it could find nothing there either): most domains are, and
+reading those values through a fresh model costs several times more than the walk.
 """
 
 import functools
@@ -1056,7 +1059,7 @@ def rom_only_on_pci(domain):
             yield iface.line_of("rom"), "<rom> tuning is only supported for PCI devices"
 
 
-# ---------------------------------------------------------------- the survey of <devices>
+# ---------------------------------------------------------------- the survey: names and usual values
 
 _TAG = operator.attrgetter("tag")
 
