@@ -1073,9 +1073,9 @@ def survey(root):
     first reads cost several times more): usual domains are most, and False means only: let the
     rules look."""
     first = _first_children(root)
-    usual = _usual_domain(first)
-    names, devices = _device_names_and_screen(first.get("devices"))  # the one <devices> the schema allows
-    return names, usual and devices
+    usual_domain = _usual_domain(first)
+    names, usual_interfaces = _device_names_and_screen(first.get("devices"))  # the one the schema allows
+    return names, usual_domain and usual_interfaces
 
 
 def _first_children(node):
