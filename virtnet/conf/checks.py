@@ -4,10 +4,14 @@ Each rule yields (line, message) for every violation it finds. `check_domain` ru
 raises the first violation in document order, so a user fixes problems top to bottom. A rule
 registered with `rule_about` is skipped for a domain whose devices hold none of the elements it is
 about (it could find nothing there): most domains have no <filterref>, <portForward> or <disk>.
+A rule registered as `screened` is skipped where one walk of the raw elements (`survey`) finds the
+values it reads written the usual way (it could find nothing there either): most domains are, and
+reading those values through a fresh model costs several times more than the walk.
 """
 
 import functools
 import ipaddress
+import math
 import operator
 import re
 
@@ -16,6 +20,7 @@ from lxml import etree
 from virtnet.conf import disk as diskconf
 from virtnet.conf import ifname, iftypes, mac, pci
 from virtnet.conf.address import pci_number
+from virtnet.conf.domain import model_name
 from virtnet.conf.guest import VIRTIO_MODELS
 from virtnet.conf.text import control_re, surely_plain, visible
 from virtnet.errors import XMLInputError
@@ -29,20 +34,26 @@ USER_ALIAS_RE = re.compile(r"ua-[A-Za-z0-9_-]+")
 QUEUE_SIZES = (256, 512, 1024)  # powers of two that QEMU accepts for virtio-net rings
 
 
-def rule(func):
-    """Register FUNC, a rule every domain goes through."""
+def rule(func=None, *, screened=False):
+    """Register FUNC, a rule every domain goes through (SCREENED: see rule_about)."""
+    if func is None:
+        return functools.partial(rule, screened=screened)
     func.about = None
+    func.screened = screened
     RULES.append(func)
     return func
 
 
-def rule_about(*elements):
+def rule_about(*elements, screened=False):
     """Register a rule about some device elements (names of elements below <devices>, at any depth),
     one of which a domain must have for the rule to find anything: check_domain does not run it
     where the devices hold none of them. The rule itself stays complete (called on any domain, it
-    finds the same problems): the names only spare the common case its loop over the devices."""
+    finds the same problems): the names only spare the common case its loop over the devices.
+    SCREENED: a rule that finds nothing where the domain and its interfaces are written the usual
+    way (see survey); check_domain does not run it there either."""
     def register(func):
         rule(func).about = frozenset(elements)
+        func.screened = screened
         return func
 
     return register
@@ -158,7 +169,7 @@ def _padded_attributes(root):
                 )
 
 
-@rule
+@rule(screened=True)
 def domain_name_rules(domain):
     """libvirt's rules for a domain name: not empty, no '/', and (virtnet's store) no leading '.'."""
     if not domain.has("name"):
@@ -175,7 +186,7 @@ def domain_name_rules(domain):
     yield domain.line_of("name"), problem
 
 
-@rule
+@rule(screened=True)
 def machine_name_characters(domain):
     machine = domain.machine
     if machine is not None and not MACHINE_RE.fullmatch(machine):
@@ -185,7 +196,7 @@ def machine_name_characters(domain):
         )
 
 
-@rule_about("target")
+@rule_about("target", screened=True)
 def managed_is_yes_or_no(domain):
     for iface in domain.interfaces:
         if iface.managed not in (None, "yes", "no"):
@@ -204,7 +215,7 @@ def udp_chardev_has_a_peer(domain):
             )
 
 
-@rule_about("target")
+@rule_about("target", screened=True)
 def unmanaged_target_is_a_fixed_name(domain):
     for iface in domain.interfaces:
         if iface.unmanaged and iface.target_dev and "%" in iface.target_dev:
@@ -214,7 +225,7 @@ def unmanaged_target_is_a_fixed_name(domain):
             )
 
 
-@rule_about("target")
+@rule_about("target", screened=True)
 def unmanaged_only_on_ethernet(domain):
     for iface in domain.interfaces:
         if iface.unmanaged and not iface.kind.script:
@@ -224,7 +235,7 @@ def unmanaged_only_on_ethernet(domain):
             )
 
 
-@rule_about("mac")
+@rule_about("mac", screened=True)
 def mac_is_valid_unicast(domain):
     macs = [iface.mac for iface in domain.interfaces]
     if all(macs) and _usual_unicast_macs(macs):
@@ -245,7 +256,7 @@ def mac_is_valid_unicast(domain):
             )
 
 
-@rule_about("target")
+@rule_about("target", screened=True)
 def target_dev_is_an_interface_name(domain):
     for iface in domain.interfaces:
         if iface.target_dev is None:
@@ -255,7 +266,7 @@ def target_dev_is_an_interface_name(domain):
             yield iface.line_of("target"), f"{_where(iface)}: <target dev='{iface.target_dev}'> {problem}"
 
 
-@rule_about("source")
+@rule_about("source", screened=True)
 def direct_source_dev_is_an_interface_name(domain):
     for iface in domain.interfaces:
         dev = iface.source.dev if iface.type == "direct" and iface.source is not None else None
@@ -277,7 +288,7 @@ def scripts_only_on_ethernet(domain):
                 )
 
 
-@rule_about("mtu")
+@rule_about("mtu", screened=True)
 def mtu_type_and_range(domain):
     for iface in domain.interfaces:
         if not iface.has("mtu"):
@@ -392,7 +403,7 @@ def _plain_models(models):
     return all(models) and MODEL_RE.fullmatch("".join(models)) is not None
 
 
-@rule_about("model")
+@rule_about("model", screened=True)
 def model_name_characters(domain):
     if _plain_models([iface.model_raw for iface in domain.interfaces]):
         return
@@ -404,7 +415,7 @@ def model_name_characters(domain):
             )
 
 
-@rule_about("interface")
+@rule_about("interface", screened=True)
 def vhostuser_needs_virtio(domain):
     for iface in domain.interfaces:
         if iface.type == "vhostuser" and not iface.is_virtio:
@@ -445,7 +456,7 @@ def _ip(value):
         return None
 
 
-@rule_about("source")
+@rule_about("source", screened=True)
 def socket_addresses(domain):
     for iface in domain.interfaces:
         src = iface.source if iface.type in iftypes.SOCKET_TYPES else None
@@ -634,7 +645,7 @@ def _duplicates(domain, key, describe):
             seen[value] = iface
 
 
-@rule_about("mac")
+@rule_about("mac", screened=True)
 def unique_macs(domain):
     macs = [iface.mac for iface in domain.interfaces if iface.mac]
     if set(map(len, macs)) == {mac.TWO_DIGIT_LENGTH} and len(set(map(str.lower, macs))) == len(macs):
@@ -662,15 +673,17 @@ def custom_tap_path_only_for_taps(domain):
             )
 
 
-@rule_about("target")
-def unique_target_devs(domain):
-    def kept_name(iface):
-        dev = iface.target_dev
-        if not dev or "%" in dev or (ifname.is_generated(dev) and not iface.unmanaged):
-            return None  # templates are filled at start; generated names are dropped
-        return dev
+def _kept_target_name(dev, unmanaged):
+    """The <target dev> DEV an interface keeps (None: no name, or one replaced at start)."""
+    if not dev or "%" in dev or (ifname.is_generated(dev) and not unmanaged):
+        return None  # templates are filled at start; generated names are dropped
+    return dev
 
-    yield from _duplicates(domain, kept_name, lambda v: f"target dev '{v}'")
+
+@rule_about("target", screened=True)
+def unique_target_devs(domain):
+    yield from _duplicates(domain, lambda iface: _kept_target_name(iface.target_dev, iface.unmanaged),
+                           lambda v: f"target dev '{v}'")
 
 
 def _two(first, second):
@@ -1032,7 +1045,7 @@ def devices_on_a_root_port_use_slot_0(domain):
             )
 
 
-@rule
+@rule(screened=True)
 def memory_is_positive(domain):
     if domain.has("memory") and not domain.memory > 0:
         yield domain.line_of("memory"), "<memory> must be a positive amount of guest RAM"
@@ -1046,6 +1059,168 @@ def rom_only_on_pci(domain):
             yield iface.line_of("rom"), "<rom> tuning is only supported for PCI devices"
 
 
+# ---------------------------------------------------------------- the survey: names and usual values
+
+_TAG = operator.attrgetter("tag")
+
+
+def survey(root):
+    """One walk of a domain's elements (ROOT: its <domain>) for check_domain: (the names of the
+    elements below <devices>, at any depth, as a frozenset: what rule_about names; whether the
+    domain and every <interface> are written the usual way, where no screened rule can find
+    anything). One walk for both: the element proxies and tag names it makes are most of either's
+    cost. What the screened rules read is told from the elements, without model objects (whose
+    first reads cost several times more): usual domains are most, and False means only: let the
+    rules look."""
+    first = _first_children(root)
+    usual_domain = _usual_domain(first)
+    names, usual_interfaces = _device_names_and_screen(first.get("devices"))  # the one the schema allows
+    return names, usual_domain and usual_interfaces
+
+
+def _first_children(node):
+    """{name: NODE's first child of that name}, which the model reads (from a slice: cheaper than
+    an iterator, or a look-up per name, for a few elements)."""
+    first = {}
+    for child in node[:]:
+        first.setdefault(child.tag, child)
+    return first
+
+
+def _first_child(node, tag):
+    return next((child for child in node[:] if child.tag == tag), None)
+
+
+def _usual_domain(first):
+    """Whether the domain's name, machine type and memory (FIRST: its first child of each name) are
+    ones the screened rules about them accept."""
+    element = first.get("name")
+    if element is not None:
+        name = element.text
+        if not (name and name.strip() and "/" not in name and not name.startswith(".")):
+            return False
+    element = first.get("os")
+    element = None if element is None else _first_child(element, "type")
+    machine = None if element is None else element.get("machine")
+    if machine is not None and not MACHINE_RE.fullmatch(machine):
+        return False
+    element = first.get("memory")
+    return element is None or _number_within(element.text, 1, math.inf)
+
+
+def _device_names_and_screen(devices):
+    """survey's walk of DEVICES (or None): the names below it, and whether its interfaces are usual."""
+    if devices is None:
+        return frozenset(), True
+    names, screen = {devices.tag}, _InterfaceScreen()
+    for device in devices[:]:  # a slice: cheaper than an iterator for a few elements
+        tag = device.tag
+        if tag != "interface":
+            names.update(map(_TAG, device.iter()))  # a loop in C
+            continue
+        names.add(tag)
+        first = {}
+        for child in device[:]:  # _first_children, and the names below each child
+            first.setdefault(child.tag, child)
+            if len(child):
+                names.update(map(_TAG, child.iter()))
+        names.update(first)
+        screen.add(device, first)
+    return frozenset(names), screen.passed()
+
+
+class _InterfaceScreen:
+    """Interfaces judged one at a time (what each can tell alone), then together (what needs the
+    others: a MAC or a target name used twice; models matched in one go)."""
+
+    def __init__(self):
+        self.usual = True
+        self.macs, self.models, self.kept_targets = [], [], set()
+
+    def add(self, node, first):
+        """The interface NODE, with FIRST its first child of each name."""
+        self.usual = self.usual and _usual_interface(node, first, self)
+
+    def passed(self):
+        macs, models = self.macs, self.models
+        if not self.usual:
+            return False
+        if macs and not (_usual_unicast_macs(macs) and len(set(map(str.lower, macs))) == len(macs)):
+            return False  # each MAC unicast, and (all two digits an octet) distinct in lower case
+        return not models or _plain_models(models)
+
+
+def _usual_interface(node, first, screen):
+    """One interface for the screen: what it can tell alone; its MAC, model and kept target name
+    go to SCREEN, to be told with the others'."""
+    kind = iftypes.TYPES.get(node.get("type") or "user")
+    if kind is None:
+        return False
+    element = first.get("mac")
+    if element is not None and (address := element.get("address")) is not None:
+        screen.macs.append(address)
+    element = first.get("model")
+    if element is not None and (model := element.get("type")) is not None:
+        screen.models.append(model)
+        if kind.name == "vhostuser" and model_name(model) not in VIRTIO_MODELS:
+            return False
+    elif kind.name == "vhostuser":
+        return False
+    element = first.get("target")
+    if element is not None and not _usual_target(element, kind, screen.kept_targets):
+        return False
+    element = first.get("mtu")
+    if element is not None and not (kind.mtu and _number_within(element.get("size"), 68, 65535)):
+        return False
+    element = first.get("source")
+    if element is None:
+        return True
+    if kind.name == "direct" and not _usual_ifname(element.get("dev")):
+        return False
+    return not kind.socket or _usual_socket_source(element, kind.name == "mcast")
+
+
+def _usual_target(target, kind, kept_targets):
+    dev, managed = target.get("dev"), target.get("managed")
+    if managed not in (None, "yes", "no") or (managed == "no" and not kind.script):
+        return False
+    if not _usual_ifname(dev):
+        return False
+    kept = _kept_target_name(dev, managed == "no")
+    if kept is None:
+        return True
+    if kept in kept_targets:
+        return False
+    kept_targets.add(kept)
+    return True
+
+
+def _usual_ifname(dev):
+    """Whether DEV is absent or names an existing interface (no template)."""
+    return dev is None or (ifname.problem(dev) is None and "%" not in dev)
+
+
+def _usual_socket_source(source, mcast):
+    local = _first_child(source, "local")
+    for element in (source, local):
+        if element is None:
+            continue
+        port, address = element.get("port"), element.get("address")
+        if (port is not None and not _number_within(port, 1, 65535)) or (address and ":" in address):
+            return False
+    return not mcast or _IPV4_MULTICAST_RE.fullmatch(source.get("address") or "") is not None
+
+
+def _number_within(text, low, high):
+    """Whether TEXT, read as the model reads a number, is one from LOW to HIGH."""
+    if text is None:
+        return False
+    try:
+        return low <= int(text.strip()) <= high
+    except ValueError:
+        return False
+
+
 def rules_for(present):
     """The rules, in order, that can find something where the devices hold the elements PRESENT
     (a set of names): those about no element in particular, and those about one of PRESENT."""
@@ -1053,27 +1228,24 @@ def rules_for(present):
 
 
 @functools.lru_cache(maxsize=256)
-def _rules_for_names(names):
-    """rules_for(NAMES) for a frozenset of names, worked out once per distinct set: domains share
-    a handful of them, and asking each of the ~50 rules (~1 K instructions each) costs as much as
-    running several. The answers are kept, so RULES and their rule_about names must not change
-    after import; tests that change them ask rules_for, which reads them at every call."""
-    return tuple(rules_for(names))
-
-
-_TAG = operator.attrgetter("tag")
+def _rules_for_names(names, usual=False):
+    """rules_for(NAMES) for a frozenset of names, without the screened rules when USUAL (the
+    interfaces are usual), worked out once per distinct key: domains share a handful of them, and
+    asking each of the ~50 rules (~1 K instructions each) costs as much as running several. The
+    answers are kept, so RULES and their rule_about names must not change after import; tests
+    that change them ask rules_for, which reads them at every call."""
+    return tuple(func for func in rules_for(names) if not (usual and func.screened))
 
 
 def device_element_names(domain):
     """The names of the elements below <devices>, at any depth (what rule_about names)."""
-    devices = domain.devices_node()
-    return frozenset() if devices is None else frozenset(map(_TAG, devices.iter()))  # a loop in C
+    return survey(domain.node)[0]
 
 
 def check_domain(domain, filename=None):
     """Run every rule that can find something; raise the first problem (by line) as an XMLInputError."""
     problems = []
-    for func in _rules_for_names(device_element_names(domain)):
+    for func in _rules_for_names(*survey(domain.node)):
         problems.extend(func(domain))
     if problems:
         line, message = min(problems, key=lambda p: p[0] or 0)
