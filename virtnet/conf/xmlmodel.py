@@ -27,7 +27,7 @@ frozen:
 
 import functools
 import re
-import weakref
+from _weakref import ref as weak_ref  # weakref.ref itself, without importing weakref's module (~0.5 ms)
 
 from lxml import etree
 
@@ -329,7 +329,7 @@ def _freeze_into(obj, group):
     cls = _frozen_class(obj._model)
     obj.__class__ = cls
     memo["_group"] = group
-    group.objects.append(weakref.ref(obj))
+    group.objects.append(weak_ref(obj))
     for name in cls._kept_lists:  # Children(cache=True) lists built before freezing
         for child in memo.get(name, ()):
             _freeze_into(child, group)
@@ -343,7 +343,7 @@ def _frozen_object(cls, node, group):
     memo = obj.__dict__
     memo["node"] = node
     memo["_group"] = group
-    group.objects.append(weakref.ref(obj))
+    group.objects.append(weak_ref(obj))
     return obj
 
 
@@ -394,15 +394,12 @@ def _frozen_class(model):
     cls = _FROZEN_CLASSES.get(model)
     if cls is None:
         cls = _FROZEN_CLASSES[model] = _make_frozen_class(model)
-        for d in vars(cls).values():  # after registering: a model class may name itself
-            if isinstance(d, _MemoChild):
-                d.frozen_cls = _frozen_class(d.desc.cls)
     return cls
 
 
 def _make_frozen_class(model):
     namespace = {}
-    for klass in reversed(model.__mro__):  # bases first, so that subclasses override
+    for klass in reversed(model.__mro__[:-1]):  # bases first, so that subclasses override; not object
         for name, value in vars(klass).items():
             if isinstance(value, Prop):
                 namespace[name] = (_MemoProp if value.elements else _MemoAttr)(name, value)
@@ -525,7 +522,13 @@ class _MemoChild:
     def __init__(self, name, desc):
         self.name, self.desc = name, desc
         self.path = desc.path if desc.steps is not None else None  # the snapshot's key, for a plain path
-        self.frozen_cls = None  # set by _frozen_class, once the class is registered (it may name itself)
+        # The sub-objects' frozen class, made at the first read: most of a document's classes are
+        # never read in a conversion, and a model class may name itself.
+        self.frozen_cls = None
+
+    def _sub_class(self):
+        self.frozen_cls = _frozen_class(self.desc.cls)
+        return self.frozen_cls
 
     def __get__(self, obj, owner=None):
         if obj is None:
@@ -538,7 +541,7 @@ class _MemoChild:
             if snap is None:
                 snap = _snapshot(obj)
             node = snap.get(self.path)
-        value = None if node is None else _frozen_object(self.frozen_cls, node, memo["_group"])
+        value = None if node is None else _frozen_object(self.frozen_cls or self._sub_class(), node, memo["_group"])
         memo[self.name] = value
         return value
 
@@ -558,7 +561,7 @@ class _MemoChildren(_MemoChild):
                 snap = _snapshot(obj)
             found = self.path in snap
         if found:
-            cls, group = self.frozen_cls, memo["_group"]
+            cls, group = self.frozen_cls or self._sub_class(), memo["_group"]
             value = [_frozen_object(cls, node, group) for node in self.desc.elements(obj.node)]
         else:
             value = []  # the snapshot saw none: no second look
