@@ -475,3 +475,18 @@ def test_undefine_of_a_uefi_guest_neither_drops_nor_keeps_its_variable_store_una
         assert ok(virtnet(dirs, "undefine", name, flag)) == f"Domain '{name}' has been undefined\n"
         assert variables.exists() == kept and name not in ok(virtnet(dirs, "list", "--all"))
     assert fails(virtnet(dirs, "undefine", name, "--nvram", "--keep-nvram"), code=2)
+
+
+def test_a_definition_leaves_out_the_ptys_of_a_live_xml():
+    # What `dumpxml` of a running domain shows, pasted into a definition: libvirt ignores a pty's
+    # path (QEMU opens another at each start), and so does define.
+    text = domain_text("pty", devices=(
+        "\n    <serial type='pty'><source path='/dev/pts/3'/><target port='0'/><log file='/tmp/s.log'/></serial>"
+        "\n    <console type='pty' tty='/dev/pts/3'><source path='/dev/pts/3'/><target type='serial' port='0'/>"
+        "</console>"
+        "\n    <channel type='unix'><source mode='bind' path='/tmp/agent.sock'/>"
+        "<target type='virtio' name='org.qemu.guest_agent.0'/></channel>"))
+    written = convert.xml2xml(load_text(text)).text
+    assert "/dev/pts" not in written and "tty=" not in written
+    assert "<source mode='bind' path='/tmp/agent.sock'/>" in written  # other types keep their source
+    assert "<log file='/tmp/s.log'/>" in written
