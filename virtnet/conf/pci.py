@@ -21,9 +21,9 @@ A device on a bus whose controller the XML does not have gets that controller (a
 q35, a pci-bridge on pc), as libvirt adds it.
 
 Each device's placement (bus, slot, function, multifunction) is handed to the command line as
-numbers (`placed`), recorded as its address is written; one whose address was written otherwise
-(in the XML, or before the domain was loaded: a running domain's live XML, a hot-plugged NIC) is
-read from its <address> by `read_placement`.
+numbers (`placed`), recorded as its address is normalised or written; one of a tree this did not
+prepare (a running domain's live XML, a hot-plugged NIC) is read from its <address> by
+`read_placement`.
 """
 
 from lxml import etree
@@ -90,10 +90,10 @@ def bus_name(domain, index):
 
 def placed(domain, node):
     """Where assign_addresses placed device NODE of DOMAIN, as (bus, slot, function, multifunction:
-    True, False or None when unsaid), or None: a device it did not give an address (one written in
-    the XML, or before the domain was loaded, is read by `read_placement`), or one it did not see
-    (DOMAIN wraps a tree it did not prepare). Its record, DOMAIN.pci_placements (device element ->
-    placement; the model is frozen after, so it stays true), saves the command line reading the
+    True, False or None when unsaid), or None: not a PCI device, one whose address it edited after
+    (_multifunction), or one of a tree it did not prepare (a running domain's live XML, a hot-plugged
+    NIC); `read_placement` reads those. Its record, DOMAIN.pci_placements (device element ->
+    placement; the model is frozen after, so it stays true), saves the command line reading every
     address back from the tree."""
     placements = getattr(domain, "pci_placements", None)
     return None if placements is None else placements.get(node)
@@ -142,9 +142,10 @@ def names_a_place(address):
     return any(address.get(attr) is not None for attr in ("domain", "bus", "slot"))
 
 
-def _normalize_explicit(addresses):
+def _normalize_explicit(addresses, placements):
     """Check and normalise every PCI address written in <devices> (ADDRESSES: every <address> below
-    it); one that names no place goes (see names_a_place). Returns what `_explicit` would, after that."""
+    it), recording each device's placement in PLACEMENTS; one that names no place goes (see
+    names_a_place). Returns what `_explicit` would, after that."""
     explicit = []
     for addr in addresses:
         if not is_device_pci_address(addr):
@@ -154,7 +155,9 @@ def _normalize_explicit(addresses):
             continue
         domain, *numbers = _parse_place(addr)  # a bad number is reported with its device
         _normalize_node(addr, domain, *numbers)
-        explicit.append((addr.getparent(), tuple(numbers)))
+        device = addr.getparent()
+        explicit.append((device, tuple(numbers)))
+        placements[device] = (*numbers, MULTIFUNCTION.get(addr.get("multifunction")))
     return explicit
 
 
@@ -599,7 +602,7 @@ def assign_addresses(domain, index=None):
     # One walk (in C) over the <address> elements below <devices> serves to normalise the PCI
     # ones and to tell the devices without one.
     addresses = list(devices.iter("address"))
-    explicit = _normalize_explicit(addresses)
+    explicit = _normalize_explicit(addresses, placements)
     # Looked up before any address is written: the only devices given one before the others are
     # placed (the primary video card, the chipset's own controllers) are not among those.
     unaddressed, controllers = _survey(index, addresses)
