@@ -87,3 +87,17 @@ def test_an_address_given_multifunction_after_is_read_back():
     assert pci.placed(domain, first.node) is None  # _multifunction wrote multifunction='on'
     assert pci.placed(domain, second.node) == (0, 7, 1, None)
     assert pci.read_placement(address_element(first)) == (0, 7, 0, True)
+
+
+@pytest.mark.parametrize("device", ["<memballoon model='virtio'>{}</memballoon>",
+                                    "<rng model='virtio'><backend model='random'/>{}</rng>"])
+def test_a_balloon_or_rng_off_pci_is_refused_and_one_on_pci_is_not(device):
+    """qemu.chardevs.check reads the <address> of a device conf.pci did not place."""
+    def argv(address):
+        text = SHARED_SLOT.replace("<interface", device.format(address) + "\n    <interface", 1)
+        return _argv(load.load_text(text))
+
+    refused = argv("<address type='ccw' cssid='0xfe' ssid='0x0' devno='0x0001'/>")
+    assert refused.startswith("error: ") and "is for other machines" in refused
+    assert "virtio-" in argv("<address type='pci' slot='9'/>")
+    assert "virtio-" in argv("")

@@ -79,13 +79,12 @@ DMI_BRIDGE_SLOT = 0x1E  # libvirt's place for a dmi-to-pci-bridge on q35
 BUILTIN = {("ide", 0, False): (1, 1), ("sata", 0, True): (0x1F, 2)}
 
 
-def root_bus_name(domain):
-    return "pcie.0" if domain.is_q35 else "pci.0"
-
-
 def bus_name(domain, index):
-    """QEMU's id of PCI bus INDEX: the root bus, or the controller 'pci.N' that provides it."""
-    return root_bus_name(domain) if index == 0 else f"pci.{index}"
+    """QEMU's id of PCI bus INDEX: the root bus (pcie.0 on q35, pci.0 on pc), or the controller
+    'pci.N' that provides it."""
+    if index:
+        return f"pci.{index}"
+    return "pcie.0" if domain.is_q35 else "pci.0"
 
 
 def placed(domain, node):
