@@ -19,6 +19,11 @@ built-in SATA controller at 00:1f.2), slot 1 the primary video card when there i
 
 A device on a bus whose controller the XML does not have gets that controller (a root port on
 q35, a pci-bridge on pc), as libvirt adds it.
+
+Each device's placement (bus, slot, function, multifunction) is handed to the command line as
+numbers (`placed`), recorded as its address is normalised or written; one of a tree this did not
+prepare (a running domain's live XML, a hot-plugged NIC) is read from its <address> by
+`read_placement`.
 """
 
 from lxml import etree
@@ -32,6 +37,7 @@ from virtnet.errors import XMLInputError
 from virtnet.record import Record
 
 PLACE_ATTRIBUTES = ("domain", "bus", "slot", "function")  # of an <address type='pci'>
+MULTIFUNCTION = {"on": True, "off": False}  # an <address>'s multifunction= (anything else: unsaid)
 FIRST_FREE_SLOT = 2  # slot 0 is the host bridge, slot 1 the PIIX3/ICH chipset functions
 LAST_SLOT = 31
 FUNCTIONS = 8
@@ -73,17 +79,32 @@ DMI_BRIDGE_SLOT = 0x1E  # libvirt's place for a dmi-to-pci-bridge on q35
 BUILTIN = {("ide", 0, False): (1, 1), ("sata", 0, True): (0x1F, 2)}
 
 
-def root_bus_name(domain):
+def bus_name(domain, index):
+    """QEMU's id of PCI bus INDEX: the root bus (pcie.0 on q35, pci.0 on pc), or the controller
+    'pci.N' that provides it."""
+    if index:
+        return f"pci.{index}"
     return "pcie.0" if domain.is_q35 else "pci.0"
 
 
-def bus_name(domain, index):
-    """QEMU's id of PCI bus INDEX: the root bus, or the controller 'pci.N' that provides it."""
-    return root_bus_name(domain) if index == 0 else f"pci.{index}"
+def placed(domain, node):
+    """Where assign_addresses placed device NODE of DOMAIN, as (bus, slot, function, multifunction:
+    True, False or None when unsaid), or None: not a PCI device, one whose address it edited after
+    (_multifunction), or one of a tree it did not prepare (a running domain's live XML, a hot-plugged
+    NIC); `read_placement` reads those. Its record, DOMAIN.pci_placements (device element ->
+    placement; the model is frozen after, so it stays true), saves the command line reading every
+    address back from the tree."""
+    placements = getattr(domain, "pci_placements", None)
+    return None if placements is None else placements.get(node)
 
 
 def _where(node):
     return f"<{node.tag}" + (f" type='{node.get('type')}'" if node.get("type") else "") + ">"
+
+
+def read_placement(address):
+    """The placement (see `placed`) an <address type='pci'> element gives, with a clear error for bad numbers."""
+    return (*_parse_address(address), MULTIFUNCTION.get(address.get("multifunction")))
 
 
 def _parse_address(node):
@@ -120,9 +141,10 @@ def names_a_place(address):
     return any(address.get(attr) is not None for attr in ("domain", "bus", "slot"))
 
 
-def _normalize_explicit(addresses):
+def _normalize_explicit(addresses, placements):
     """Check and normalise every PCI address written in <devices> (ADDRESSES: every <address> below
-    it); one that names no place goes (see names_a_place). Returns what `_explicit` would, after that."""
+    it), recording each device's placement in PLACEMENTS; one that names no place goes (see
+    names_a_place). Returns what `_explicit` would, after that."""
     explicit = []
     for addr in addresses:
         if not is_device_pci_address(addr):
@@ -132,7 +154,9 @@ def _normalize_explicit(addresses):
             continue
         domain, *numbers = _parse_place(addr)  # a bad number is reported with its device
         _normalize_node(addr, domain, *numbers)
-        explicit.append((addr.getparent(), tuple(numbers)))
+        device = addr.getparent()
+        explicit.append((device, tuple(numbers)))
+        placements[device] = (*numbers, MULTIFUNCTION.get(addr.get("multifunction")))
     return explicit
 
 
@@ -290,10 +314,11 @@ class Bus(Record):
 class Layout:
     """The PCI buses of a domain (index → Bus) and what is in use on them."""
 
-    def __init__(self, domain, explicit=None, controllers=None):
+    def __init__(self, domain, explicit=None, controllers=None, placements=None):
         """EXPLICIT: what `_explicit` returns, CONTROLLERS: domain.controllers, when the caller
-        has them already."""
+        has them already. PLACEMENTS: where write_address records what it writes (see `placed`)."""
         self.domain = domain
+        self.placements = placements
         self.q35 = domain.is_q35
         self.buses = {0: Bus(0, ROOT_MODELS[self.q35])}
         # The domain's controllers, read once: those added later through add_controller are
@@ -347,6 +372,12 @@ class Layout:
         self.bus(index).model = model
         return controller
 
+    def write_address(self, node, bus, slot, function=0):
+        """Give device NODE the address (BUS, SLOT, FUNCTION), and record its placement."""
+        node.append(_address(bus, slot, function))
+        if self.placements is not None:
+            self.placements[node] = (bus, slot, function, None)
+
     def shares_slots(self):
         """Whether two PCI addresses of the domain may be in one slot. The layout has taken every
         one (the explicit ones when it was made, then each it placed), except the addresses of the
@@ -374,14 +405,15 @@ def _fits_in_turn(domain, explicit, controllers, unaddressed):
     return not (explicit or controllers or "video" in unaddressed or domain.is_q35)
 
 
-def _place_in_turn(nodes):
+def _place_in_turn(nodes, placements):
     """Each of the devices NODES in the next slot of pci.0 from FIRST_FREE_SLOT up: where a layout
-    of pci.0 alone, with only the chipset's slots taken, would place them."""
+    of pci.0 alone, with only the chipset's slots taken, would place them. Recorded in PLACEMENTS."""
     slots = range(FIRST_FREE_SLOT, LAST_SLOT + 1)
     if len(nodes) > len(slots):
         raise _pci_0_full(nodes[len(slots)])
     for node, slot in zip(nodes, slots):
-        node.append(_address(0, slot, 0))  # as _write_address, without a call per device
+        node.append(_address(0, slot, 0))  # as Layout.write_address, without a call per device
+        placements[node] = (0, slot, 0, None)
 
 
 def _grow(layout, connect, node):
@@ -418,13 +450,9 @@ def _plan_buses(layout, pending):
 
 @copied
 def _address(bus, slot, function):
-    """What _write_address writes: libvirt's form and attribute order (as _normalize_node's)."""
+    """What Layout.write_address writes: libvirt's form and attribute order (as _normalize_node's)."""
     return etree.Element("address", {"type": "pci", "domain": "0x0000", "bus": f"0x{bus:02x}",
                                      "slot": f"0x{slot:02x}", "function": f"0x{function:x}"})
-
-
-def _write_address(node, bus, slot, function=0):
-    node.append(_address(bus, slot, function))
 
 
 def _place_root_port(layout, node):
@@ -444,7 +472,7 @@ def _place_root_port(layout, node):
             "a PCI slot is needed to connect a PCI controller model='pcie-root-port', but none is available on "
             f"pcie.0 (slots 0x01..0x{LAST_SLOT - 1:02x}, 8 root ports each, are taken)", line=node.sourceline)
     root.take(slot, function)
-    _write_address(node, 0, slot, function)
+    layout.write_address(node, 0, slot, function)
 
 
 def _place_controllers(layout):
@@ -460,7 +488,7 @@ def _place_controllers(layout):
         root = layout.buses[0]
         if connect == "dmi-bridge" and not root.used.get(DMI_BRIDGE_SLOT):
             root.take(DMI_BRIDGE_SLOT)
-            _write_address(controller.node, 0, DMI_BRIDGE_SLOT)
+            layout.write_address(controller.node, 0, DMI_BRIDGE_SLOT)
             continue
         spot = layout.find(connect)
         if spot is None:
@@ -468,7 +496,7 @@ def _place_controllers(layout):
                                 "connect it to", line=controller.line)
         bus, slot = spot
         bus.take(slot)
-        _write_address(controller.node, bus.index, slot)
+        layout.write_address(controller.node, bus.index, slot)
 
 
 def _controller_defaults(controllers):
@@ -510,7 +538,7 @@ def _builtin_addresses(layout):
     for controller in layout.controllers:
         place = BUILTIN.get((controller.type, controller.index or 0, layout.q35))
         if place is not None and _first(controller.node, "address") is None:
-            _write_address(controller.node, 0, *place)
+            layout.write_address(controller.node, 0, *place)
 
 
 def _primary_video(layout, index, unaddressed):
@@ -526,7 +554,7 @@ def _primary_video(layout, index, unaddressed):
     slot = PRIMARY_VIDEO_SLOT[layout.q35]
     if not layout.buses[0].used.get(slot):
         layout.buses[0].take(slot)
-        _write_address(video, 0, slot)
+        layout.write_address(video, 0, slot)
 
 
 def _missing_buses(domain, layout):
@@ -546,9 +574,10 @@ def _missing_buses(domain, layout):
             layout.add_controller(model, index)
 
 
-def _multifunction(domain):
+def _multifunction(domain, placements):
     """multifunction='on' on function 0 of a slot whose other functions are in use (libvirt does).
-    Every PCI address is in libvirt's form by now (normalised, or written so): compared as text."""
+    Every PCI address is in libvirt's form by now (normalised, or written so): compared as text.
+    A device given multifunction= here loses its recorded placement (PLACEMENTS): it is read back."""
     functions = {}
     for _, addr in domain.pci_addresses:
         functions.setdefault((addr.get("domain"), addr.get("bus"), addr.get("slot")), []).append(addr)
@@ -557,6 +586,7 @@ def _multifunction(domain):
             for addr in addrs:
                 if addr.get("function") == "0x0" and addr.get("multifunction") is None:
                     addr.set("multifunction", "on")
+                    placements.pop(addr.getparent(), None)
 
 
 def assign_addresses(domain, index=None):
@@ -567,17 +597,18 @@ def assign_addresses(domain, index=None):
         return  # no device to place
     if index is None:
         index = device_index(devices)
+    domain.pci_placements = placements = {}  # see `placed`
     # One walk (in C) over the <address> elements below <devices> serves to normalise the PCI
     # ones and to tell the devices without one.
     addresses = list(devices.iter("address"))
-    explicit = _normalize_explicit(addresses)
+    explicit = _normalize_explicit(addresses, placements)
     # Looked up before any address is written: the only devices given one before the others are
     # placed (the primary video card, the chipset's own controllers) are not among those.
     unaddressed, controllers = _survey(index, addresses)
     if _fits_in_turn(domain, explicit, controllers, unaddressed):
-        _place_in_turn(unplaced_devices(unaddressed, False))
+        _place_in_turn(unplaced_devices(unaddressed, False), placements)
         return
-    layout = Layout(domain, explicit, controllers)
+    layout = Layout(domain, explicit, controllers, placements)
     _primary_video(layout, index, unaddressed)
     _builtin_addresses(layout)
     _missing_buses(domain, layout)
@@ -586,7 +617,7 @@ def assign_addresses(domain, index=None):
         # First pass on a copy of the layout: which root ports and bridges must be added (libvirt
         # does the same); then the layout again, with them. (On pc nothing is added: pci.0 only.)
         _plan_buses(Layout(domain), pending)
-        layout = Layout(domain)
+        layout = Layout(domain, placements=placements)
     _place_controllers(layout)
     for node, connect in pending:
         spot = layout.find(connect)
@@ -595,10 +626,10 @@ def assign_addresses(domain, index=None):
             spot = layout.find(connect)
         bus, slot = spot
         bus.take(slot)
-        _write_address(node, bus.index, slot)
+        layout.write_address(node, bus.index, slot)
     _controller_defaults(layout.controllers)
     if layout.shares_slots():
-        _multifunction(domain)
+        _multifunction(domain, placements)
     index.update(device_index(devices))  # the controllers added (the layout's is seldom the way)
 
 
@@ -629,7 +660,7 @@ def hotplug_address(domain, node):
                             f"{want}, and controllers cannot be added while it runs; add one to the definition "
                             "(libvirt adds one spare root port) and restart the domain", line=node.sourceline)
     bus, slot = spot
-    _write_address(node, bus.index, slot)
+    layout.write_address(node, bus.index, slot)  # not recorded: the live domain's placements are read
 
 
 def address_in_use(domain, node):

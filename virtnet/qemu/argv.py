@@ -15,7 +15,6 @@ that nothing is dropped silently: xml2argv, plan and start warn about them, and 
 domain whose dropped elements hold the guest's data unless told --allow-dropped.
 """
 
-import shlex
 from collections import Counter
 
 from lxml import etree
@@ -362,6 +361,8 @@ def warnings(domain, dropped=None):
         out.append((None, f"the guest runs headless: {_listing(shown)} not rendered; reach it through {console}"))
     commandline = domain.qemu_commandline
     if commandline is not None and (commandline.args or commandline.env):
+        import shlex  # here: few domains have <qemu:commandline>, and the import costs every run
+
         words = shlex.join(qemu_commandline_args(domain))
         env = ", ".join(qemu_env(domain))
         parts = ([f"passes arguments of its own to QEMU ({words})"] if commandline.args else []) + (

@@ -16,6 +16,7 @@ domain's runtime directory, as libvirt puts one in its channel directory.
 import os
 
 from virtnet.conf.guest import VIRTIO_MODELS, VIRTIO_SERIAL
+from virtnet.conf.pci import placed
 from virtnet.errors import XMLInputError
 from virtnet.qemu import render
 from virtnet.qemu.pciaddr import VIRTIO_PCI_SUFFIX, add_pci_address, address_element
@@ -151,7 +152,9 @@ def check(domain, paths):
     if _has_chardevs(domain):
         _check_ports(domain, paths)
     for device in [domain.memballoon] + domain.rngs:
-        addr = address_element(device) if device is not None else None
+        if device is None or placed(domain, device.node):
+            continue  # none, or placed on PCI by conf.pci
+        addr = address_element(device)
         if addr is not None and addr.get("type") != "pci":
             raise XMLInputError(f"<{device.node.tag}>: <address type='{addr.get('type')}'> is for other machines; "
                                 "virtnet puts x86 guests' devices on PCI (type='pci')", line=addr.sourceline)
