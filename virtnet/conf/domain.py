@@ -200,6 +200,7 @@ class Interface(XMLObject):
 
 class Domain(XMLObject):
     tag = "domain"
+    pci_placements = None  # {device element: its PCI placement}, set by conf.pci (see pci.placed)
     type = Prop("@type")
     name = Prop("name")
     uuid = Prop("uuid")

@@ -94,7 +94,7 @@ def placed(domain, node):
     NIC); `read_placement` reads those. Its record, DOMAIN.pci_placements (device element ->
     placement; the model is frozen after, so it stays true), saves the command line reading every
     address back from the tree."""
-    placements = getattr(domain, "pci_placements", None)
+    placements = domain.pci_placements
     return None if placements is None else placements.get(node)
 
 
