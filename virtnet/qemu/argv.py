@@ -134,7 +134,9 @@ def build_command(domain, paths, options):
         options.fds = placeholder_fds(domain, options.host_caps)
     if options.network_only:
         return Command(network_options(domain, paths, options))
-    boot = machine.boot_indexes(domain)  # <os><boot dev>, once for the first NIC and the first disks
+    # <os><boot dev>, once for the first NIC and the first disks. The default order ('hd') only
+    # ever reaches a disk: a domain without any (most) is spared the walk of its devices it needs.
+    boot = machine.boot_indexes(domain, default=bool(domain.disks))
     network = network_options(domain, paths, options, boot.get("network"))
     syntax = options.syntax
     argv, env = machine.options(domain, paths, syntax=syntax, standalone=options.standalone,

@@ -335,11 +335,11 @@ def pm_options(domain):
 # ---------------------------------------------------------------- boot
 
 
-def effective_boot_devs(domain):
+def effective_boot_devs(domain, default=True):
     """libvirt's boot order: <os><boot dev> in order; none given and no device has <boot order>,
-    then ['hd'] (libvirt's default)."""
+    then ['hd'] (libvirt's default), unless DEFAULT is false."""
     devs = domain.os.boot_devs if domain.os is not None else []
-    if devs:
+    if devs or not default:
         return devs
     return [] if _device_boot(domain.devices_node()) else ["hd"]
 
@@ -352,12 +352,13 @@ def _device_boot(devices):
     return any(boot.getparent().getparent() is devices for boot in devices.iter("boot"))
 
 
-def boot_indexes(domain):
+def boot_indexes(domain, default=True):
     """{'hd'|'cdrom'|'fd'|'network': bootindex}: <os><boot dev> turned into per-device bootindex
     as libvirt does — the first disk, CD-ROM, floppy and NIC get the position of their kind in the
-    boot order (virtnet.qemu.storage gives them to disks; network_options to the first NIC)."""
+    boot order (virtnet.qemu.storage gives them to disks; network_options to the first NIC).
+    DEFAULT=False leaves out libvirt's default (a disk's 'hd'), which costs a walk of the devices."""
     indexes = {}
-    for position, dev in enumerate(effective_boot_devs(domain), 1):
+    for position, dev in enumerate(effective_boot_devs(domain, default), 1):
         indexes.setdefault(dev, position)  # a kind named twice boots at its first place
     return indexes
 
