@@ -130,6 +130,36 @@ def test_boot_indexes_default_to_hd_unless_devices_have_their_own():
     assert machine.boot_indexes(load(per_device).domain) == {}
 
 
+def test_boot_indexes_without_the_default_leave_hd_out():
+    """build_command asks for no default ('hd') when the domain has no disk to give it to."""
+    assert machine.boot_indexes(load(domain_text("d")).domain, default=False) == {}
+    listed = domain_text("l", os_extra="\n    <boot dev='network'/>\n    <boot dev='hd'/>")
+    assert machine.boot_indexes(load(listed).domain, default=False) == {"network": 1, "hd": 2}
+
+
+def test_machine_options_read_what_os_gives_besides_type_and_boot():
+    """machine.options passes over an <os> of only <type> and <boot>; anything more is read."""
+    plain = argv_of(domain_text("p", os_extra="\n    <boot dev='hd'/>")).argv
+    assert option_values(plain, "-boot") == ["strict=on"]
+    menu = argv_of(domain_text("m", os_extra="\n    <boot dev='hd'/>\n    <bootmenu enable='yes' timeout='3'/>")).argv
+    assert option_values(menu, "-boot") == ["menu=on,splash-time=3,strict=on"]
+    commented = argv_of(domain_text("c", os_extra="<!-- a note -->\n    <kernel>/k</kernel>")).argv
+    assert option_values(commented, "-kernel") == ["/k"]
+
+
+@pytest.mark.parametrize("balloon, wanted", [
+    ("<memballoon model='virtio'/>", {"id": "balloon0"}),
+    ("<memballoon model='virtio' autodeflate='on' freePageReporting='off'/>",
+     {"id": "balloon0", "deflate-on-oom": True, "free-page-reporting": False}),
+    ("<memballoon model='virtio'><alias name='ua-b'/><stats period='5'/></memballoon>",
+     {"id": "ua-b", "guest-stats-polling-interval": 5}),
+])
+def test_balloon_reads_its_settings_only_when_given(balloon, wanted):
+    devices = [json.loads(d) for d in option_values(argv_of(domain_text("b", devices=balloon)).argv, "-device")]
+    props = next(d for d in devices if d["driver"] == "virtio-balloon-pci")
+    assert {k: v for k, v in props.items() if k not in ("driver", "bus", "addr")} == wanted
+
+
 def test_acpi_follows_features_as_in_libvirt():
     without = option_values(argv_of(domain_text("a")).argv, "-machine")[0]
     with_acpi = option_values(argv_of(domain_text("b", top="\n  <features><acpi/></features>")).argv, "-machine")[0]

@@ -133,7 +133,9 @@ def build_command(domain, paths, options):
         options.fds = placeholder_fds(domain, options.host_caps)
     if options.network_only:
         return Command(network_options(domain, paths, options))
-    boot = machine.boot_indexes(domain)  # <os><boot dev>, once for the first NIC and the first disks
+    # <os><boot dev>, once for the first NIC and the first disks. The default order ('hd') only
+    # ever reaches a disk: a domain without any (most) is spared the walk of its devices it needs.
+    boot = machine.boot_indexes(domain, default=bool(domain.disks))
     network = network_options(domain, paths, options, boot.get("network"))
     syntax = options.syntax
     argv, env = machine.options(domain, paths, syntax=syntax, standalone=options.standalone,
@@ -200,6 +202,9 @@ _HOST_SIDE_TYPES = ("ethernet", "bridge", "network")  # the interface types whos
 _DISPLAY = frozenset({"graphics", "video", "input", "sound", "audio"})
 _DATA = frozenset({"disk", "filesystem", "hostdev"})
 _QEMU_COMMANDLINE = f"{{{QEMU_NS}}}commandline"
+# The lifecycle actions (machine.lifecycle_dropped judges them): most domains give none, and
+# their values are read only when one is there (three first reads, ~9 K instructions).
+_LIFECYCLE = frozenset({"on_poweroff", "on_reboot", "on_crash"})
 
 
 def _label(node, with_kind=True):
@@ -312,13 +317,14 @@ _TOP_SCANS = {"os": _scan_os, "features": _scan_features, "cpu": _scan_cpu, "clo
               "memoryBacking": _scan_memory_backing, "devices": _scan_devices, "currentMemory": _scan_current_memory}
 # The <domain> children left alone: rendered without a look at their own children, or passed as
 # they are (<qemu:commandline>: warnings() speaks of it).
-_TOP_KEPT = _TOP_RENDERED.difference(_TOP_SCANS) | {_QEMU_COMMANDLINE}
+_TOP_KEPT = _TOP_RENDERED.difference(_TOP_SCANS, _LIFECYCLE) | {_QEMU_COMMANDLINE}
 
 
 def unrendered(domain):
     """Every element of DOMAIN that does not reach QEMU's command line, in document order."""
     found = []
     root = domain.node
+    lifecycle = False
     # A slice: lxml builds it in one call, cheaper than an iterator that matches elements only.
     for child in root[:]:
         tag = child.tag
@@ -327,10 +333,13 @@ def unrendered(domain):
         scan = _TOP_SCANS.get(tag)
         if scan is not None:
             scan(domain, child, found)
+        elif tag in _LIFECYCLE:
+            lifecycle = True
         elif type(tag) is str:  # an element, not a comment or processing instruction
             found.append(Dropped(_label(child, with_kind=False), child.sourceline))
-    for line, what, why in machine.lifecycle_dropped(domain):
-        found.append(Dropped(what, line, why=why))
+    if lifecycle:
+        for line, what, why in machine.lifecycle_dropped(domain):
+            found.append(Dropped(what, line, why=why))
     found.sort(key=lambda d: d.line or 0)
     return found
 

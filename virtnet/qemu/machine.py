@@ -14,6 +14,7 @@ import os
 
 from virtnet.errors import HostError, XMLInputError
 from virtnet.qemu import render
+from virtnet.record import Record
 
 DEFAULT_EMULATOR = "/usr/bin/qemu-system-x86_64"
 DEFAULT_STATE_DIR = "/var/lib/virtnet"  # root's state directory: where xml2argv places NVRAM unless told
@@ -61,8 +62,11 @@ def shared_memory(domain):
 def check_shared_memory(domain):
     """vhost-user backends (passt --vhost-user, OVS-DPDK, ...) map the guest's RAM, so QEMU must
     allocate it shareable; without that the guest's NIC never passes traffic."""
-    if shared_memory(domain):
-        return
+    if not shared_memory(domain):
+        _check_no_vhost_user(domain)
+
+
+def _check_no_vhost_user(domain):
     for iface in domain.interfaces:
         if iface.type == "vhostuser":
             raise XMLInputError(
@@ -109,10 +113,9 @@ def nvram_path(domain, state_dir):
     return os.path.join(str(state_dir), "nvram", f"{domain.name}_VARS.fd")
 
 
-def pflash_options(domain, syntax, state_dir):
+def pflash_options(domain, os_, syntax, state_dir):
     """(-blockdev options, -machine properties) for a pflash loader, laid out as libvirt does: the
     code through a raw format node (read-only unless readonly='no'), the NVRAM as a plain file."""
-    os_ = domain.os
     loader = os_.loader if os_ is not None else None
     if loader is None or not loader.is_pflash:
         return [], {}
@@ -135,8 +138,7 @@ def _blockdev(props, syntax):
     return render.to_json(props) if syntax == "json" else render.to_keyval(props, None)
 
 
-def check_firmware(domain):
-    os_ = domain.os
+def check_firmware(domain, os_):
     loader = os_.loader if os_ is not None else None
     if loader is None:
         if os_ is not None and os_.nvram is not None:
@@ -164,19 +166,18 @@ def check_firmware(domain):
 # ---------------------------------------------------------------- -machine and -cpu
 
 
-def machine_value(domain, firmware_props):
+def machine_value(domain, firmware_props, features, clock, shared):
     """`-machine TYPE,prop=...` in libvirt's property order."""
     props = [domain.machine or "pc", "usb=off"]
-    features = domain.features
     if features is not None and features.vmport_state is not None:
         props.append(f"vmport={features.vmport_state}")
     if features is not None and features.smm_state is not None:
         props.append(f"smm={features.smm_state}")
     props.append(f"dump-guest-core={'on' if domain.dump_core == 'on' else 'off'}")
-    if shared_memory(domain):
+    if shared:
         props.append(f"memory-backend={MEMORY_BACKEND_ID}")
     props += [f"{key}={value}" for key, value in firmware_props.items()]
-    hpet = domain.clock.timer("hpet") if domain.clock is not None else None
+    hpet = clock.timer("hpet") if clock is not None else None
     if hpet is not None and hpet.present is not None:
         props.append(f"hpet={'on' if hpet.present == 'yes' else 'off'}")
     # libvirt's rule: ACPI only when <features><acpi/> asks for it (QEMU's own default is on).
@@ -184,9 +185,8 @@ def machine_value(domain, firmware_props):
     return ",".join(props)
 
 
-def cpu_value(domain):
+def cpu_value(domain, cpu, features):
     """The -cpu value, or None for QEMU's default model (qemu64: libvirt's default for x86 too)."""
-    cpu = domain.cpu
     kvm = domain.type == "kvm"
     mode = cpu.effective_mode if cpu is not None else "custom"
     if mode == "host-passthrough":
@@ -203,24 +203,23 @@ def cpu_value(domain):
         model = "max"
     else:  # custom
         model = cpu.model.strip() if cpu is not None and cpu.model and cpu.model.strip() else None
-    features = cpu.features if cpu is not None else []
-    if model is None and features:
+    cpu_features = cpu.features if cpu is not None else []
+    if model is None and cpu_features:
         raise XMLInputError("<cpu> features need a model: add <model>NAME</model>, or use mode='host-model' "
                             "or 'maximum'", line=cpu.line)
     extra = []
-    if domain.features is not None and domain.features.apic_eoi is not None and kvm:
-        extra.append(f"kvm-pv-eoi={domain.features.apic_eoi}")  # libvirt: on the CPU, for KVM only
-    extra += [f"{f.name}={FEATURE_POLICY.get(f.policy or 'require', 'on')}" for f in features]
+    if features is not None and features.apic_eoi is not None and kvm:
+        extra.append(f"kvm-pv-eoi={features.apic_eoi}")  # libvirt: on the CPU, for KVM only
+    extra += [f"{f.name}={FEATURE_POLICY.get(f.policy or 'require', 'on')}" for f in cpu_features]
     if model is None and not extra:
         return None
     return ",".join([model or "qemu64", *extra])
 
 
-def smp_value(domain):
+def smp_value(domain, cpu):
     """`-smp N,sockets=S,cores=C,threads=T`: libvirt's topology (sockets=N when none is given)."""
     vcpus = domain.vcpu or 1
     current = domain.vcpu_current
-    cpu = domain.cpu
     if cpu is not None and cpu.has_topology:
         sockets, dies, cores, threads = (cpu.sockets or 1, cpu.dies or 1, cpu.cores or 1, cpu.threads or 1)
         clusters = cpu.clusters or 1
@@ -244,10 +243,9 @@ def smp_value(domain):
 # ---------------------------------------------------------------- clock, lifecycle, power management
 
 
-def clock_options(domain):
+def clock_options(clock):
     """(-rtc/-global options, environment) for <clock>. offset='timezone' runs QEMU with TZ set and
     the RTC in local time, as libvirt does."""
-    clock = domain.clock
     if clock is None:
         return [], {}
     env = {}
@@ -278,8 +276,7 @@ def clock_options(domain):
     return argv, env
 
 
-def check_clock(domain):
-    clock = domain.clock
+def check_clock(clock):
     if clock is None:
         return
     if clock.offset == "timezone" and not clock.timezone:
@@ -338,11 +335,11 @@ def pm_options(domain):
 # ---------------------------------------------------------------- boot
 
 
-def effective_boot_devs(domain):
+def effective_boot_devs(domain, default=True):
     """libvirt's boot order: <os><boot dev> in order; none given and no device has <boot order>,
-    then ['hd'] (libvirt's default)."""
+    then ['hd'] (libvirt's default), unless DEFAULT is false."""
     devs = domain.os.boot_devs if domain.os is not None else []
-    if devs:
+    if devs or not default:
         return devs
     return [] if _device_boot(domain.devices_node()) else ["hd"]
 
@@ -355,20 +352,20 @@ def _device_boot(devices):
     return any(boot.getparent().getparent() is devices for boot in devices.iter("boot"))
 
 
-def boot_indexes(domain):
+def boot_indexes(domain, default=True):
     """{'hd'|'cdrom'|'fd'|'network': bootindex}: <os><boot dev> turned into per-device bootindex
     as libvirt does — the first disk, CD-ROM, floppy and NIC get the position of their kind in the
-    boot order (virtnet.qemu.storage gives them to disks; network_options to the first NIC)."""
+    boot order (virtnet.qemu.storage gives them to disks; network_options to the first NIC).
+    DEFAULT=False leaves out libvirt's default (a disk's 'hd'), which costs a walk of the devices."""
     indexes = {}
-    for position, dev in enumerate(effective_boot_devs(domain), 1):
+    for position, dev in enumerate(effective_boot_devs(domain, default), 1):
         indexes.setdefault(dev, position)  # a kind named twice boots at its first place
     return indexes
 
 
-def boot_options(domain):
+def boot_options(os_):
     """-boot (libvirt always asks for strict=on: only devices with a bootindex are tried) and direct
-    kernel boot."""
-    os_ = domain.os
+    kernel boot, from <os> (None when it gives no more than its type and boot order)."""
     items = []
     if os_ is not None and os_.bootmenu_enable in ("yes", "no"):
         items.append(f"menu={'on' if os_.bootmenu_enable == 'yes' else 'off'}")
@@ -385,8 +382,7 @@ def boot_options(domain):
     return argv
 
 
-def check_boot(domain):
-    os_ = domain.os
+def check_boot(os_):
     if os_ is None:
         return
     for tag in ("initrd", "cmdline"):
@@ -400,31 +396,63 @@ def check_boot(domain):
 # ---------------------------------------------------------------- the whole machine part
 
 
-def check(domain):
+# <os> children that every domain has a use for: the machine type and the boot order. Anything
+# else there is firmware, direct kernel boot or the boot menu.
+_OS_BASICS = frozenset({"type", "boot"})
+
+
+def _child_tags(node):
+    """The tags of NODE's children (one slice, one C call). options() screens with them the parts
+    most domains leave out: through the frozen model, each value of an absent part still costs a
+    first read of about 3 K instructions, a tag test about 0.1 K."""
+    return {child.tag for child in node[:]}
+
+
+class _Given(Record):
+    """What a domain gives of the machine part's optional elements: each sub-object, or None when
+    the domain leaves it out (as the model would say, without asking it), and whether the guest's
+    RAM is shared. `os` is None too when <os> gives no more than its type and boot order."""
+
+    __slots__ = ("tags", "os", "features", "clock", "cpu", "shared")
+
+    def __init__(self, domain):
+        tags = self.tags = _child_tags(domain.node)
+        os_ = domain.os if "os" in tags else None
+        self.os = os_ if os_ is not None and not _child_tags(os_.node) <= _OS_BASICS else None
+        self.features = domain.features if "features" in tags else None
+        self.clock = domain.clock if "clock" in tags else None
+        self.cpu = domain.cpu if "cpu" in tags else None
+        self.shared = "memoryBacking" in tags and shared_memory(domain)
+
+
+def check(domain, given=None):
     """The rules the machine part relies on (raised as XMLInputError at the element's line)."""
-    check_shared_memory(domain)
-    check_firmware(domain)
-    check_clock(domain)
-    check_boot(domain)
+    given = _Given(domain) if given is None else given
+    if not given.shared:
+        _check_no_vhost_user(domain)
+    check_firmware(domain, given.os)
+    check_clock(given.clock)
+    check_boot(given.os)
 
 
 def options(domain, paths, *, syntax="json", standalone=False, state_dir=DEFAULT_STATE_DIR):
     """(argv, environment) of the machine part. Standalone lines run by themselves: no -S and no
     QMP socket in virtnet's runtime directory (nothing would resume the guest or create it)."""
-    check(domain)
-    shared = shared_memory(domain)
-    flash, flash_props = pflash_options(domain, syntax, state_dir)
+    given = _Given(domain)
+    check(domain, given)
+    os_, shared = given.os, given.shared
+    flash, flash_props = pflash_options(domain, os_, syntax, state_dir)
     argv = [(domain.emulator or DEFAULT_EMULATOR).strip()]
     argv += ["-name", "guest=" + render.keyval_escape(domain.name)]
     if not standalone:
         argv += ["-S"]  # start paused: virtnet sets links over QMP, then runs the vCPUs
     argv += flash
-    argv += ["-machine", machine_value(domain, flash_props)]
-    loader = domain.os.loader if domain.os is not None else None
+    argv += ["-machine", machine_value(domain, flash_props, given.features, given.clock, shared)]
+    loader = os_.loader if os_ is not None else None
     if loader is not None and not loader.is_pflash:
         argv += ["-bios", loader.text]
     argv += ["-accel", "kvm" if domain.type == "kvm" else "tcg"]
-    cpu = cpu_value(domain)
+    cpu = cpu_value(domain, given.cpu, given.features)
     if cpu is not None:
         argv += ["-cpu", cpu]
     if loader is not None and loader.secure == "yes":
@@ -432,16 +460,18 @@ def options(domain, paths, *, syntax="json", standalone=False, state_dir=DEFAULT
     argv += ["-m", f"size={memory_kib(domain)}k"]
     if shared:
         argv += memory_backend(domain, syntax)
-    argv += ["-smp", smp_value(domain)]
+    argv += ["-smp", smp_value(domain, given.cpu)]
     argv += ["-uuid", domain.uuid]
     argv += ["-display", "none", "-no-user-config", "-nodefaults"]
     if not standalone:
         argv += qmp_options(paths.qmp_text)
-    clock, env = clock_options(domain)
+    clock, env = clock_options(given.clock)
     argv += clock
-    argv += lifecycle_options(domain)
-    argv += pm_options(domain)
-    argv += boot_options(domain)
+    if "on_poweroff" in given.tags or "on_reboot" in given.tags:
+        argv += lifecycle_options(domain)
+    if "pm" in given.tags:
+        argv += pm_options(domain)
+    argv += boot_options(os_)
     return argv, env
 
 
