@@ -68,8 +68,9 @@ class Os(XMLObject):
 
     @property
     def boot_devs(self):
-        """<boot dev='...'/> in document order: libvirt's boot order."""
-        return [b.get("dev") for b in self.node.iterchildren("boot")]  # as findall, without ElementPath
+        """<boot dev='...'/> in document order: libvirt's boot order. A tuple: a frozen model reads
+        it once (a list would be made again at every read)."""
+        return tuple(b.get("dev") for b in self.node.iterchildren("boot"))  # as findall, without ElementPath
 
 
 # ---------------------------------------------------------------- <cpu>

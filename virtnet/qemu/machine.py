@@ -338,10 +338,10 @@ def pm_options(domain):
 def effective_boot_devs(domain, default=True):
     """libvirt's boot order: <os><boot dev> in order; none given and no device has <boot order>,
     then ['hd'] (libvirt's default), unless DEFAULT is false."""
-    devs = domain.os.boot_devs if domain.os is not None else []
+    devs = domain.os.boot_devs if domain.os is not None else ()
     if devs or not default:
         return devs
-    return [] if _device_boot(domain.devices_node()) else ["hd"]
+    return () if _device_boot(domain.devices_node()) else ("hd",)
 
 
 def _device_boot(devices):
