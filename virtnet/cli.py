@@ -7,6 +7,8 @@ import gc
 import os
 import sys
 
+from virtnet.lazy import LazyModule
+
 from virtnet.errors import UsageError, VirtnetError
 
 PROG = "virtnet"
@@ -30,18 +32,9 @@ exit status: 0 ok, 1 rejected input or failed operation, 2 usage error.
 """
 
 
-class _LazyArgparse:
-    """argparse, imported at its first use: the conversion verbs' usual command lines are parsed
-    by _quick_args without it (importing and building it is a tenth of the start-up floor)."""
-
-    def __getattr__(self, name):
-        import argparse as module
-
-        globals()["argparse"] = module
-        return getattr(module, name)
-
-
-argparse = _LazyArgparse()
+# argparse, imported at its first use: the conversion verbs' usual command lines are parsed by
+# _quick_args without it (importing and building it is a tenth of the start-up floor).
+argparse = LazyModule(globals(), "argparse", "argparse")
 
 # Options every verb takes, before or after the verb: (flag, add_argument keywords); the default
 # is the top parser's (sub-parsers leave the attribute alone unless the option is given).

@@ -13,30 +13,17 @@ Imports stay lazy, as in the CLI: xml2xml and xml2argv load neither pyroute2 nor
 """
 
 from virtnet.errors import VirtnetError
+from virtnet.lazy import LazyModule
 from virtnet.record import Record
 from virtnet.runpaths import DomainPaths
 
 PLAN_FORMATS = ("text", "json", "sh", "networkd")
 
 
-class _LazyModule:
-    """Stands in for a module among this module's globals until its first use, which imports it
-    and puts it in its place. The conversions a batch runs per domain then import nothing: an
-    import statement inside them cost ~8 K instructions a call (a failed look-up of the module's
-    __path__ raises and formats an AttributeError each time)."""
-
-    def __init__(self, global_name, module_name):
-        self.global_name, self.module_name = global_name, module_name
-
-    def __getattr__(self, name):
-        from importlib import import_module
-
-        module = globals()[self.global_name] = import_module(self.module_name)
-        return getattr(module, name)
-
-
-qemu_argv = _LazyModule("qemu_argv", "virtnet.qemu.argv")
-qemu_render = _LazyModule("qemu_render", "virtnet.qemu.render")
+# Imported at their first use: xml2xml never loads QEMU's side, and a batch's conversions import
+# nothing per domain.
+qemu_argv = LazyModule(globals(), "qemu_argv", "virtnet.qemu.argv")
+qemu_render = LazyModule(globals(), "qemu_render", "virtnet.qemu.render")
 
 
 class Diagnostic(Record):
