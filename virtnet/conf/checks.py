@@ -1091,6 +1091,14 @@ def _first_children(node):
     return dict(zip(map(_TAG, children), children))
 
 
+def _first_child(node, tag):
+    """NODE's first child named TAG, or None (a plain loop: cheaper than a generator or a dict)."""
+    for child in node[:]:
+        if child.tag == tag:
+            return child
+    return None
+
+
 def _usual_domain(first):
     """Whether the domain's name, machine type and memory (FIRST: its first child of each name) are
     ones the screened rules about them accept."""
@@ -1100,7 +1108,7 @@ def _usual_domain(first):
         if not (name and name.strip() and "/" not in name and not name.startswith(".")):
             return False
     element = first.get("os")
-    element = None if element is None else _first_children(element).get("type")
+    element = None if element is None else _first_child(element, "type")
     machine = None if element is None else element.get("machine")
     if machine is not None and not MACHINE_RE.fullmatch(machine):
         return False
@@ -1180,7 +1188,7 @@ def _usual_ifname(dev):
 
 
 def _usual_socket_source(source, mcast):
-    for element in (source, _first_children(source).get("local")):
+    for element in (source, _first_child(source, "local")):
         if element is None:
             continue
         port, address = element.get("port"), element.get("address")
