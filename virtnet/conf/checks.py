@@ -1161,17 +1161,8 @@ def _usual_interface(node, first, macs, models, kept_targets):
     elif kind.name == "vhostuser":
         return False
     element = first.get("target")
-    if element is not None:
-        dev, managed = element.get("dev"), element.get("managed")
-        if managed not in (None, "yes", "no") or (managed == "no" and not kind.script):
-            return False
-        if not _usual_ifname(dev):
-            return False
-        kept = _kept_target_name(dev, managed == "no")
-        if kept is not None:
-            if kept in kept_targets:
-                return False
-            kept_targets.add(kept)
+    if element is not None and not _usual_target(element, kind, kept_targets):
+        return False
     element = first.get("mtu")
     if element is not None and not (kind.mtu and _number_within(element.get("size"), 68, 65535)):
         return False
@@ -1181,6 +1172,23 @@ def _usual_interface(node, first, macs, models, kept_targets):
     if kind.name == "direct" and not _usual_ifname(element.get("dev")):
         return False
     return not kind.socket or _usual_socket_source(element, kind.name == "mcast")
+
+
+def _usual_target(target, kind, kept_targets):
+    """Whether an interface's TARGET, on an interface of type KIND, is usual; its kept name (a
+    name that KEPT_TARGETS, those of the interfaces before, does not hold) is added to them."""
+    dev, managed = target.get("dev"), target.get("managed")
+    if managed not in (None, "yes", "no") or (managed == "no" and not kind.script):
+        return False
+    if not _usual_ifname(dev):
+        return False
+    kept = _kept_target_name(dev, managed == "no")
+    if kept is None:
+        return True
+    if kept in kept_targets:
+        return False
+    kept_targets.add(kept)
+    return True
 
 
 def _usual_ifname(dev):
