@@ -20,9 +20,10 @@ from lxml import etree
 from virtnet.conf import disk as diskconf
 from virtnet.conf import ifname, iftypes, mac, pci
 from virtnet.conf.address import pci_number
-from virtnet.conf.domain import model_name
+from virtnet.conf.domain import Domain, model_name
 from virtnet.conf.guest import VIRTIO_MODELS
 from virtnet.conf.text import control_re, surely_plain, visible
+from virtnet.conf.xmlmodel import freeze
 from virtnet.errors import XMLInputError
 
 RULES = []
@@ -34,12 +35,15 @@ USER_ALIAS_RE = re.compile(r"ua-[A-Za-z0-9_-]+")
 QUEUE_SIZES = (256, 512, 1024)  # powers of two that QEMU accepts for virtio-net rings
 
 
-def rule(func=None, *, screened=False):
-    """Register FUNC, a rule every domain goes through (SCREENED: see rule_about)."""
+def rule(func=None, *, screened=False, on_element=False):
+    """Register FUNC, a rule every domain goes through (SCREENED: see rule_about). ON_ELEMENT: FUNC
+    reads the <domain> element as written, not the model, and check_domain passes it that element
+    (a domain where only such rules run gets no model made: its first reads cost more than the rule)."""
     if func is None:
-        return functools.partial(rule, screened=screened)
+        return functools.partial(rule, screened=screened, on_element=on_element)
     func.about = None
     func.screened = screened
+    func.on_element = on_element
     RULES.append(func)
     return func
 
@@ -83,15 +87,17 @@ def _element_name(node):
 # the document's string value (its text nodes), joined in C (EXSLT's str:concat) into one string.
 # When it is printable (conf.text.surely_plain) and holds no space, no value has a control character
 # and no attribute value is padded (every other character str.strip removes is non-printable);
-# otherwise a rule walks the tree as written, for its message.
+# otherwise a rule walks the tree as written, for its message. regexp=False: lxml would register its
+# regular-expression functions at every call otherwise (~3 K instructions), and none is used.
 _ALL_VALUES_JOINED = etree.XPath("concat(str:concat(descendant-or-self::*/@*), string())",
-                                 namespaces={"str": "http://exslt.org/strings"}, smart_strings=False)
+                                 namespaces={"str": "http://exslt.org/strings"}, smart_strings=False,
+                                 regexp=False)
 # Where that screen cannot tell (a space somewhere), the padding rule's second look: value by value.
-_ATTRIBUTE_VALUES = etree.XPath("descendant-or-self::*/@*", smart_strings=False)
+_ATTRIBUTE_VALUES = etree.XPath("descendant-or-self::*/@*", smart_strings=False, regexp=False)
 # Compiled once: find/findall with '*' go through ElementPath (Python) at every call. Same elements,
 # in the same (document) order.
-_DEVICE_ALIASES = etree.XPath("devices/*/alias")
-_DEVICE_BOOTS = etree.XPath("devices/*/boot")
+_DEVICE_ALIASES = etree.XPath("devices/*/alias", regexp=False)
+_DEVICE_BOOTS = etree.XPath("devices/*/boot", regexp=False)
 
 
 @functools.cache
@@ -110,11 +116,10 @@ def _string_text_tags():
     return frozenset(tags)
 
 
-@rule
-def plain_values(domain):
+@rule(on_element=True)
+def plain_values(root):
     """Values are used as written (argv, scripts, messages): none holds a control character, and no
     attribute value is padded with blanks. One screen serves both rules (see _ALL_VALUES_JOINED)."""
-    root = domain.node
     joined = _ALL_VALUES_JOINED(root)
     printable = surely_plain(joined)
     if not printable:
@@ -1088,7 +1093,11 @@ def _first_children(node):
 
 
 def _first_child(node, tag):
-    return next((child for child in node[:] if child.tag == tag), None)
+    """NODE's first child named TAG, or None (a plain loop: cheaper than a generator or a dict)."""
+    for child in node[:]:
+        if child.tag == tag:
+            return child
+    return None
 
 
 def _usual_domain(first):
@@ -1109,10 +1118,13 @@ def _usual_domain(first):
 
 
 def _device_names_and_screen(devices):
-    """survey's walk of DEVICES (or None): the names below it, and whether its interfaces are usual."""
+    """survey's walk of DEVICES (or None): the names below it, and whether its interfaces are usual
+    (each told alone by _usual_interface, then together: a MAC or a kept target name used twice,
+    the models matched in one go)."""
     if devices is None:
         return frozenset(), True
-    names, screen = {devices.tag}, _InterfaceScreen()
+    names, usual = {devices.tag}, True
+    macs, models, kept_targets = [], [], set()
     for device in devices[:]:  # a slice: cheaper than an iterator for a few elements
         tag = device.tag
         if tag != "interface":
@@ -1125,49 +1137,31 @@ def _device_names_and_screen(devices):
             if len(child):
                 names.update(map(_TAG, child.iter()))
         names.update(first)
-        screen.add(device, first)
-    return frozenset(names), screen.passed()
+        usual = usual and _usual_interface(device, first, macs, models, kept_targets)
+    if usual and macs and not (_usual_unicast_macs(macs) and len(set(map(str.lower, macs))) == len(macs)):
+        usual = False  # each MAC unicast, and (all two digits an octet) distinct in lower case
+    return frozenset(names), usual and (not models or _plain_models(models))
 
 
-class _InterfaceScreen:
-    """Interfaces judged one at a time (what each can tell alone), then together (what needs the
-    others: a MAC or a target name used twice; models matched in one go)."""
-
-    def __init__(self):
-        self.usual = True
-        self.macs, self.models, self.kept_targets = [], [], set()
-
-    def add(self, node, first):
-        """The interface NODE, with FIRST its first child of each name."""
-        self.usual = self.usual and _usual_interface(node, first, self)
-
-    def passed(self):
-        macs, models = self.macs, self.models
-        if not self.usual:
-            return False
-        if macs and not (_usual_unicast_macs(macs) and len(set(map(str.lower, macs))) == len(macs)):
-            return False  # each MAC unicast, and (all two digits an octet) distinct in lower case
-        return not models or _plain_models(models)
-
-
-def _usual_interface(node, first, screen):
-    """One interface for the screen: what it can tell alone; its MAC, model and kept target name
-    go to SCREEN, to be told with the others'."""
+def _usual_interface(node, first, macs, models, kept_targets):
+    """One interface NODE (FIRST: its first child of each name) for the screen: what it can tell
+    alone. Its MAC, model and kept target name go to MACS, MODELS and KEPT_TARGETS, to be told with
+    the other interfaces'."""
     kind = iftypes.TYPES.get(node.get("type") or "user")
     if kind is None:
         return False
     element = first.get("mac")
     if element is not None and (address := element.get("address")) is not None:
-        screen.macs.append(address)
+        macs.append(address)
     element = first.get("model")
     if element is not None and (model := element.get("type")) is not None:
-        screen.models.append(model)
+        models.append(model)
         if kind.name == "vhostuser" and model_name(model) not in VIRTIO_MODELS:
             return False
     elif kind.name == "vhostuser":
         return False
     element = first.get("target")
-    if element is not None and not _usual_target(element, kind, screen.kept_targets):
+    if element is not None and not _usual_target(element, kind, kept_targets):
         return False
     element = first.get("mtu")
     if element is not None and not (kind.mtu and _number_within(element.get("size"), 68, 65535)):
@@ -1181,6 +1175,8 @@ def _usual_interface(node, first, screen):
 
 
 def _usual_target(target, kind, kept_targets):
+    """Whether an interface's TARGET, on an interface of type KIND, is usual; its kept name (a
+    name that KEPT_TARGETS, those of the interfaces before, does not hold) is added to them."""
     dev, managed = target.get("dev"), target.get("managed")
     if managed not in (None, "yes", "no") or (managed == "no" and not kind.script):
         return False
@@ -1201,8 +1197,7 @@ def _usual_ifname(dev):
 
 
 def _usual_socket_source(source, mcast):
-    local = _first_child(source, "local")
-    for element in (source, local):
+    for element in (source, _first_child(source, "local")):
         if element is None:
             continue
         port, address = element.get("port"), element.get("address")
@@ -1242,10 +1237,17 @@ def device_element_names(domain):
     return survey(domain.node)[0]
 
 
-def check_domain(domain, filename=None):
-    """Run every rule that can find something; raise the first problem (by line) as an XMLInputError."""
-    problems = []
-    for func in _rules_for_names(*survey(domain.node)):
+def check_domain(root, filename=None):
+    """Run every rule that can find something on the domain ROOT (its <domain> element); raise the
+    first problem (by line) as an XMLInputError. The rules read a frozen model of their own (each
+    value read from the tree once), made only if one of them reads the model."""
+    problems, domain = [], None
+    for func in _rules_for_names(*survey(root)):
+        if func.on_element:
+            problems.extend(func(root))
+            continue
+        if domain is None:
+            domain = freeze(Domain(root))
         problems.extend(func(domain))
     if problems:
         line, message = min(problems, key=lambda p: p[0] or 0)

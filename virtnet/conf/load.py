@@ -23,9 +23,9 @@ def load_tree(tree, filename):
 
 def _check(tree, filename):
     """Run the semantic rules; returns (TREE, FILENAME) for the next stage."""
-    # The rules only read: they get model objects of their own, frozen (each value read from the
-    # tree once) and then dropped, which costs less than thawing them for the steps that edit.
-    checks.check_domain(freeze(Domain(tree.getroot())), filename)
+    # The rules only read: they get model objects of their own (see check_domain), frozen and then
+    # dropped, which costs less than thawing them for the steps that edit.
+    checks.check_domain(tree.getroot(), filename)
     return tree, filename
 
 
