@@ -5,6 +5,7 @@ index they give is the one <devices> has once the defaults are done (conf.guest.
 from pathlib import Path
 
 from virtnet.conf import defaults, guest, identity, load
+from virtnet.conf.domain import Domain
 from virtnet.errors import VirtnetError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,8 +18,8 @@ def _handed_on(path, monkeypatch):
     the way (most testdata cases are refusals)."""
     captured = []
 
-    def apply_defaults(domain):
-        warnings, nics, index = original(domain)
+    def apply_defaults(domain, interface_children=None):
+        warnings, nics, index = original(domain, interface_children)
         again = ([identity.read_nic(iface) for iface in domain.interfaces],
                  guest.device_index(domain.devices_node()))
         captured.append((domain, nics, index, again))
@@ -46,3 +47,18 @@ def test_defaults_hand_identity_what_it_would_read(monkeypatch):
         compared += len(nics)
     # Not vacuous: the testdata domains that get this far have many interfaces between them.
     assert compared >= 150, compared
+
+
+def test_the_checks_hand_the_defaults_each_interfaces_first_children():
+    handed = 0
+    for path in CASES:
+        try:
+            tree, filename, seen = load._check(*load._parse_and_validate(str(path)))
+        except VirtnetError:
+            continue
+        interfaces = Domain(tree.getroot()).interfaces
+        assert seen.keys() == {iface.node for iface in interfaces}, path
+        for iface in interfaces:
+            assert seen[iface.node] == iface.first_children(), path
+            handed += 1
+    assert handed >= 150, handed  # not vacuous

@@ -1069,17 +1069,19 @@ def rom_only_on_pci(domain):
 _TAG = operator.attrgetter("tag")
 
 
-def survey(root):
+def survey(root, interface_children=None):
     """One walk of a domain's elements (ROOT: its <domain>) for check_domain: (the names of the
     elements below <devices>, at any depth, as a frozenset: what rule_about names; whether the
     domain and every <interface> are written the usual way, where no screened rule can find
     anything). One walk for both: the element proxies and tag names it makes are most of either's
     cost. What the screened rules read is told from the elements, without model objects (whose
     first reads cost several times more): usual domains are most, and False means only: let the
-    rules look."""
+    rules look. INTERFACE_CHILDREN, a dict, gets each <interface> element's first child of each
+    name (Interface.first_children), which the walk makes anyway."""
     first = _first_children(root)
     usual_domain = _usual_domain(first)
-    names, usual_interfaces = _device_names_and_screen(first.get("devices"))  # the one the schema allows
+    names, usual_interfaces = _device_names_and_screen(first.get("devices"),  # the one the schema allows
+                                                       {} if interface_children is None else interface_children)
     return names, usual_domain and usual_interfaces
 
 
@@ -1117,10 +1119,10 @@ def _usual_domain(first):
     return element is None or _number_within(element.text, 1, math.inf)
 
 
-def _device_names_and_screen(devices):
+def _device_names_and_screen(devices, interface_children):
     """survey's walk of DEVICES (or None): the names below it, and whether its interfaces are usual
     (each told alone by _usual_interface, then together: a MAC or a kept target name used twice,
-    the models matched in one go)."""
+    the models matched in one go); each interface's first children go into INTERFACE_CHILDREN."""
     if devices is None:
         return frozenset(), True
     names, usual = {devices.tag}, True
@@ -1137,6 +1139,7 @@ def _device_names_and_screen(devices):
             if len(child):
                 names.update(map(_TAG, child.iter()))
         names.update(first)
+        interface_children[device] = first
         usual = usual and _usual_interface(device, first, macs, models, kept_targets)
     if usual and macs and not (_usual_unicast_macs(macs) and len(set(map(str.lower, macs))) == len(macs)):
         usual = False  # each MAC unicast, and (all two digits an octet) distinct in lower case
@@ -1240,9 +1243,11 @@ def device_element_names(domain):
 def check_domain(root, filename=None):
     """Run every rule that can find something on the domain ROOT (its <domain> element); raise the
     first problem (by line) as an XMLInputError. The rules read a frozen model of their own (each
-    value read from the tree once), made only if one of them reads the model."""
-    problems, domain = [], None
-    for func in _rules_for_names(*survey(root)):
+    value read from the tree once), made only if one of them reads the model. Returns what the
+    walk saw of the interfaces, for the defaults: {<interface> element: its first child of each
+    name} (see survey)."""
+    problems, domain, interface_children = [], None, {}
+    for func in _rules_for_names(*survey(root, interface_children)):
         if func.on_element:
             problems.extend(func(root))
             continue
@@ -1252,6 +1257,7 @@ def check_domain(root, filename=None):
     if problems:
         line, message = min(problems, key=lambda p: p[0] or 0)
         raise XMLInputError(message, file=filename, line=line)
+    return interface_children
 
 
 __all__ = ["check_domain", "RULES", "VIRTIO_MODELS"]

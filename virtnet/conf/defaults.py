@@ -112,11 +112,13 @@ def _drop_runtime_only(iface, iftype, source, coalesce):
             iface.node.remove(coalesce)
 
 
-def _interface_defaults(iface, warnings):
+def _interface_defaults(iface, warnings, children=None):
     """Normalise one interface in place; returns the identity.NicRead of what is read here. Each
-    child element is looked up once (see Interface.first_children), and a step is called only for
-    an interface that has its element: most have no <target>, <driver> or <coalesce>."""
-    children = iface.first_children()
+    child element is looked up once (CHILDREN: Interface.first_children, unless the checks' walk
+    saw them), and a step is called only for an interface that has its element: most have no
+    <target>, <driver> or <coalesce>."""
+    if children is None:
+        children = iface.first_children()
     iftype = iface.node.get("type")  # (as iface.declared_type: the model is not frozen here)
     if iftype is None:
         iftype = iface.declared_type = "user"  # libvirt writes the default type out
@@ -132,14 +134,16 @@ def _interface_defaults(iface, warnings):
     return identity.NicRead(iftype, children.get("alias"), _normalize_mac(iface, children.get("mac")), dev)
 
 
-def apply_defaults(domain):
+def apply_defaults(domain, interface_children=None):
     """Fill in and normalise the domain in place. Returns (warnings, nics, index): the warnings
     as (line, message); for each interface the identity.NicRead of what is read here, and the
     guest.device_index of <devices> once every device is added: both handed on to
-    identity.prepare rather than read again."""
+    identity.prepare rather than read again. INTERFACE_CHILDREN: what checks.check_domain saw of
+    the interfaces, likewise not read again."""
     warnings = []
     _ensure_uuid(domain)
-    nics = [_interface_defaults(iface, warnings) for iface in domain.interfaces]
+    seen = interface_children or {}
+    nics = [_interface_defaults(iface, warnings, seen.get(iface.node)) for iface in domain.interfaces]
     if None in [nic.guest_mac for nic in nics]:
         _fill_macs(domain, nics)
     # The devices by tag, from one look at <devices>: most domains have none of those the

@@ -22,17 +22,17 @@ def load_tree(tree, filename):
 
 
 def _check(tree, filename):
-    """Run the semantic rules; returns (TREE, FILENAME) for the next stage."""
+    """Run the semantic rules; returns (TREE, FILENAME, what they saw of the interfaces) for the
+    next stage."""
     # The rules only read: they get model objects of their own (see check_domain), frozen and then
     # dropped, which costs less than thawing them for the steps that edit.
-    checks.check_domain(tree.getroot(), filename)
-    return tree, filename
+    return tree, filename, checks.check_domain(tree.getroot(), filename)
 
 
-def _prepare(tree, filename):
+def _prepare(tree, filename, interface_children=None):
     domain = Domain(tree.getroot())
     try:
-        warnings, nics, index = defaults.apply_defaults(domain)
+        warnings, nics, index = defaults.apply_defaults(domain, interface_children)
     except XMLInputError as e:
         raise e.located(filename) from None
     identity.prepare(domain, nics, index)
