@@ -271,7 +271,7 @@ EXPERIMENTS = {
     "baseline": "virtnet as it is (in-process, after startup)",
     "no-freeze": "the model never frozen (every read walks the tree, as before read-once)",
     "no-text-screen": "checks without `plain_values` (the control-character and padding screen: its share)",
-    "no-checks": "no semantic rule at all (the share of the checks; valid inputs give the same output)",
+    "no-checks": "no semantic checks at all (their share: the walk and the rules; valid inputs give the same output)",
 }
 TARGET_BATCH_RATE = 3000  # domains/s, whole process
 TARGET_BATCH_RATIO = 3.3  # × the parse + validate floor's whole-process time
@@ -372,7 +372,7 @@ def _short(filename, line, func):
 STAGES = (("virtnet.conf.xmlparse", "read_source", "read file"),
           ("virtnet.conf.xmlparse", "parse_bytes", "parse (lxml, hardened)"),
           ("virtnet.conf.schema", "validate", "RelaxNG validate"),
-          ("virtnet.conf.checks", "check_domain", "semantic checks (model frozen)"),
+          ("virtnet.conf.checks", "check_domain", "semantic checks"),
           ("virtnet.conf.defaults", "apply_defaults", "defaults (MACs, PCI addresses, guest devices)"),
           ("virtnet.conf.identity", "prepare", "identities (aliases)"),
           ("virtnet.conf.load", "freeze", "freeze (read-once from here)"),
@@ -486,7 +486,7 @@ def _child_inproc(folder, variant):
     elif variant == "no-checks":
         from virtnet.conf import checks
 
-        checks.RULES[:] = []
+        checks.check_domain = lambda root, filename=None: {}  # nothing seen, nothing refused
     from virtnet.cli import main
 
     quiet = _quiet()

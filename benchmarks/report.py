@@ -326,9 +326,9 @@ def _batch(d):
                      [[k, f"{v:.0f}", f"{v / total * 100:.0f}%"] for k, v in st.items()]))
     reads = d.get("reads")
     if reads:
-        out.append("How the model is read, per domain (counted in-process; the checks read a frozen model of "
-                   "their own, the defaults and identities read the tree, and the argv builder a frozen model "
-                   "again):\n\n"
+        out.append("How the model is read, per domain (counted in-process; the checks walk the elements and "
+                   "make a frozen model of their own only for a rule that reads one, the defaults and identities "
+                   "read the tree, and the argv builder a frozen model):\n\n"
                    + table(["reads", "per domain"], [[k, f"{v:.1f}"] for k, v in reads.items()]))
     ex = d["experiments"]
     import bench_conversion
