@@ -42,20 +42,12 @@ class Console:
 
 def _candidates(domain):
     """[(alias, chardev)] of the character devices a console can attach to, the default first: the
-    serial ports, then the virtio consoles, then the channels (named with --devname only). The
-    aliases are those virtnet.qemu.chardevs gives QEMU's ids ('char' + alias)."""
-    from virtnet.qemu.chardevs import serial_ports
+    serial ports, then the virtio consoles, then the channels (named with --devname only). QEMU's
+    id of each chardev is 'char' + alias."""
+    from virtnet.qemu.chardevs import chardev_aliases
 
-    found = []
-    for index, chardev in enumerate(serial_ports(domain)):
-        port = chardev.target_port if chardev.target_port is not None else index
-        found.append((chardev.alias if chardev.kind == "serial" and chardev.alias else f"serial{port}", chardev))
-    for index, console in enumerate(domain.consoles):
-        if console.target_type == "virtio":
-            found.append((console.alias or f"console{index}", console))
-    for index, channel in enumerate(domain.channels):
-        found.append((channel.alias or f"channel{index}", channel))
-    return found
+    serials, channels, consoles = chardev_aliases(domain)
+    return serials + consoles + channels
 
 
 def _choose(name, domain, devname):
@@ -71,29 +63,6 @@ def _choose(name, domain, devname):
             return alias, chardev
     names = ", ".join(alias for alias, _ in candidates) or "none"
     raise HostError(f"domain '{name}' has no character device '{devname}' (it has: {names})")
-
-
-def record_ptys(domain, qmp):
-    """Write the pty QEMU opened for each character device of type 'pty' into DOMAIN, as libvirt's
-    live XML shows it: <source path='/dev/pts/N'/>, and on a <console> also tty='/dev/pts/N'. A
-    serial console (not virtio) is the first serial port, so it shows that port's pty."""
-    from virtnet.qemu.chardevs import first_serial_console
-
-    filenames = {d.get("label"): d.get("filename", "") for d in qmp.execute("query-chardev")}
-    ptys = {}
-    for alias, chardev in _candidates(domain):
-        filename = filenames.get("char" + alias, "")
-        if chardev.type == "pty" and filename.startswith("pty:"):
-            ptys[chardev] = filename[len("pty:"):]
-    serial_console = first_serial_console(domain)
-    if serial_console is not None and serial_console not in ptys and domain.serials:
-        first = domain.serials[0]
-        if serial_console.type == "pty" and first in ptys:
-            ptys[serial_console] = ptys[first]
-    for chardev, path in ptys.items():
-        chardev.source_path = path
-        if chardev.kind == "console":
-            chardev.node.set("tty", path)
 
 
 def find(store, name, devname=None):

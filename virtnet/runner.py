@@ -223,6 +223,30 @@ def _guest_warnings(loaded, paths, state_dir, allow_dropped):
     return [f"domain '{domain.name}': {message}" for _, message in warnings(domain, dropped)]
 
 
+def _record_ptys(domain, qmp):
+    """Write the pty QEMU opened for each character device of type 'pty' into DOMAIN, as libvirt's
+    live XML shows it: <source path='/dev/pts/N'/>, and on a <console> also tty='/dev/pts/N'. A
+    serial console (not virtio) is the first serial port, so it shows that port's pty."""
+    from virtnet.qemu.chardevs import chardev_aliases, first_serial_console
+
+    filenames = {d.get("label"): d.get("filename", "") for d in qmp.execute("query-chardev")}
+    ptys = {}
+    for group in chardev_aliases(domain):
+        for alias, chardev in group:
+            filename = filenames.get("char" + alias, "")
+            if chardev.type == "pty" and filename.startswith("pty:"):
+                ptys[chardev] = filename[len("pty:"):]
+    serial_console = first_serial_console(domain)
+    if serial_console is not None and serial_console not in ptys and domain.serials:
+        first = domain.serials[0]
+        if serial_console.type == "pty" and first in ptys:
+            ptys[serial_console] = ptys[first]
+    for chardev, path in ptys.items():
+        chardev.source_path = path
+        if chardev.kind == "console":
+            chardev.node.set("tty", path)
+
+
 def start(store, name, *, paused=False, netns_name=None, unprivileged=False, bridge_helper=None,
           allow_dropped=False):
     """Start a defined domain; returns its LiveState. Any failure rolls back every step already taken.
@@ -235,7 +259,6 @@ def start(store, name, *, paused=False, netns_name=None, unprivileged=False, bri
     elements holding the guest's data (disks, filesystems, host devices) are not rendered.
     """
     from virtnet.conf.format import format_domain
-    from virtnet.console import record_ptys
     from virtnet.host import bridgehelper
     from virtnet.host.executor import Executor
     from virtnet.host.netlink import Netlink
@@ -302,7 +325,7 @@ def start(store, name, *, paused=False, netns_name=None, unprivileged=False, bri
             if iface.ids.alias in taps:
                 iface.target_dev = taps[iface.ids.alias]
         try:
-            record_ptys(domain, outcome.launched.qmp)  # ... and the ptys QEMU opened
+            _record_ptys(domain, outcome.launched.qmp)  # ... and the ptys QEMU opened
             with store.lock():
                 livestate.save(store, name, state, format_domain(domain, live=True))
         except BaseException:

@@ -233,14 +233,32 @@ def _virtio_serial_bus(domain, chardev):
     return f"{name}.{bus}"
 
 
+def _serial_port(chardev, index):
+    """The port number of the INDEXth ISA serial port (see serial_ports)."""
+    return chardev.target_port if chardev.target_port is not None else index
+
+
+def _serial_alias(chardev, port):
+    return chardev.alias if chardev.kind == "serial" and chardev.alias else f"serial{port}"
+
+
+def chardev_aliases(domain):
+    """([(alias, chardev)] of the ISA serial ports, of the channels, of the virtio consoles): QEMU's
+    id of each device, whose chardev's id is 'char' + alias (as chardev_options writes them)."""
+    serials = [(_serial_alias(c, _serial_port(c, i)), c) for i, c in enumerate(serial_ports(domain))]
+    channels = [(_alias(c, f"channel{i}"), c) for i, c in enumerate(domain.channels)]
+    consoles = [(_alias(c, f"console{i}"), c) for i, c in enumerate(domain.consoles) if c.target_type == "virtio"]
+    return serials, channels, consoles
+
+
 def chardev_options(domain, paths, syntax):
     """Serial ports, then channels, then virtio consoles: libvirt's order."""
     argv = []
     if not _has_chardevs(domain):
         return argv
     for index, chardev in enumerate(serial_ports(domain)):
-        port = chardev.target_port if chardev.target_port is not None else index
-        alias = chardev.alias if chardev.kind == "serial" and chardev.alias else f"serial{port}"
+        port = _serial_port(chardev, index)
+        alias = _serial_alias(chardev, port)
         ident = "char" + alias
         argv += ["-chardev", backend_value(chardev, ident, paths)]
         argv += _device({"driver": "isa-serial", "chardev": ident, "id": alias, "index": port}, syntax)
