@@ -31,12 +31,13 @@ TEST_INSTALLED := $(VENV)/.virtnet-test-installed
 INSTALL_INPUTS := setup.py setup.cfg pyproject.toml virtnet/cli.py
 GENERATED := build/generated
 
-# Debian ships `python3 -m venv` (its ensurepip) in python3-venv, which a fresh machine lacks.
+# Debian ships `python3 -m venv` (its ensurepip) in python3.X-venv, which a fresh machine lacks.
 $(PY):
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+	  package=$$($(PYTHON) -c 'import sys; print("python%d.%d-venv" % sys.version_info[:2])'); \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv; \
-	  else echo "make: $(PYTHON) cannot create a venv: install python3-venv first (sudo apt-get install python3-venv)" >&2; exit 1; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$package; \
+	  else echo "make: $(PYTHON) cannot create a venv: install $$package first (sudo apt-get install $$package)" >&2; exit 1; fi; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 

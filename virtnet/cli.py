@@ -1239,7 +1239,7 @@ def main(argv=None):
             return e.code
     if args.verb in _QUICK_VERBS and gc.isenabled():
         # The conversion verbs run without the cycle collector. What they make is freed as its last
-        # reference goes (a frozen document holds no cycle: tests/test_readonce.py), while the
+        # reference goes (a conversion leaves no cycle: tests/test_cli.py), while the
         # collector's passes over what start-up makes to keep (modules, classes, lxml's) find
         # nothing: ~9 M instructions of a one-file xml2argv's ~245 M, and ~25 K per domain of a
         # batch. A process that ends with the verb then freezes what is left, which the

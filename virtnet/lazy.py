@@ -9,9 +9,12 @@ class LazyModule:
     each function that needs it: that costs ~8 K instructions a call (a failed look-up of the
     module's __path__ raises and formats an AttributeError each time)."""
 
+    # Slots with names no module attribute has: __getattr__ answers every other name.
+    __slots__ = ("_namespace", "_name", "_module_name")
+
     def __init__(self, namespace, name, module_name):
-        self.namespace, self.name, self.module_name = namespace, name, module_name
+        self._namespace, self._name, self._module_name = namespace, name, module_name
 
     def __getattr__(self, attr):
-        module = self.namespace[self.name] = import_module(self.module_name)
+        module = self._namespace[self._name] = import_module(self._module_name)
         return getattr(module, attr)

@@ -23,7 +23,7 @@ from virtnet.conf.address import pci_number
 from virtnet.conf.domain import Domain, model_name
 from virtnet.conf.guest import VIRTIO_MODELS
 from virtnet.conf.text import control_re, surely_plain, visible
-from virtnet.conf.xmlmodel import freeze
+from virtnet.conf.xmlmodel import first_children, freeze
 from virtnet.errors import XMLInputError
 
 RULES = []
@@ -70,6 +70,8 @@ def _where(iface):
 FREE_TEXT = ("description",)  # prose: may span lines (tabs and newlines only)
 FREE_TEXT_ALLOWED = "\t\n\r"
 MACHINE_RE = re.compile(r"[A-Za-z0-9._-]+")
+MTU_RANGE = (68, 65535)  # what the kernel takes for an Ethernet device
+PORT_RANGE = (1, 65535)
 INTEGER_RE = re.compile(r"[+-]?[0-9]+")
 # Multiqueue limits: the kernel's MAX_TAP_QUEUES, and QEMU's virtio-net (VIRTIO_QUEUE_MAX 1024
 # virtqueues: one pair per queue plus the control queue).
@@ -179,16 +181,20 @@ def domain_name_rules(domain):
     """libvirt's rules for a domain name: not empty, no '/', and (virtnet's store) no leading '.'."""
     if not domain.has("name"):
         return
-    name = domain.name or ""
+    problem = _name_problem(domain.name or "")
+    if problem:
+        yield domain.line_of("name"), problem
+
+
+def _name_problem(name):
+    """What is wrong with a domain's NAME (see domain_name_rules), or None."""
     if not name.strip():
-        problem = "<name> is empty; a domain needs a name (letters, digits, '.', '_', '-', ...)"
-    elif "/" in name:
-        problem = f"<name>{visible(name)}</name> contains '/', which a domain name may not"
-    elif name.startswith("."):
-        problem = f"<name>{visible(name)}</name> starts with '.', which a domain name may not"
-    else:
-        return
-    yield domain.line_of("name"), problem
+        return "<name> is empty; a domain needs a name (letters, digits, '.', '_', '-', ...)"
+    if "/" in name:
+        return f"<name>{visible(name)}</name> contains '/', which a domain name may not"
+    if name.startswith("."):
+        return f"<name>{visible(name)}</name> starts with '.', which a domain name may not"
+    return None
 
 
 @rule(screened=True)
@@ -304,8 +310,9 @@ def mtu_type_and_range(domain):
                 f"setting <mtu> on interface type '{iface.type}' is not supported; accepted on "
                 f"{', '.join(iftypes.names(mtu=True))}, and user with <backend type='passt'/>"
             )
-        elif not 68 <= iface.mtu <= 65535:
-            yield iface.line_of("mtu"), f"{_where(iface)}: <mtu size='{iface.mtu}'> is out of range 68..65535"
+        elif not MTU_RANGE[0] <= iface.mtu <= MTU_RANGE[1]:
+            yield iface.line_of("mtu"), (f"{_where(iface)}: <mtu size='{iface.mtu}'> is out of range "
+                                         f"{MTU_RANGE[0]}..{MTU_RANGE[1]}")
 
 
 @rule_about("inbound", "outbound")
@@ -468,8 +475,8 @@ def socket_addresses(domain):
         if src is None:
             continue
         for attr, port in (("port", src.port), ("local/@port", src.local_port)):
-            if port is not None and not 1 <= port <= 65535:
-                yield src.line_of(attr), f"{_where(iface)}: port {port} is out of range 1..65535"
+            if port is not None and not PORT_RANGE[0] <= port <= PORT_RANGE[1]:
+                yield src.line_of(attr), f"{_where(iface)}: port {port} is out of range {PORT_RANGE[0]}..{PORT_RANGE[1]}"
         for attr, value in (("address", src.address), ("local/@address", src.local_address)):
             if value and ":" in value:
                 yield src.line_of(attr), (
@@ -1078,20 +1085,11 @@ def survey(root, interface_children=None):
     first reads cost several times more): usual domains are most, and False means only: let the
     rules look. INTERFACE_CHILDREN, a dict, gets each <interface> element's first child of each
     name (Interface.first_children), which the walk makes anyway."""
-    first = _first_children(root)
+    first = first_children(root)
     usual_domain = _usual_domain(first)
     names, usual_interfaces = _device_names_and_screen(first.get("devices"),  # the one the schema allows
                                                        {} if interface_children is None else interface_children)
     return names, usual_domain and usual_interfaces
-
-
-def _first_children(node):
-    """{name: NODE's first child of that name}, which the model reads (from a slice: cheaper than
-    an iterator, or a look-up per name, for a few elements)."""
-    first = {}
-    for child in node[:]:
-        first.setdefault(child.tag, child)
-    return first
 
 
 def _first_child(node, tag):
@@ -1106,10 +1104,8 @@ def _usual_domain(first):
     """Whether the domain's name, machine type and memory (FIRST: its first child of each name) are
     ones the screened rules about them accept."""
     element = first.get("name")
-    if element is not None:
-        name = element.text
-        if not (name and name.strip() and "/" not in name and not name.startswith(".")):
-            return False
+    if element is not None and _name_problem(element.text or "") is not None:
+        return False
     element = first.get("os")
     element = None if element is None else _first_child(element, "type")
     machine = None if element is None else element.get("machine")
@@ -1134,7 +1130,7 @@ def _device_names_and_screen(devices, interface_children):
             continue
         names.add(tag)
         first = {}
-        for child in device[:]:  # _first_children, and the names below each child
+        for child in device[:]:  # xmlmodel.first_children, and the names below each child
             first.setdefault(child.tag, child)
             if len(child):
                 names.update(map(_TAG, child.iter()))
@@ -1150,7 +1146,7 @@ def _usual_interface(node, first, macs, models, kept_targets):
     """One interface NODE (FIRST: its first child of each name) for the screen: what it can tell
     alone. Its MAC, model and kept target name go to MACS, MODELS and KEPT_TARGETS, to be told with
     the other interfaces'."""
-    kind = iftypes.TYPES.get(node.get("type") or "user")
+    kind = iftypes.TYPES.get(node.get("type") or iftypes.DEFAULT_TYPE)
     if kind is None:
         return False
     element = first.get("mac")
@@ -1167,7 +1163,7 @@ def _usual_interface(node, first, macs, models, kept_targets):
     if element is not None and not _usual_target(element, kind, kept_targets):
         return False
     element = first.get("mtu")
-    if element is not None and not (kind.mtu and _number_within(element.get("size"), 68, 65535)):
+    if element is not None and not (kind.mtu and _number_within(element.get("size"), *MTU_RANGE)):
         return False
     element = first.get("source")
     if element is None:
@@ -1204,7 +1200,7 @@ def _usual_socket_source(source, mcast):
         if element is None:
             continue
         port, address = element.get("port"), element.get("address")
-        if (port is not None and not _number_within(port, 1, 65535)) or (address and ":" in address):
+        if (port is not None and not _number_within(port, *PORT_RANGE)) or (address and ":" in address):
             return False
     return not mcast or _IPV4_MULTICAST_RE.fullmatch(source.get("address") or "") is not None
 
@@ -1227,17 +1223,12 @@ def rules_for(present):
 
 @functools.lru_cache(maxsize=256)
 def _rules_for_names(names, usual=False):
-    """rules_for(NAMES) for a frozenset of names, without the screened rules when USUAL (the
-    interfaces are usual), worked out once per distinct key: domains share a handful of them, and
+    """rules_for(NAMES) for a frozenset of names, without the screened rules when USUAL (the domain
+    and its interfaces are written the usual way: see survey), worked out once per distinct key: domains share a handful of them, and
     asking each of the ~50 rules (~1 K instructions each) costs as much as running several. The
     answers are kept, so RULES and their rule_about names must not change after import; tests
     that change them ask rules_for, which reads them at every call."""
     return tuple(func for func in rules_for(names) if not (usual and func.screened))
-
-
-def device_element_names(domain):
-    """The names of the elements below <devices>, at any depth (what rule_about names)."""
-    return survey(domain.node)[0]
 
 
 def check_domain(root, filename=None):

@@ -6,7 +6,7 @@ input always gives the same canonical XML and argv — what golden tests and CI 
 
 from lxml import etree
 
-from virtnet.conf import disk, guest, identity, ifname, mac, pci
+from virtnet.conf import disk, guest, identity, ifname, iftypes, mac, pci
 from virtnet.conf.domain import model_name
 from virtnet.conf.guest import VIRTIO_MODELS
 
@@ -97,10 +97,12 @@ def _tidy_driver(iface, driver, backend, model, warnings):
         iface.node.remove(driver)
 
 
-def _drop_runtime_only(iface, iftype, source, coalesce):
-    """What libvirt leaves out of inactive XML: a network port's id, and coalescing that does nothing."""
-    if iftype == "network" and source is not None:  # the grammar allows portid there only (see the caller)
-        source.attrib.pop("portid", None)
+def _drop_runtime_only(iface, network_source, coalesce):
+    """What libvirt leaves out of inactive XML: a network port's id (NETWORK_SOURCE: the <source>
+    of a type='network' interface, the only one the grammar gives a portid), and coalescing that
+    does nothing."""
+    if network_source is not None:
+        network_source.attrib.pop("portid", None)
     if coalesce is not None:
         for frames in coalesce.findall("rx/frames"):
             if frames.get("max") == "0":
@@ -121,12 +123,13 @@ def _interface_defaults(iface, warnings, children=None):
         children = iface.first_children()
     iftype = iface.node.get("type")  # (as iface.declared_type: the model is not frozen here)
     if iftype is None:
-        iftype = iface.declared_type = "user"  # libvirt writes the default type out
+        iftype = iface.declared_type = iftypes.DEFAULT_TYPE  # libvirt writes the default type out
     target = children.get("target")
     dev = _target_dev(iface, target) if target is not None else None
-    source, coalesce = children.get("source"), children.get("coalesce")
-    if coalesce is not None or (source is not None and iftype == "network"):
-        _drop_runtime_only(iface, iftype, source, coalesce)
+    network_source = children.get("source") if iftype == "network" else None
+    coalesce = children.get("coalesce")
+    if coalesce is not None or network_source is not None:
+        _drop_runtime_only(iface, network_source, coalesce)
     model = _normalize_model(iface, children.get("model"))
     driver = children.get("driver")
     if driver is not None:
@@ -157,7 +160,9 @@ def apply_defaults(domain, interface_children=None):
         guest.add_virtio_serial_controllers(domain)
     if not DISK_STEP_DEVICES.isdisjoint(index):
         disk.apply_defaults(domain)
-        index = guest.device_index(devices)  # those steps add controllers and reorder disks
+        # Those steps add controllers and reorder disks, and so may the virtio-serial step above
+        # (DISK_STEP_DEVICES holds SERIAL_PORT_USERS): the index is made again after them all.
+        index = guest.device_index(devices)
     pci.assign_addresses(domain, index)  # every PCI device, normalised or given a slot
     if "channel" in index:
         guest.assign_virtio_serial_ports(domain)

@@ -58,6 +58,7 @@ class Disk(XMLObject):
     )
     ids = None  # DiskIds, stamped by conf.identity.prepare
     declared_type = Prop("@type")
+    type = Prop("@type", default="file")  # libvirt's default, written out
     declared_device = Prop("@device")
     driver_name = Prop("driver/@name")
     format = Prop("driver/@type")
@@ -77,10 +78,6 @@ class Disk(XMLObject):
     boot_order = Prop("boot/@order", int)
     alias = Prop("alias/@name")
     address = Child("address", Address)
-
-    @property
-    def type(self):
-        return self.declared_type or "file"  # libvirt's default, written out
 
     @property
     def device(self):

@@ -5,7 +5,7 @@ from virtnet.conf.address import Address
 from virtnet.conf.bandwidth import Rates
 from virtnet.conf.disk import Controller, Disk
 from virtnet.conf.guest import VIRTIO_MODELS
-from virtnet.conf.xmlmodel import Child, Children, Prop, XMLObject, yes
+from virtnet.conf.xmlmodel import Child, Children, Prop, XMLObject, first_children, yes
 
 # Models that want IFF_VNET_HDR on their tap (libvirt's "vnet-header compatible" list).
 VNET_HDR_MODELS = VIRTIO_MODELS + ("e1000e", "vmxnet3")
@@ -112,7 +112,7 @@ class Interface(XMLObject):
     )
     ids = None  # NicIds, stamped by conf.identity.prepare
     declared_type = Prop("@type")
-    type = Prop("@type", default="user")  # a missing type means user-mode networking (libvirt's rule)
+    type = Prop("@type", default=iftypes.DEFAULT_TYPE)
     mac = Prop("mac/@address")
     source = Child("source", Source)
     target_dev = Prop("target/@dev")
@@ -156,12 +156,9 @@ class Interface(XMLObject):
     port_forwards = Children("portForward", PortForward)
 
     def first_children(self):
-        """{tag: the interface's first child element of that tag} (what find(tag) gives), from one
-        pass: for the steps that edit the tree, where every read through a Prop walks it again."""
-        children = {}
-        for child in self.node[:]:  # a slice: no lxml iterator to set up, as in xmlmodel._fill
-            children.setdefault(child.tag, child)
-        return children
+        """{tag: the interface's first child element of that tag}: for the steps that edit the
+        tree, where every read through a Prop walks it again (see xmlmodel.first_children)."""
+        return first_children(self.node)
 
     @property
     def kind(self):
@@ -259,11 +256,6 @@ class Domain(XMLObject):
         """Whether <devices> holds an element named one of TAGS (a look-up in C: no model objects)."""
         devices = self.devices_node()
         return devices is not None and next(devices.iterchildren(*tags), None) is not None
-
-    def device_tags(self):
-        """The tags of the elements in <devices> (a set), from one pass: no model objects."""
-        devices = self.devices_node()
-        return set() if devices is None else {child.tag for child in devices[:]}
 
     def interface(self, alias):
         """The interface whose alias (its id, stamped by conf.identity) is ALIAS."""

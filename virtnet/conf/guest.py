@@ -321,8 +321,9 @@ def drop_pty_paths(index):
 
 def device_index(devices):
     """The elements of <devices> (DEVICES) by tag: {tag: [element, ...]} in document order, from
-    one pass (a slice: no lxml iterator or tag matcher to set up). The steps that add devices
-    keep it current, or make it again."""
+    one pass (a slice: no lxml iterator or tag matcher to set up). The balloon step keeps it
+    current; after the steps that add controllers or reorder disks, defaults.apply_defaults makes
+    it again."""
     index = {}
     for node in devices[:]:
         index.setdefault(node.tag, []).append(node)

@@ -129,8 +129,12 @@ def controller_alias(domain, controller):
 def _prepare_storage(domain, index):
     """Stamp every disk and controller with its ids (aliases written into the XML when missing).
     INDEX: the guest.device_index of <devices>, or None."""
-    if STORAGE_DEVICES.isdisjoint(index) if index is not None else not domain.has_device(*STORAGE_DEVICES):
-        return  # most domains: no model objects made to find that out
+    # Most domains have neither: no model objects made to find that out.
+    if index is None:
+        if not domain.has_device(*STORAGE_DEVICES):
+            return
+    elif STORAGE_DEVICES.isdisjoint(index):
+        return
     disks = domain.disks
     for position, disk in enumerate(disks):
         if disk.alias is None and disk.bus is not None and (disk.drive is not None or disk.index is not None):

@@ -6,6 +6,8 @@ asks this table instead of keeping a list of its own.
 
 from virtnet.record import Record
 
+DEFAULT_TYPE = "user"  # what an <interface> without a type is (libvirt's rule)
+
 
 class InterfaceType(Record):
     __slots__ = ("name", "tap", "socket", "driven", "queues", "mtu", "script", "tap_path", "passt", "guest_ips")

@@ -1,5 +1,6 @@
-"""The input pipeline: read → hardened parse → RelaxNG → model → semantic checks → defaults →
-identities, then the model is frozen (read-once, see conf.xmlmodel) for the verbs that read it."""
+"""The input pipeline: read → hardened parse → RelaxNG → semantic checks (on the elements, with a
+model of their own only for a rule that reads one) → model → defaults → identities, then the model
+is frozen (read-once, see conf.xmlmodel) for the verbs that read it."""
 
 from virtnet.conf import checks, defaults, identity, schema, xmlparse
 from virtnet.conf.domain import Domain

@@ -92,8 +92,9 @@ def placed(domain, node):
     True, False or None when unsaid), or None: not a PCI device, one whose address it edited after
     (_multifunction), or one of a tree it did not prepare (a running domain's live XML, a hot-plugged
     NIC); `read_placement` reads those. Its record, DOMAIN.pci_placements (device element ->
-    placement; the model is frozen after, so it stays true), saves the command line reading every
-    address back from the tree."""
+    placement), saves the command line reading every address back from the tree. It holds because
+    no step after assign_addresses edits a PCI <address>; one that did would have to drop the
+    record (set DOMAIN.pci_placements to None)."""
     placements = domain.pci_placements
     return None if placements is None else placements.get(node)
 
@@ -512,14 +513,14 @@ def _controller_defaults(controllers):
         if target is None:
             target = etree.SubElement(node, "target")
         address = node.find("address")
-        placed = address is not None and address.get("type") == "pci"
+        on_pci = address is not None and address.get("type") == "pci"
         if controller.model == "pci-bridge":
             if target.get("chassisNr") is None:
                 target.set("chassisNr", str(controller.index))
         elif controller.model in SINGLE_SLOT:
             if target.get("chassis") is None:
                 target.set("chassis", str(controller.index))
-            if target.get("port") is None and placed:
+            if target.get("port") is None and on_pci:
                 # A root port's port is its slot and function; a downstream port's its slot.
                 slot, function = pci_number(address.get("slot", "0")), pci_number(address.get("function", "0"))
                 port = (slot << 3) + function if controller.model == "pcie-root-port" else slot

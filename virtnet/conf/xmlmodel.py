@@ -172,6 +172,15 @@ class Child:
         return node.findall(self.path)
 
 
+def first_children(node):
+    """{tag: NODE's first child element of that tag} (what find(tag) gives), from one pass over a
+    slice (no lxml iterator to set up): cheaper than a look-up per tag for a few children."""
+    children = {}
+    for child in node[:]:
+        children.setdefault(child.tag, child)
+    return children
+
+
 def _descend(node, steps):
     """The elements at a path of plain names, in document order (as ElementPath's findall: step by
     step over the elements found so far). Lists rather than generators: cheaper for the one or two

@@ -10,7 +10,8 @@ class DeviceOrder:
     """The order libvirt writes inside a device (an element below <devices>): CHILD_RANKS,
     {device tag: {child tag: rank}}, for the device's children; ATTRIBUTES, {device tag: {element
     tag: [attribute names]}}, for the attributes of every element inside it (the device's own too).
-    Other children follow the ranked ones, and other attributes the named ones, as they were."""
+    Other children follow the ranked ones, and other attributes the named ones, as they were. A
+    device is told by its tag among ATTRIBUTES' keys, so each tag of CHILD_RANKS is one of them."""
 
     def __init__(self, child_ranks, attributes):
         self.child_ranks = child_ranks

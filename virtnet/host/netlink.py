@@ -154,7 +154,8 @@ class Netlink:
     def change_link(self, name, index, *, mac=None, mtu=None, master=None, up=False):
         """Change device NAME, given by its ifindex INDEX, in one request: what is given of MAC, MTU,
         MASTER (an ifindex) and UP. The kernel's do_setlink applies the MAC and MTU before the master,
-        so a bridge joined this way neither adopts the device's old MAC nor shrinks to its old MTU.
+        so a bridge joined this way neither adopts the device's old MAC nor shrinks to its old MTU
+        (it also brings the device up before enslaving it: the end state is the plan's).
         The error does not say which change was refused; set_mac, set_mtu, set_master and set_up do."""
         changes = {"address": _mac(name, mac)} if mac is not None else {}
         if mtu is not None:

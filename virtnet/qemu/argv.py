@@ -204,7 +204,6 @@ _DATA = frozenset({"disk", "filesystem", "hostdev"})
 _QEMU_COMMANDLINE = f"{{{QEMU_NS}}}commandline"
 # The lifecycle actions (machine.lifecycle_dropped judges them): most domains give none, and
 # their values are read only when one is there (three first reads, ~9 K instructions).
-_LIFECYCLE = frozenset({"on_poweroff", "on_reboot", "on_crash"})
 
 
 def _label(node, with_kind=True):
@@ -317,7 +316,7 @@ _TOP_SCANS = {"os": _scan_os, "features": _scan_features, "cpu": _scan_cpu, "clo
               "memoryBacking": _scan_memory_backing, "devices": _scan_devices, "currentMemory": _scan_current_memory}
 # The <domain> children left alone: rendered without a look at their own children, or passed as
 # they are (<qemu:commandline>: warnings() speaks of it).
-_TOP_KEPT = _TOP_RENDERED.difference(_TOP_SCANS, _LIFECYCLE) | {_QEMU_COMMANDLINE}
+_TOP_KEPT = _TOP_RENDERED.difference(_TOP_SCANS, machine.LIFECYCLE_TAGS) | {_QEMU_COMMANDLINE}
 
 
 def unrendered(domain):
@@ -333,7 +332,7 @@ def unrendered(domain):
         scan = _TOP_SCANS.get(tag)
         if scan is not None:
             scan(domain, child, found)
-        elif tag in _LIFECYCLE:
+        elif tag in machine.LIFECYCLE_TAGS:
             lifecycle = True
         elif type(tag) is str:  # an element, not a comment or processing instruction
             found.append(Dropped(_label(child, with_kind=False), child.sourceline))

@@ -306,6 +306,11 @@ def lifecycle_options(domain):
     return argv
 
 
+# The lifecycle elements (<on_poweroff> and the like): lifecycle_options and lifecycle_dropped read
+# them only for a domain that gives one.
+LIFECYCLE_TAGS = frozenset({"on_poweroff", "on_reboot", "on_crash"})
+
+
 def lifecycle_dropped(domain):
     """(line, element, why) for lifecycle actions QEMU cannot carry out without a daemon."""
     dropped = []
@@ -425,9 +430,9 @@ class _Given(Record):
         self.shared = "memoryBacking" in tags and shared_memory(domain)
 
 
-def check(domain, given=None):
-    """The rules the machine part relies on (raised as XMLInputError at the element's line)."""
-    given = _Given(domain) if given is None else given
+def check(domain, given):
+    """The rules the machine part relies on (raised as XMLInputError at the element's line); GIVEN:
+    the domain's _Given."""
     if not given.shared:
         _check_no_vhost_user(domain)
     check_firmware(domain, given.os)
@@ -467,7 +472,7 @@ def options(domain, paths, *, syntax="json", standalone=False, state_dir=DEFAULT
         argv += qmp_options(paths.qmp_text)
     clock, env = clock_options(given.clock)
     argv += clock
-    if "on_poweroff" in given.tags or "on_reboot" in given.tags:
+    if not LIFECYCLE_TAGS.isdisjoint(given.tags):
         argv += lifecycle_options(domain)
     if "pm" in given.tags:
         argv += pm_options(domain)

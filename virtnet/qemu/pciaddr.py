@@ -36,11 +36,11 @@ def address_element(device):
     C: through the model each would cost a frozen object, its snapshot and first reads for these
     few values."""
     node = device.node
-    # The grammar allows one <address> per device, and it comes last (libvirt's order), or just
-    # before the <alias> conf.identity appends: the last two children (one C call) are looked at
-    # before a tag-matching walk (several times the cost), in document order, which finds a NIC's
-    # (before its alias) at the first look.
-    for child in node[-2:]:
+    # The grammar allows one <address> per device, and it comes last (libvirt's order: a live XML,
+    # a hot-plugged NIC; conf.pci hands over the placements of a definition), or just before the
+    # <alias> conf.identity appends: the last two children (one C call), last first, are looked at
+    # before a tag-matching walk (several times the cost).
+    for child in reversed(node[-2:]):
         if child.tag == "address":
             return child
     return next(node.iterchildren("address"), None)
