@@ -476,7 +476,8 @@ def socket_addresses(domain):
             continue
         for attr, port in (("port", src.port), ("local/@port", src.local_port)):
             if port is not None and not PORT_RANGE[0] <= port <= PORT_RANGE[1]:
-                yield src.line_of(attr), f"{_where(iface)}: port {port} is out of range {PORT_RANGE[0]}..{PORT_RANGE[1]}"
+                yield src.line_of(attr), (f"{_where(iface)}: port {port} is out of range "
+                                          f"{PORT_RANGE[0]}..{PORT_RANGE[1]}")
         for attr, value in (("address", src.address), ("local/@address", src.local_address)):
             if value and ":" in value:
                 yield src.line_of(attr), (
@@ -1223,11 +1224,11 @@ def rules_for(present):
 
 @functools.lru_cache(maxsize=256)
 def _rules_for_names(names, usual=False):
-    """rules_for(NAMES) for a frozenset of names, without the screened rules when USUAL (the domain
-    and its interfaces are written the usual way: see survey), worked out once per distinct key: domains share a handful of them, and
-    asking each of the ~50 rules (~1 K instructions each) costs as much as running several. The
-    answers are kept, so RULES and their rule_about names must not change after import; tests
-    that change them ask rules_for, which reads them at every call."""
+    """rules_for(NAMES) for a frozenset of names, without the screened rules when USUAL (the domain and
+    its interfaces are written the usual way: see survey), worked out once per distinct key: domains
+    share a handful of them, and asking each of the ~50 rules (~1 K instructions each) costs as much
+    as running several. The answers are kept, so RULES and their rule_about names must not change
+    after import; tests that change them ask rules_for, which reads them at every call."""
     return tuple(func for func in rules_for(names) if not (usual and func.screened))
 
 
