@@ -54,7 +54,7 @@ def _close(fd):
 
 # Setup kinds that change one attribute of a device and record no inverse (a managed tap's MAC,
 # MTU, master and up state go with the tap). Consecutive ones of a tap created just before go to
-# the kernel as one request: see Executor._run.
+# the kernel as one request: see Executor.run.
 LINK_CHANGES = (p.SetMac, p.SetMtu, p.Enslave, p.SetUp)
 
 
@@ -118,7 +118,7 @@ class Executor:
         self._held = None
         try:
             for action in plan.setup:
-                self._run(action, outcome)
+                self.run(action, outcome)
             self._send_held(outcome)
         except BaseException as failure:
             leftovers = self.teardown(outcome.teardown)
@@ -128,12 +128,13 @@ class Executor:
             raise
         return outcome
 
-    def _run(self, action, outcome):
+    def run(self, action, outcome):
         """Carry out one setup action; its inverse (if any) is recorded in OUTCOME.
 
         Link changes of the tap created just before are held back, and sent together before any
         other action runs (or at the end of setup): one request by ifindex instead of one each.
-        They record no inverse, so the journal and rollback are the same either way."""
+        They record no inverse, so the journal and rollback are the same either way. Only setup
+        calls it (it sends what is still held); a test injects failures here."""
         if self._held is not None and self._held.takes(action):
             self._held.actions.append(action)
             return
