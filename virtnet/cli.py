@@ -7,9 +7,8 @@ import gc
 import os
 import sys
 
-from virtnet.lazy import LazyModule
-
 from virtnet.errors import UsageError, VirtnetError
+from virtnet.lazy import LazyModule
 
 PROG = "virtnet"
 

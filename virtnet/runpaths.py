@@ -42,7 +42,7 @@ class DomainPaths:
 
     @property
     def qmp_text(self):
-        return _join(self.dir_text, "qmp.sock")
+        return self.below_text("qmp.sock")
 
     @property
     def log(self):
@@ -56,7 +56,7 @@ class DomainPaths:
     def passt_dir_text(self):
         # Its own directory: passt started by root drops to user nobody before it binds its socket
         # and writes its pid file, so this one is handed to nobody (virtnet.host.passt).
-        return _join(self.dir_text, "passt")
+        return self.below_text("passt")
 
     def passt_socket(self, alias):
         return Path(self.passt_socket_text(alias))

@@ -742,7 +742,7 @@ def unique_pci_addresses(domain):
 def boot_orders(domain):
     """Per-device <boot order> (NICs, disks, any device) or <os><boot dev>, not both; each order once."""
     boots = _DEVICE_BOOTS(domain.node)
-    if boots and domain.os_boot_devs:
+    if boots and domain.os is not None and domain.os.boot_devs:
         yield boots[0].sourceline, (
             "per-device <boot order=...> cannot be combined with <os><boot dev=...>; use one or the other"
         )
@@ -1169,7 +1169,7 @@ def _usual_interface(node, first, macs, models, kept_targets):
     element = first.get("source")
     if element is None:
         return True
-    if kind.name == "direct" and not _usual_ifname(element.get("dev")):
+    if kind.name == "direct" and not _usual_source_dev(element.get("dev")):
         return False
     return not kind.socket or _usual_socket_source(element, kind.name == "mcast")
 
@@ -1180,7 +1180,8 @@ def _usual_target(target, kind, kept_targets):
     dev, managed = target.get("dev"), target.get("managed")
     if managed not in (None, "yes", "no") or (managed == "no" and not kind.script):
         return False
-    if not _usual_ifname(dev):
+    # A managed target may be a '%d' template (filled at start); an unmanaged one names a device.
+    if dev is not None and (ifname.problem(dev) is not None or (managed == "no" and "%" in dev)):
         return False
     kept = _kept_target_name(dev, managed == "no")
     if kept is None:
@@ -1191,8 +1192,8 @@ def _usual_target(target, kind, kept_targets):
     return True
 
 
-def _usual_ifname(dev):
-    """Whether DEV is absent or names an existing interface (no template)."""
+def _usual_source_dev(dev):
+    """Whether a direct interface's <source dev> DEV is absent or names a device (no template)."""
     return dev is None or (ifname.problem(dev) is None and "%" not in dev)
 
 

@@ -233,10 +233,6 @@ class Domain(XMLObject):
     memballoon = Child("devices/memballoon", guest.Memballoon)
     qemu_commandline = Child(guest.qemu("commandline"), guest.QemuCommandline)
 
-    @property
-    def os_boot_devs(self):
-        return [b.get("dev") for b in self.node.findall("os/boot")]
-
     def devices_node(self):
         """The <devices> element, or None. Looked up once per object: once there, it is never
         replaced (steps that add devices add them to it), and most steps start from it."""

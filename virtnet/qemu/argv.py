@@ -202,8 +202,6 @@ _HOST_SIDE_TYPES = ("ethernet", "bridge", "network")  # the interface types whos
 _DISPLAY = frozenset({"graphics", "video", "input", "sound", "audio"})
 _DATA = frozenset({"disk", "filesystem", "hostdev"})
 _QEMU_COMMANDLINE = f"{{{QEMU_NS}}}commandline"
-# The lifecycle actions (machine.lifecycle_dropped judges them): most domains give none, and
-# their values are read only when one is there (three first reads, ~9 K instructions).
 
 
 def _label(node, with_kind=True):
@@ -336,7 +334,7 @@ def unrendered(domain):
             lifecycle = True
         elif type(tag) is str:  # an element, not a comment or processing instruction
             found.append(Dropped(_label(child, with_kind=False), child.sourceline))
-    if lifecycle:
+    if lifecycle:  # most domains give no lifecycle action: their values are read only for one
         for line, what, why in machine.lifecycle_dropped(domain):
             found.append(Dropped(what, line, why=why))
     found.sort(key=lambda d: d.line or 0)
